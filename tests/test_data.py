@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+
+from cooperllm.data import DataError, load_dataset, parse_partition, partition, public_split
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_reads_sst2_tsv(sst2_dir):
+    ds = load_dataset(sst2_dir / "test.tsv", label_names=("negative", "positive"))
+    assert len(ds) == 872
+    assert int(ds.labels.sum()) == 444  # the README's count of positives
+    assert ds.texts[0].startswith("it 's a charming")
+
+
+def test_reads_jsonl_with_label_names(tmp_path):
+    rows = [{"text": "great", "label": "pos"}, {"text": "awful", "label": "neg"}, {"text": "fine", "label": 1}]
+    p = _write(tmp_path, "d.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
+    ds = load_dataset(p, label_names=("neg", "pos"))
+    assert ds.texts == ["great", "awful", "fine"]
+    assert ds.labels.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        ("bad.tsv", "sentence\tlabel\ngood\t1\nbad row without tab\n", ":3:"),
+        ("lab.tsv", "sentence\tlabel\ngood\t1\nmeh\tmaybe\n", ":3:"),
+        ("neg.tsv", "sentence\tlabel\ngood\t-1\n", ":2:"),
+        ("empty.tsv", "sentence\tlabel\n\t1\n", ":2:"),
+        ("bad.jsonl", '{"text": "a", "label": 0}\n{not json\n', ":2:"),
+        ("arr.jsonl", "[1, 2]\n", ":1:"),
+        ("nocol.jsonl", '{"body": "a", "label": 0}\n', ":1:"),
+    ],
+)
+def test_malformed_rows_name_file_and_line(tmp_path, name, text, where):
+    p = _write(tmp_path, name, text)
+    with pytest.raises(DataError) as err:
+        load_dataset(p, label_names=("neg", "pos"))
+    assert name in str(err.value) and where in str(err.value)
+
+
+def test_missing_and_unsupported_files(tmp_path):
+    with pytest.raises(DataError, match="no such data file"):
+        load_dataset(tmp_path / "nope.tsv")
+    with pytest.raises(DataError, match="unsupported"):
+        load_dataset(_write(tmp_path, "x.parquet", "x"))
+
+
+@pytest.mark.parametrize("spec", ["iid", "dirichlet:0.5", "dirichlet:100"])
+def test_partitions_are_disjoint_and_cover_everything(sst2_dir, spec):
+    ds = load_dataset(sst2_dir / "dev.tsv")
+    parts = partition(ds, 20, spec, seed=3)
+    allidx = np.concatenate(parts)
+    assert len(allidx) == len(ds) and len(np.unique(allidx)) == len(ds)
+    assert all(len(p) > 0 for p in parts) or spec == "dirichlet:0.5"
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition(ds, 20, spec, seed=3), strict=True))
+
+
+def test_dirichlet_small_beta_skews_labels(sst2_dir):
+    ds = load_dataset(sst2_dir / "dev.tsv")
+    skewed = [ds.labels[p].mean() for p in partition(ds, 20, "dirichlet:0.1", seed=0) if len(p) > 20]
+    iid = [ds.labels[p].mean() for p in partition(ds, 20, "iid", seed=0)]
+    assert np.std(skewed) > 3 * np.std(iid)
+
+
+def test_partition_spec_errors():
+    with pytest.raises(ValueError):
+        parse_partition("dirichlet:abc")
+    with pytest.raises(ValueError):
+        parse_partition("shards")
+
+
+def test_public_split_restricts_classes_and_samples(sst2_dir):
+    ds = load_dataset(sst2_dir / "dev.tsv")
+    pub = public_split(ds, n=100, seed=1, classes=[1])
+    assert len(pub) == 100 and set(pub.labels.tolist()) == {1}
