@@ -1,0 +1,399 @@
+"""Wire schemas of API v1, shared by the cloud service and the device client (torch-free).
+
+JSON bodies are the pydantic models below; tensors travel as binary frames (``application/octet-stream``) made by
+:func:`encode_tensor_frame` and read by :func:`decode_tensor_frame`: the DTC codec (``cooperllm.dtc``) when it is
+installed, else a plain float32 frame with a small validated header. The decoder recognises both, so a device never
+needs to know which one the server sent. Nothing here unpickles anything.
+
+Endpoints (all under ``/v1``; device calls need ``Authorization: Bearer <device token>``, admin calls the admin token):
+
+====================================  =========================================================================
+``POST /enroll``                      :class:`EnrollRequest` → :class:`EnrollResponse` (enrolment key, no token)
+``GET  /rounds/current``              → :class:`RoundInfo` (config, guidance list, this device's seed range)
+``GET  /rounds/{r}/guidance/{b}``     → tensor frame of the basis V_b (n_b × m); headers ``X-Guidance-Id``
+``POST /rounds/{r}/reports``          :class:`ReportBatch` → :class:`ReportAck` (idempotent per key)
+``POST /rounds/{r}/delta``            tensor frame of Δθ (strategy ``bp``); headers ``Idempotency-Key``,
+                                      ``X-N-Examples`` → :class:`ReportAck`
+``GET  /rounds/{r}/sync``             → :class:`ModelSync` (closed round r: everything needed to replay θ_r → θ_r+1)
+``GET  /adapter[?version=r]``         → safetensors of θ at the start of round r (default: the latest)
+``GET  /adapter/peft[?version=r]``    → zip of ``adapter_model.safetensors`` + ``adapter_config.json``
+``GET  /health``                      → :class:`Health` (no auth)
+``GET  /metrics``                     → :class:`Metrics` (admin)
+``POST /admin/runs``                  :class:`RunConfig` → :class:`RunInfo` (starts a run; the previous one stops)
+``GET  /admin/runs/{id}``             → :class:`RunInfo`
+``GET  /admin/runs/{id}/rounds``      → list of :class:`RoundSummary`
+====================================  =========================================================================
+
+Errors are JSON ``{"detail": "..."}`` with fixed messages (see ``ERRORS``); 429 carries ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report
+
+API_PREFIX = "/v1"
+PROTOCOL_VERSION = 1
+FRAME_MEDIA_TYPE = "application/octet-stream"
+SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+N_EXAMPLES_HEADER = "X-N-Examples"
+GUIDANCE_ID_HEADER = "X-Guidance-Id"
+MAX_BATCH_REPORTS = 4096
+MAX_SEED = (1 << 63) - 1
+
+STRATEGIES = ("zgr", "zo", "bp")
+
+# Fixed error messages: clients may match on them.
+ERRORS = {
+    "unauthenticated": "missing or invalid bearer token",
+    "forbidden": "this token is not allowed to use this endpoint",
+    "bad_enrolment_key": "invalid enrolment key",
+    "body_too_large": "request body too large",
+    "rate_limited": "too many requests; retry later",
+    "no_run": "no active run",
+    "unknown_round": "unknown round",
+    "round_closed": "round closed: late reports are not counted (staleness rule: drop)",
+    "round_not_closed": "round not closed yet",
+    "unknown_block": "report names a block this round does not train",
+    "bad_step": "report step outside [0, local_steps)",
+    "seed_out_of_range": "report seed outside this device's seed range for the round",
+    "scalar_out_of_range": "report scalar is NaN, infinite or beyond the allowed magnitude",
+    "idempotency_conflict": "idempotency key reused with a different body",
+    "wrong_strategy": "this upload does not match the run's strategy",
+    "unknown_guidance": "no guidance for this round and block",
+    "unknown_version": "unknown adapter version",
+    "bad_frame": "malformed tensor frame",
+    "unsupported_encoding": "unsupported content encoding",
+    "run_failed": "run failed",
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Token = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class EnrollRequest(_Model):
+    enrolment_key: Token
+    device_name: Annotated[str, Field(min_length=1, max_length=128)] = "device"
+
+
+class EnrollResponse(_Model):
+    device_id: int
+    token: str  # shown once; the server keeps only its hash
+
+
+class RunConfig(_Model):
+    """One federated run. ``blocks``: None = every layout block separately; ``[-1]`` = all blocks jointly."""
+
+    strategy: Literal["zgr", "zo", "bp"] = "zgr"
+    rounds: Annotated[int, Field(ge=1, le=100_000)] = 10
+    epsilon: Annotated[float, Field(gt=0, le=1.0)] = 1e-3
+    local_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
+    blocks: list[int] | None = None
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
+    quorum: Annotated[int, Field(ge=1, le=100_000)] = 2
+    min_devices: Annotated[int, Field(ge=1, le=100_000)] = 1
+    deadline_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    max_extensions: Annotated[int, Field(ge=0, le=100)] = 2
+    lam: float | Literal["auto"] = 0.5
+    lam_max: Annotated[float, Field(ge=0, le=1)] = 0.9
+    eta: Annotated[float, Field(gt=0, le=100)] = 1e-3
+    guidance_rank: Annotated[int, Field(ge=1, le=64)] = 4
+    window: Annotated[int, Field(ge=1, le=256)] = 8
+    grad_batches: Annotated[int, Field(ge=1, le=64)] = 2
+    grad_batch_size: Annotated[int, Field(ge=1, le=512)] = 8
+    clip_scalar: Annotated[float, Field(gt=0)] | None = None
+    max_abs_scalar: Annotated[float, Field(gt=0)] = 1e6
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+
+    @field_validator("lam")
+    @classmethod
+    def _lam_range(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not (0.0 <= v <= 1.0):
+            raise ValueError("lam must be in [0, 1] or 'auto'")
+        return v
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks_form(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v or len(v) != len(set(v)):
+            raise ValueError("blocks must be a non-empty list of distinct block indices (or [-1])")
+        if ALL_BLOCKS in v and len(v) != 1:
+            raise ValueError("block -1 (all blocks) cannot be combined with other blocks")
+        if any(b < ALL_BLOCKS for b in v):
+            raise ValueError("block indices must be >= 0 (or exactly [-1])")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.min_devices > self.quorum:
+            raise ValueError("min_devices cannot exceed quorum")
+        return self
+
+
+class GuidanceRef(_Model):
+    block: int
+    guidance_id: str
+    sha256: str  # of the frame bytes
+    rows: int
+    m: int
+
+
+class RoundInfo(_Model):
+    """The current round as seen by one device."""
+
+    run_id: int
+    round: int
+    status: Literal["open", "closed", "failed", "finished"]
+    strategy: str
+    epsilon: float
+    local_steps: int
+    blocks: list[int]
+    alpha: float
+    batch_size: int
+    deadline: float  # unix time
+    seed_lo: int  # this device's seeds for this round are [seed_lo, seed_hi)
+    seed_hi: int
+    theta_checksum: str  # sha256 of θ at the start of this round
+    adapter_version: int  # = round: GET /adapter?version=round gives θ_round
+    artifact_hashes: dict[str, str]
+    guidance: list[GuidanceRef]
+    rounds_total: int
+
+
+class ReportIn(_Model):
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
+    block: Annotated[int, Field(ge=ALL_BLOCKS)]
+    step: Annotated[int, Field(ge=0)]
+    scalar: float
+    n_examples: Annotated[int, Field(ge=1, le=1_000_000)]
+
+    @field_validator("scalar")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("scalar must be finite")
+        return v
+
+    def to_report(self) -> Report:
+        return Report(self.seed, self.block, self.step, self.scalar, self.n_examples)
+
+
+class ReportBatch(_Model):
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+    reports: Annotated[list[ReportIn], Field(min_length=1, max_length=MAX_BATCH_REPORTS)]
+
+
+class ReportAck(_Model):
+    round: int
+    accepted: int  # reports newly counted by this request (0 on an idempotent replay)
+    duplicates: int  # reports already counted before (same device, seed, block, step)
+    replay: bool  # True when the idempotency key was seen before: nothing was counted again
+    clipped: int = 0
+    round_status: str
+
+
+class SyncGuidance(_Model):
+    block: int
+    guidance_id: str
+    sha256: str
+    coeffs: list[float]
+
+
+class ModelSync(_Model):
+    """Everything a device needs to rebuild θ_{r+1} from θ_r: apply_round(θ, layout, reports, guidance, α, λ, η)."""
+
+    run_id: int
+    round: int
+    strategy: str
+    replayable: bool  # False for ``bp`` (FedAvg of deltas): download the adapter instead
+    alpha: float
+    lam: float
+    eta: float
+    reports: list[ReportIn]  # in aggregation order
+    guidance: list[SyncGuidance]
+    theta_checksum_before: str
+    theta_checksum_after: str
+
+
+class RoundSummary(_Model):
+    round: int
+    status: str
+    opened_at: float
+    deadline: float
+    closed_at: float | None
+    extensions: int
+    n_reports: int
+    n_devices: int
+    lam: float | None
+    theta_checksum: str
+    theta_checksum_after: str | None
+    rectifier_s: float | None
+    aggregate_s: float | None
+    failure: str | None = None
+
+
+class RunInfo(_Model):
+    run_id: int
+    status: Literal["running", "finished", "failed"]
+    config: RunConfig
+    current_round: int
+    theta_checksum: str
+    n_params: int
+    n_blocks: int
+    failure: str | None = None
+
+
+class Health(_Model):
+    status: Literal["ok"]
+    protocol_version: int
+    run_id: int | None
+    round: int | None
+
+
+class Metrics(_Model):
+    uptime_s: float
+    devices: int
+    reports_total: int
+    uploads_total: int
+    idempotent_replays: int
+    duplicates: int
+    late_reports: int
+    rejected: dict[str, int]
+    rounds_closed: int
+    rounds_failed: int
+    rounds_extended: int
+    rectifier: list[dict]  # per round: seconds, backward passes, rank, window size
+    last_lambda: float | None
+
+
+# --- model sync helpers (devices) ---------------------------------------------------------------------------------
+
+
+def sync_reports(sync: ModelSync) -> list[Report]:
+    return [r.to_report() for r in sync.reports]
+
+
+def sync_guidance(sync: ModelSync, bases: Mapping[int, np.ndarray]) -> dict[int, BlockGuidance]:
+    """Pair the decoded guidance frames the device holds (block → V) with the round's coefficients."""
+    out = {}
+    for g in sync.guidance:
+        if g.block not in bases:
+            raise ValueError(f"missing guidance basis for block {g.block} ({g.guidance_id})")
+        basis = np.ascontiguousarray(bases[g.block], dtype=np.float32)
+        out[g.block] = BlockGuidance(basis, np.asarray(g.coeffs, dtype=np.float32))
+    return out
+
+
+# --- tensor frames ------------------------------------------------------------------------------------------------
+
+
+class FrameError(ValueError):
+    """A tensor frame that cannot be decoded safely; the message says which field."""
+
+
+PLAIN_MAGIC = b"CLTF"
+PLAIN_VERSION = 1
+_DTYPE_F32 = 1
+_HEADER = struct.Struct("<4sBBBB")  # magic, version, dtype, ndim, reserved
+DEFAULT_MAX_ELEMENTS = 1 << 28
+
+
+def encode_plain_frame(array: np.ndarray) -> bytes:
+    """magic 'CLTF', version, dtype (1 = float32), ndim, 0, ndim × uint32 dims, crc32 of payload, payload (LE f32)."""
+    arr = np.ascontiguousarray(array, dtype="<f4")
+    if arr.ndim > 8:
+        raise FrameError(f"frames carry at most 8 dimensions, got {arr.ndim}")
+    payload = arr.tobytes()
+    head = _HEADER.pack(PLAIN_MAGIC, PLAIN_VERSION, _DTYPE_F32, arr.ndim, 0)
+    dims = struct.pack(f"<{arr.ndim}I", *arr.shape)
+    return head + dims + struct.pack("<I", zlib.crc32(payload)) + payload
+
+
+def decode_plain_frame(frame: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.ndarray:
+    if len(frame) < _HEADER.size:
+        raise FrameError("frame shorter than its header")
+    magic, version, dtype, ndim, _ = _HEADER.unpack_from(frame)
+    if magic != PLAIN_MAGIC:
+        raise FrameError("not a plain tensor frame (bad magic)")
+    if version != PLAIN_VERSION:
+        raise FrameError(f"unsupported plain frame version {version}")
+    if dtype != _DTYPE_F32:
+        raise FrameError(f"unsupported frame dtype code {dtype}")
+    if ndim > 8:
+        raise FrameError(f"frame declares {ndim} dimensions (max 8)")
+    off = _HEADER.size
+    if len(frame) < off + 4 * ndim + 4:
+        raise FrameError("frame truncated in its shape")
+    shape = struct.unpack_from(f"<{ndim}I", frame, off)
+    off += 4 * ndim
+    (crc,) = struct.unpack_from("<I", frame, off)
+    off += 4
+    n = math.prod(shape)
+    if n > max_elements:
+        raise FrameError(f"frame holds {n} elements, more than the allowed {max_elements}")
+    payload = frame[off:]
+    if len(payload) != 4 * n:
+        raise FrameError(f"frame payload is {len(payload)} bytes, shape {shape} needs {4 * n}")
+    if zlib.crc32(payload) != crc:
+        raise FrameError("frame checksum mismatch")
+    arr = np.frombuffer(payload, dtype="<f4").astype(np.float32).reshape(shape)
+    if not np.isfinite(arr).all():
+        raise FrameError("frame contains NaN or Inf")
+    return arr
+
+
+def _dtc():
+    try:
+        from cooperllm import dtc
+    except ImportError:
+        return None
+    return dtc if hasattr(dtc, "encode") and hasattr(dtc, "decode") else None
+
+
+def encode_tensor_frame(array: np.ndarray, *, lossless: bool = False) -> bytes:
+    """The one place that picks the wire format: DTC when available (lossy unless ``lossless``), else plain f32."""
+    dtc = _dtc()
+    if dtc is None or lossless:
+        return encode_plain_frame(array)
+    return dtc.encode(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def decode_tensor_frame(frame: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.ndarray:
+    """Decode a plain or DTC frame into a float32 array; any malformed input raises :class:`FrameError`."""
+    frame = bytes(frame)
+    if frame[:4] == PLAIN_MAGIC:
+        return decode_plain_frame(frame, max_elements)
+    dtc = _dtc()
+    if dtc is None:
+        raise FrameError("not a plain tensor frame and the DTC codec is not available")
+    try:
+        arr = dtc.decode(frame, max_elements=max_elements)
+    except ValueError as exc:
+        raise FrameError(f"malformed DTC frame: {exc}") from exc
+    arr = np.asarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise FrameError("frame contains NaN or Inf")
+    return arr
+
+
+def reports_from(reports: Sequence[Report]) -> list[ReportIn]:
+    """Core reports → wire reports (what a device uploads)."""
+    return [
+        ReportIn(seed=r.seed, block=r.block, step=r.step, scalar=r.scalar, n_examples=r.n_examples) for r in reports
+    ]
