@@ -1,0 +1,48 @@
+"""The one small interface every graph backend implements: run the exported loss graph at a given θ."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from cooperllm.manifest import GraphSpec, Manifest
+from cooperllm.tokenization import EncodedBatch
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """A graph that cannot be loaded or run; the message names the artifact and the reason."""
+
+
+class GraphBackend(ABC):
+    """``run(batch, θ) -> (mean CE loss, label logits (B, C))`` on fixed-shape batches of ``batch_size × seq_len``."""
+
+    name: str = "?"
+
+    def __init__(self, manifest: Manifest, folder: Path, graph: GraphSpec | None):
+        self.manifest = manifest
+        self.folder = Path(folder)
+        self.graph = graph
+        self.layout = manifest.layout
+        self.batch_size = graph.batch_size if graph else 8
+        self.seq_len = graph.seq_len if graph else 64
+
+    def run(self, batch: EncodedBatch, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        if theta.dtype != np.float32 or theta.shape != (self.layout.total,):
+            raise BackendError(f"θ must be float32 of shape ({self.layout.total},), got {theta.dtype} {theta.shape}")
+        shape = (self.batch_size, self.seq_len)
+        if batch.input_ids.shape != shape or batch.attention_mask.shape != shape or batch.labels.shape != shape[:1]:
+            raise BackendError(f"{self.name} graph takes batches of {shape[0]}×{shape[1]}, got {batch.input_ids.shape}")
+        loss, logits = self._run(batch, theta)
+        return float(loss), np.asarray(logits, dtype=np.float32)
+
+    @abstractmethod
+    def _run(self, batch: EncodedBatch, theta: np.ndarray) -> tuple[float, np.ndarray]: ...
+
+    def describe(self) -> str:
+        file = self.graph.file if self.graph else "eager"
+        return f"{self.name} ({file}, batch {self.batch_size}×{self.seq_len})"

@@ -1,0 +1,142 @@
+"""Zeroth-order engine: MeZO's four verbs (perturb, forward, step, update) on one float32 θ, perturbed in place.
+
+A step is two-point SPSA along a seeded portable perturbation z: θ += εz, L₊; θ −= 2εz, L₋; θ += εz (restore), and
+p = (L₊ − L₋)/2ε. z is regenerated block by block from (seed, block), so the engine holds θ plus at most one block's
+z. The local update θ ← θ − η·p·z is *exactly* ``cooperllm.zgr.apply_round`` on the one report (λ = 0): the device,
+the server and any replay share one source of truth for how a report moves θ.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cooperllm.layout import ParamLayout
+from cooperllm.perturb import MAX_SEED, add_perturbation, mix64
+from cooperllm.tokenization import EncodedBatch
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, apply_round
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("all", "cycle")
+RunFn = Callable[[EncodedBatch, np.ndarray], tuple[float, np.ndarray]]
+
+
+class NonFiniteLossError(ArithmeticError):
+    """A forward pass returned NaN/Inf: the step is dropped rather than reported."""
+
+
+@dataclass(frozen=True)
+class ZOConfig:
+    """Local ZO hyper-parameters (in federated mode they come from the round config)."""
+
+    lr: float = 1e-4
+    eps: float = 1e-3
+    schedule: str = "all"  # "all": one seed perturbs every block (report block −1); "cycle": block t mod B at step t
+    alpha: float = 1.0  # share of the isotropic part when guidance is present (1 = plain MeZO)
+    seed: int = 0  # base seed; step seeds are derived from (seed, round, step)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"block schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps must be a positive finite number, got {self.eps}")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a non-negative finite number, got {self.lr}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2^63-1], got {self.seed}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def step_seed(base_seed: int, round_id: int, step: int) -> int:
+    """A portable per-step seed: SplitMix-hash of (base seed, round, step), in [0, 2^63-1]."""
+    return mix64(mix64(mix64(base_seed) ^ (round_id & ((1 << 64) - 1))) ^ step) & MAX_SEED
+
+
+class ZOEngine:
+    """Holds θ (float32, updated in place) and runs SPSA steps through ``run_fn`` (a backend's ``run``)."""
+
+    def __init__(
+        self,
+        theta: np.ndarray,
+        layout: ParamLayout,
+        run_fn: RunFn,
+        config: ZOConfig,
+        guidance: Mapping[int, BlockGuidance] | None = None,
+    ):
+        if theta.dtype != np.float32 or theta.shape != (layout.total,):
+            raise ValueError(f"θ must be float32 of shape ({layout.total},)")
+        self.theta = theta
+        self.layout = layout
+        self.run_fn = run_fn
+        self.config = config
+        self.guidance: dict[int, BlockGuidance] = dict(guidance or {})
+        for b, g in self.guidance.items():
+            if not 0 <= b < len(layout.blocks) or g.basis.shape[0] != layout.blocks[b].size:
+                raise ValueError(f"guidance for block {b} does not match the layout")
+
+    # --- schedule -------------------------------------------------------------------------------------------------
+    def report_block(self, step: int) -> int:
+        """Block a step perturbs: −1 (all) or ``step mod n_blocks``."""
+        return ALL_BLOCKS if self.config.schedule == "all" else step % len(self.layout.blocks)
+
+    def blocks_of(self, report_block: int) -> range:
+        return range(len(self.layout.blocks)) if report_block == ALL_BLOCKS else range(report_block, report_block + 1)
+
+    # --- the four verbs ------------------------------------------------------------------------------------------
+    def perturb(self, coef: float, seed: int, report_block: int) -> None:
+        """θ_b += coef·z(seed, b) for every block the step touches, one block's z alive at a time."""
+        for b in self.blocks_of(report_block):
+            g = self.guidance.get(b)
+            add_perturbation(
+                self.theta[self.layout.blocks[b].slice],
+                coef,
+                seed,
+                b,
+                None if g is None else g.basis,
+                self.config.alpha,
+            )
+
+    def forward(self, batch: EncodedBatch) -> float:
+        loss, _ = self.run_fn(batch, self.theta)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"forward pass returned loss {loss}")
+        return loss
+
+    def step(self, batch: EncodedBatch, step: int, round_id: int = 0) -> Report:
+        """Two-point SPSA at the current θ; θ is restored (up to float rounding) before returning, even on error."""
+        seed = step_seed(self.config.seed, round_id, step)
+        block = self.report_block(step)
+        eps = self.config.eps
+        self.perturb(eps, seed, block)
+        offset = eps  # how far θ currently is from where it started, along z
+        try:
+            loss_plus = self.forward(batch)
+            self.perturb(-2.0 * eps, seed, block)
+            offset = -eps
+            loss_minus = self.forward(batch)
+        finally:
+            self.perturb(-offset, seed, block)
+        scalar = (loss_plus - loss_minus) / (2.0 * eps)
+        self.last_loss = 0.5 * (loss_plus + loss_minus)
+        return Report(seed=seed, block=block, step=step, scalar=float(scalar), n_examples=int(batch.labels.shape[0]))
+
+    def update(self, report: Report, lr: float | None = None) -> None:
+        """θ ← θ − lr·p·z(seed): the round update of ``apply_round`` restricted to this one report."""
+        apply_round(
+            self.theta,
+            self.layout,
+            [report],
+            self.guidance,
+            self.config.alpha,
+            lam=0.0,
+            eta=self.config.lr if lr is None else lr,
+        )

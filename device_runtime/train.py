@@ -1,0 +1,136 @@
+"""Standalone mode: federated-free MeZO on one device, with periodic evaluation and a resumable state.
+
+The reference for ZO speed and the simplest end-to-end check that the exported graph learns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cooperllm.checkpoint import load_theta
+from cooperllm.data import Dataset
+from cooperllm.tokenization import PromptEncoder
+from device_runtime.backends.base import GraphBackend
+from device_runtime.batches import BatchSchedule, EvalResult, evaluate
+from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
+from device_runtime.state import DeviceState, StateError, load_state, save_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    zo: ZOConfig = field(default_factory=ZOConfig)
+    data_seed: int = 0
+    eval_every: int = 0  # 0: evaluate only before and after
+    save_every: int = 10  # steps between state checkpoints (when a state folder is given)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+@dataclass
+class TrainResult:
+    theta: np.ndarray
+    steps_done: int
+    losses: list[tuple[int, float]]  # (step, mean of L₊ and L₋)
+    evals: list[tuple[int, EvalResult]]
+    skipped: int
+    seconds: float
+    resumed_from: int
+
+
+def initial_theta(backend: GraphBackend) -> np.ndarray:
+    m = backend.manifest
+    return load_theta(backend.folder / m.initial_adapter_file, m.layout)
+
+
+def artifact_id(backend: GraphBackend) -> str:
+    m = backend.manifest
+    if backend.graph is not None:
+        return m.files[backend.graph.file]
+    return "eager:" + m.files[m.initial_adapter_file]
+
+
+def fingerprint(cfg: TrainConfig, data: Dataset, batch_size: int) -> str:
+    """What must be equal for a resumed run to continue the same trajectory (the step budget may grow)."""
+    doc = {"zo": cfg.zo.to_dict(), "data_seed": cfg.data_seed, "batch": batch_size, "n": len(data)}
+    h = hashlib.sha256(json.dumps(doc, sort_keys=True).encode())
+    h.update("\x00".join(data.texts[:64]).encode())
+    return h.hexdigest()
+
+
+def train(
+    backend: GraphBackend,
+    encoder: PromptEncoder,
+    train_data: Dataset,
+    cfg: TrainConfig,
+    *,
+    eval_data: Dataset | None = None,
+    state_dir: str | Path | None = None,
+    progress: bool = True,
+    on_eval: Callable[[int, EvalResult], None] | None = None,
+) -> TrainResult:
+    layout = backend.manifest.layout
+    fp = fingerprint(cfg, train_data, backend.batch_size)
+    state = load_state(state_dir, layout) if state_dir else None
+    if state is not None:
+        if state.artifact != artifact_id(backend):
+            raise StateError(f"{state_dir}: state was computed with another artifact; use a new --state folder")
+        if state.fingerprint != fp:
+            raise StateError(f"{state_dir}: state was computed with other settings or data; use a new --state folder")
+        log.info("resuming from step %d (%s)", state.step, state_dir)
+    else:
+        state = DeviceState(theta=initial_theta(backend), artifact=artifact_id(backend), fingerprint=fp)
+    resumed_from = state.step
+    engine = ZOEngine(state.theta, layout, backend.run, cfg.zo)
+    schedule = BatchSchedule(train_data, encoder, backend.batch_size, cfg.data_seed)
+    losses: list[tuple[int, float]] = []
+    evals: list[tuple[int, EvalResult]] = []
+    skipped = 0
+
+    def do_eval(step: int) -> None:
+        if eval_data is None:
+            return
+        result = evaluate(backend.run, engine.theta, encoder, eval_data, backend.batch_size, progress)
+        evals.append((step, result))
+        log.info("step %d: eval accuracy %.4f loss %.4f", step, result.accuracy, result.loss)
+        if on_eval:
+            on_eval(step, result)
+
+    if state.step < cfg.steps or resumed_from == 0:
+        do_eval(state.step)
+    t0 = time.perf_counter()
+    with tqdm(total=cfg.steps, initial=state.step, desc="ZO train", unit="step", disable=not progress) as bar:
+        for t in range(state.step, cfg.steps):
+            try:
+                report = engine.step(schedule.batch(t), t)
+                engine.update(report)
+                losses.append((t, engine.last_loss))
+                bar.set_postfix(loss=f"{engine.last_loss:.4f}")
+            except NonFiniteLossError as exc:
+                skipped += 1
+                log.warning("step %d dropped: %s", t, exc)
+            state.step = t + 1
+            bar.update(1)
+            if state_dir and cfg.save_every and state.step % cfg.save_every == 0:
+                save_state(state_dir, state, layout)
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.steps:
+                do_eval(state.step)
+    seconds = time.perf_counter() - t0
+    if state_dir:
+        save_state(state_dir, state, layout)
+    if cfg.steps > resumed_from or not evals:
+        do_eval(state.step)
+    return TrainResult(state.theta, state.step, losses, evals, skipped, seconds, resumed_from)
