@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "cooperllm.commands.eval",
     "cooperllm.commands.bench",
     "cooperllm.commands.demo",
+    "exporters.cli",
 )
 
 

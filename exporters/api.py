@@ -1,0 +1,265 @@
+"""``export_artifacts``: HF model → quantized loss graph(s) with θ as inputs → validated artifact folder.
+
+The folder holds ``model.pte`` and/or ``model.onnx``, ``adapter_init.safetensors``, ``tokenizer.json`` and a
+``manifest.json`` (written last, only when every check passed or ``force`` is set) that hashes every file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cooperllm.adapter import AdapterSpec
+from cooperllm.manifest import (
+    DATA_INPUTS,
+    MANIFEST_FILE,
+    OUTPUTS,
+    GraphSpec,
+    Manifest,
+    sha256_file,
+    write_manifest,
+)
+from cooperllm.models import TOKENIZER_FILE, resolve_model
+from cooperllm.tasks import TaskSpec
+from exporters.errors import ExportError
+from exporters.quantize import check_scheme
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("pte", "onnx")
+INITIAL_ADAPTER_FILE = "adapter_init.safetensors"
+MAX_SEQ_LEN = 8192
+MAX_BATCH = 4096
+
+
+def graph_file(fmt: str, backend: str, multiple_pte: bool = False) -> str:
+    return f"model.{backend}.pte" if fmt == "pte" and multiple_pte else f"model.{fmt}"
+
+
+def check_request(formats: Sequence[str], backend: str, quant: str, batch_size: int, seq_len: int) -> tuple[list, str]:
+    """Refuse a bad request before any heavy work; returns the normalised formats and quant scheme."""
+    from exporters.lower import PTE_BACKENDS
+
+    if isinstance(formats, str):
+        formats = [formats]
+    fmts = []
+    for f in formats:
+        f = str(f).lower()
+        if f == "all":
+            fmts.extend(x for x in FORMATS if x not in fmts)
+        elif f in FORMATS:
+            if f not in fmts:
+                fmts.append(f)
+        else:
+            raise ExportError(f"unknown export format {f!r}; choose pte, onnx or all")
+    if not fmts:
+        raise ExportError("no export format requested")
+    if backend not in PTE_BACKENDS:
+        raise ExportError(f"unknown ExecuTorch backend {backend!r}; choose one of {', '.join(PTE_BACKENDS)}")
+    scheme = check_scheme(quant)
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+        raise ExportError(f"batch size must be an integer in [1, {MAX_BATCH}], got {batch_size!r}")
+    if not isinstance(seq_len, int) or not 1 <= seq_len <= MAX_SEQ_LEN:
+        raise ExportError(f"sequence length must be an integer in [1, {MAX_SEQ_LEN}], got {seq_len!r}")
+    return fmts, scheme
+
+
+def export_artifacts(
+    model: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    task: TaskSpec,
+    adapter: AdapterSpec | None = AdapterSpec(),  # noqa: B008 - frozen dataclass, safe as a default
+    formats: Sequence[str] = ("pte",),
+    backend: str = "xnnpack",
+    quant: str = "int8",
+    batch_size: int = 8,
+    seq_len: int = 64,
+    validate: bool = True,
+    force: bool = False,
+    progress: bool = True,
+    quantize_embeddings: bool = True,
+    validation_texts: Sequence[str] | None = None,
+) -> Manifest:
+    """Export, validate and describe one artifact folder; raises ExportError on a bad request or a failed check.
+
+    The graph is traced at a fixed ``batch_size`` × ``seq_len`` (devices pad to it). ``validation_texts`` (default:
+    built-in sentences) fill the batch used for tracing and for the parity and fidelity checks.
+    """
+    fmts, scheme = check_request(formats, backend, quant, batch_size, seq_len)
+    if adapter is None and task.mode != "seq-cls":
+        raise ExportError("causal-lm-cls without an adapter has no trainable tensor; give an AdapterSpec")
+    model_dir = resolve_model(model)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output path {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # a stale manifest must never describe new files
+
+    from tqdm import tqdm
+
+    stages = ["load", "quantize", "trace", *(f"export {f}" for f in fmts), *(["validate"] if validate else [])]
+    bar = tqdm(total=len(stages), desc="export", disable=not progress, unit="stage")
+    timings: dict[str, float] = {}
+
+    def stage(name: str) -> None:
+        bar.set_postfix_str(name)
+        timings[name] = time.perf_counter()
+
+    def done(name: str) -> None:
+        timings[name] = round(time.perf_counter() - timings[name], 3)
+        bar.update(1)
+
+    try:
+        return _export(
+            model,
+            model_dir,
+            out,
+            task,
+            adapter,
+            fmts,
+            backend,
+            scheme,
+            batch_size,
+            seq_len,
+            validate,
+            force,
+            quantize_embeddings,
+            validation_texts,
+            stage,
+            done,
+            timings,
+        )
+    finally:
+        bar.close()
+
+
+def _export(
+    model,
+    model_dir,
+    out,
+    task,
+    adapter,
+    fmts,
+    backend,
+    scheme,
+    batch_size,
+    seq_len,
+    validate,
+    force,
+    quantize_embeddings,
+    validation_texts,
+    stage,
+    done,
+    timings,
+) -> Manifest:
+    import torch
+
+    from cooperllm.checkpoint import save_theta
+    from cooperllm.modeling import build_task_model, theta_from_module
+    from cooperllm.models import load_causal_lm
+    from cooperllm.tokenization import PromptEncoder
+    from exporters.graph import ThetaInputs, export_program
+    from exporters.lower import to_onnx, to_pte
+    from exporters.quantize import quantize_frozen
+    from exporters.validate import EagerFunction, format_table, graph_inputs, validate_graph, validation_batch
+
+    stage("load")
+    try:
+        encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, seq_len)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    lm = load_causal_lm(model_dir)
+    try:
+        module, layout = build_task_model(lm, task, encoder.label_token_ids, adapter)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    if not layout.names:
+        raise ExportError("the task has no trainable tensor")
+    theta0 = theta_from_module(module, layout)
+    save_theta(out / INITIAL_ADAPTER_FILE, theta0, layout)
+    shutil.copyfile(model_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    done("load")
+
+    stage("quantize")
+    head = lm.get_output_embeddings()
+    quantization = quantize_frozen(module, scheme, embeddings=quantize_embeddings, skip=(head,) if head else ())
+    done("quantize")
+
+    stage("trace")
+    batch = validation_batch(encoder, batch_size, *([list(validation_texts)] if validation_texts else []))
+    args = tuple(torch.from_numpy(a) for a in graph_inputs(batch, theta0, layout))
+    wrapper = ThetaInputs(module, layout.names)
+    program = export_program(wrapper, args)
+    done("trace")
+
+    input_names = [*DATA_INPUTS, *layout.names]
+    graphs: list[GraphSpec] = []
+    details: dict[str, dict] = {}
+    for fmt in fmts:
+        stage(f"export {fmt}")
+        name = graph_file(fmt, backend)
+        if fmt == "onnx":
+            details[name] = {"onnx": to_onnx(program, input_names, out / name)}
+            graphs.append(GraphSpec(name, "onnx", "ort", batch_size, seq_len))
+        else:
+            # to_edge consumes the program; re-export so a later ONNX export (if any) sees a fresh one
+            prog = program if fmt == fmts[-1] else export_program(wrapper, args)
+            delegation = to_pte(prog, backend, out / name)
+            details[name] = {"delegation": delegation} if backend == "xnnpack" else {}
+            graphs.append(GraphSpec(name, "pte", backend, batch_size, seq_len))
+        details[name]["file_mb"] = round((out / name).stat().st_size / 1e6, 3)
+        done(f"export {fmt}")
+
+    validation: dict = {"checked": validate}
+    failed = []
+    if validate:
+        stage("validate")
+        from exporters.runners import open_runner
+
+        eager32 = EagerFunction(module, layout, torch.float32)
+        eager64 = EagerFunction(module, layout, torch.float64)
+        results = {}
+        for g in graphs:
+            r = validate_graph(open_runner(out / g.file, g.format), eager32, eager64, batch, theta0)
+            r.update(details[g.file])
+            results[g.file] = r
+            if not r["passed"]:
+                failed.append(g.file)
+        validation["graphs"] = results
+        validation["table"] = format_table(results)
+        validation["passed"] = not failed
+        done("validate")
+        log.debug("validation:\n%s", validation["table"])
+    else:
+        validation["graphs"] = {name: d for name, d in details.items()}
+    validation["timings_s"] = {k: v for k, v in timings.items()}
+
+    files = {p: sha256_file(out / p) for p in [TOKENIZER_FILE, INITIAL_ADAPTER_FILE, *(g.file for g in graphs)]}
+    manifest = Manifest(
+        model_name=str(model) if str(model) == "smollm2" else model_dir.name,
+        task=task,
+        adapter=adapter,
+        layout=layout,
+        graphs=graphs,
+        input_names=input_names,
+        output_names=list(OUTPUTS),
+        label_token_ids=list(encoder.label_token_ids),
+        pad_token_id=int(encoder.pad_id),
+        tokenizer_file=TOKENIZER_FILE,
+        initial_adapter_file=INITIAL_ADAPTER_FILE,
+        quantization=quantization,
+        files=files,
+        validation=validation,
+    )
+    if failed and not force:
+        raise ExportError(
+            f"validation failed for {', '.join(failed)}; no manifest written (pass --force to keep it anyway):\n"
+            + validation["table"]
+        )
+    write_manifest(out, manifest)
+    return manifest

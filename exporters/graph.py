@@ -1,0 +1,51 @@
+"""The exportable loss function: ``(input_ids, attention_mask, labels, *θ tensors) -> (loss, label_logits)``.
+
+Trainable tensors (LoRA factors, the seq-cls head) are substituted with ``torch.func.functional_call`` so they become
+graph inputs in layout order; every other weight stays a constant of the graph. The loss itself is
+``cooperllm.modeling.ClassifierLoss``: the exporter, the cloud and the eager reference compute the same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cooperllm.layout import ParamLayout
+
+
+class ThetaInputs(nn.Module):
+    """Wraps a ClassifierLoss so θ's tensors are positional inputs (one per layout tensor, in layout order)."""
+
+    def __init__(self, loss_module: nn.Module, names: Sequence[str]):
+        super().__init__()
+        self.inner = loss_module
+        self.names = list(names)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *theta: torch.Tensor
+    ):
+        params = dict(zip(self.names, theta, strict=True))
+        loss, logits = torch.func.functional_call(self.inner, params, (input_ids, attention_mask, labels))
+        return loss, logits
+
+
+def example_inputs(
+    layout: ParamLayout, theta: dict[str, torch.Tensor], batch_size: int, seq_len: int, vocab: int, num_classes: int
+) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs: left-padded ids, a mask, labels, then θ in layout order."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (batch_size, seq_len), generator=gen, dtype=torch.int64)
+    mask = torch.ones(batch_size, seq_len, dtype=torch.int64)
+    for i in range(batch_size):  # varied left padding, so masking is exercised at trace and check time
+        pad = (i * seq_len) // (2 * batch_size)
+        mask[i, :pad] = 0
+    labels = torch.arange(batch_size, dtype=torch.int64) % num_classes
+    return (ids, mask, labels, *(theta[n].contiguous() for n in layout.names))
+
+
+def export_program(wrapper: ThetaInputs, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    """torch.export with static shapes (the device feeds fixed batch × seq_len) and non-strict tracing."""
+    with torch.no_grad():
+        return torch.export.export(wrapper, args, strict=False)
