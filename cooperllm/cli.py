@@ -15,7 +15,9 @@ COMMAND_MODULES = (
     "cooperllm.commands.eval",
     "cooperllm.commands.bench",
     "cooperllm.commands.demo",
+    "cooperllm.commands.bench_dtc",
     "exporters.cli",
+    "cloud_api.cli",
 )
 
 

@@ -87,3 +87,56 @@ def apply_round(
         for b, g in sorted(guidance.items()):
             block = theta[layout.blocks[b].slice]
             block += np.float32(-(eta * lam)) * combine_columns(g.basis, g.coeffs)
+
+
+def lambda_star(zo_var: float, cloud_var: float, bias_sq: float, lam_max: float = 1.0) -> float:
+    """The MSE-optimal mixing weight λ* = dσ² / (dσ² + ‖b̄‖² + τ²), clipped to [0, λ_max] (DESIGN.md §5.5).
+
+    ``zo_var`` is dσ² (total variance of the ZO mean), ``cloud_var`` τ² (variance of the cloud minibatch gradient),
+    ``bias_sq`` ‖b̄‖² (squared bias of the cloud gradient w.r.t. the device objective).
+    """
+    denom = zo_var + bias_sq + cloud_var
+    if not math.isfinite(denom) or denom <= 0.0:
+        return 0.0
+    return float(min(max(zo_var / denom, 0.0), lam_max))
+
+
+def online_lambda(
+    layout: ParamLayout,
+    reports: Sequence[Report],
+    guidance: Mapping[int, BlockGuidance],
+    alpha: float,
+    cloud_var: float,
+    lam_max: float = 1.0,
+) -> tuple[float, dict[str, float]]:
+    """Estimate λ* from one round: σ² from the spread of the device scalars, τ² given by the cloud, ‖b̄‖² from the
+    disagreement ‖ĝ_Z − V c‖² minus the two noise terms (clipped at 0). Only blocks with guidance are used.
+
+    Returns (λ, the estimated terms). With fewer than two reports on every guided block σ² cannot be measured
+    and λ falls back to 0 (trust the devices).
+    """
+    from cooperllm.perturb import perturbation
+
+    counts = reports_per_block(layout, reports)
+    zo_var = 0.0
+    disagreement = 0.0
+    used = 0
+    for b, g in sorted(guidance.items()):
+        touching = [r for r in reports if b in _blocks_of(layout, r)]
+        if len(touching) < 2:
+            continue
+        n_b = layout.blocks[b].size
+        scalars = np.array([r.scalar for r in touching], dtype=np.float64)
+        zo_var += n_b * float(scalars.var(ddof=1)) / counts[b]
+        g_z = np.zeros(n_b, dtype=np.float64)
+        for r in touching:
+            g_z += r.scalar * perturbation(r.seed, b, n_b, g.basis, alpha).astype(np.float64)
+        g_z /= counts[b]
+        g_c = g.basis.astype(np.float64) @ g.coeffs.astype(np.float64)
+        disagreement += float(np.sum((g_z - g_c) ** 2))
+        used += 1
+    if used == 0:
+        return 0.0, {"zo_var": 0.0, "cloud_var": cloud_var, "bias_sq": 0.0, "blocks": 0.0}
+    bias_sq = max(0.0, disagreement - zo_var - cloud_var)
+    lam = lambda_star(zo_var, cloud_var, bias_sq, lam_max)
+    return lam, {"zo_var": zo_var, "cloud_var": cloud_var, "bias_sq": bias_sq, "blocks": float(used)}

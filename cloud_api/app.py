@@ -1,0 +1,64 @@
+"""The FastAPI application: ``create_app(settings)``; the model, store and round engine load once in ``lifespan``."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from cloud_api.deps import AppState
+from cloud_api.engine import RoundEngine, ServiceError
+from cloud_api.middleware import BodyLimitMiddleware
+from cloud_api.routers import adapter, admin, devices, health, rounds
+from cloud_api.settings import Settings
+from cooperllm.protocol import API_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from cloud_api.db import make_engine
+        from cloud_api.model_host import load_model_host
+        from cloud_api.security import DeviceRegistry, RateLimiter
+
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        db_engine = make_engine(settings.db_url, settings.sqlite_synchronous)
+        host = load_model_host(settings)
+        engine = RoundEngine(host, db_engine, settings.state_dir, settings.tick_s)
+        engine.start()
+        app.state.cooper = AppState(
+            settings,
+            host,
+            engine,
+            DeviceRegistry(db_engine),
+            RateLimiter(settings.rate_limit_per_s, settings.rate_burst),
+        )
+        log.info("cloud service ready (env=%s, db=%s)", settings.env, db_engine.url.render_as_string())
+        try:
+            yield
+        finally:
+            engine.stop()
+            db_engine.dispose()
+
+    app = FastAPI(
+        title="CooperLLM cloud",
+        version="1",
+        description="Federated fine-tuning rounds: enrolment, guidance, ZO report uploads, aggregation by seed "
+        "replay, model sync, adapter and PEFT export.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    for r in (devices.router, rounds.router, adapter.router, admin.router, health.router):
+        app.include_router(r, prefix=API_PREFIX)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,122 @@
+"""``cooperllm serve`` (the cloud service under uvicorn) and ``cooperllm bench cloud`` (its upload benchmark).
+
+Cheap to import: FastAPI, torch and the model load only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the cloud service (rounds, aggregation, backprop rectifier) under uvicorn",
+        description="Serve API v1. Every option can also come from the environment (COOPERLLM_<NAME>); secrets "
+        "(COOPERLLM_ADMIN_TOKEN, COOPERLLM_ENROLMENT_KEY) only from the environment, and outside "
+        "--env development the service refuses to start with the default ones.",
+    )
+    p.add_argument("--model", help="'smollm2' or a local HF causal-LM folder (default smollm2)")
+    p.add_argument("--artifacts", help="exported artifact folder (manifest.json): layout, θ₀ and hashes to advertise")
+    p.add_argument(
+        "--public-data", help="public labelled data for the rectifier (default ../shared/data/sst2/train.tsv)"
+    )
+    p.add_argument("--public-n", type=int, help="public examples to sample (default 2000)")
+    p.add_argument("--db", dest="db_url", help="SQLAlchemy URL (default sqlite:///runs/cloud/cooperllm.db)")
+    p.add_argument("--state-dir", help="folder for adapter versions and gradient windows (default runs/cloud)")
+    p.add_argument("--env", choices=["development", "production", "test"], help="deployment environment")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument(
+        "--seq-len", type=int, help="tokens per public example (default 64; the manifest's with --artifacts)"
+    )
+    p.add_argument("--torch-threads", type=int, help="threads for the rectifier's backprop (default 1)")
+    p.add_argument("--max-body-bytes", type=int, help="request body cap, compressed and decompressed (default 8 MiB)")
+    p.add_argument("--rate-limit", dest="rate_limit_per_s", type=float, help="requests/s per device (default 50)")
+    p.add_argument("--rate-burst", type=int, help="burst per device (default 100)")
+    p.add_argument("--create-run", metavar="JSON", help="start a run at startup if none is running (RunConfig JSON)")
+    p.set_defaults(func=serve)
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cloud",
+        help="upload throughput and latency of the cloud service with N concurrent devices on loopback",
+        description="Start `cooperllm serve` (tiny model, SQLite) as a subprocess, enrol N devices and let them "
+        "upload report batches concurrently for a fixed time. Prints batches/s, p50/p99 latency, the ratio to a "
+        "GET /v1/health baseline measured in the same run, and checks the database for lost or duplicated reports.",
+    )
+    p.add_argument("--devices", type=int, default=100, help="concurrent devices (default 100)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of uploading (default 10)")
+    p.add_argument("--reports-per-batch", type=int, default=4, help="reports per upload (default 4)")
+    p.add_argument("--model", help="model for the server (default: a tiny random Llama built in a temp folder)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=bench)
+
+
+_SETTING_ARGS = (
+    "model",
+    "artifacts",
+    "public_data",
+    "public_n",
+    "db_url",
+    "state_dir",
+    "env",
+    "seq_len",
+    "torch_threads",
+    "max_body_bytes",
+    "rate_limit_per_s",
+    "rate_burst",
+)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from cloud_api.app import create_app
+    from cloud_api.settings import Settings
+
+    overrides = {k: getattr(args, k) for k in _SETTING_ARGS if getattr(args, k, None) is not None}
+    settings = Settings(**overrides)
+    app = create_app(settings)
+    if args.create_run:
+        _create_run_on_start(app, args.create_run)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    port = sock.getsockname()[1]
+    print(f"cooperllm cloud listening on http://{args.host}:{port}/v1 (docs at /docs)", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def _create_run_on_start(app, config_json: str) -> None:
+    from cooperllm.protocol import RunConfig
+
+    cfg = RunConfig.model_validate_json(config_json)
+    original = app.router.lifespan_context
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(a):
+        async with original(a):
+            eng = a.state.cooper.engine
+            if eng.run_status != "running":
+                eng.create_run(cfg)
+            yield
+
+    app.router.lifespan_context = lifespan
+
+
+def bench(args: argparse.Namespace) -> int:
+    from cloud_api.bench import run_bench
+
+    return run_bench(args)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,168 @@
+"""Storage schema (SQLAlchemy Core, portable SQL): SQLite in WAL mode by default, PostgreSQL by URL.
+
+Every accepted report batch is one transaction committed before the HTTP answer; uniqueness constraints are the
+last line against double counting (idempotency key per device; (run, round, device, seed, block, step) per report).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    make_url,
+)
+
+metadata = MetaData()
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("config", Text, nullable=False),  # RunConfig JSON
+    Column("status", String(16), nullable=False),  # running | finished | failed | stopped
+    Column("current_round", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("failure", Text),
+)
+
+rounds = Table(
+    "rounds",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("status", String(16), nullable=False),  # open | closed | failed
+    Column("opened_at", Float, nullable=False),
+    Column("deadline", Float, nullable=False),
+    Column("closed_at", Float),
+    Column("extensions", Integer, nullable=False, default=0),
+    Column("n_reports", Integer, nullable=False, default=0),
+    Column("n_devices", Integer, nullable=False, default=0),
+    Column("lam", Float),
+    Column("theta_checksum", String(64), nullable=False),
+    Column("theta_checksum_after", String(64)),
+    Column("aggregate_s", Float),
+    Column("failure", Text),
+)
+
+guidance = Table(
+    "guidance",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("block", Integer, primary_key=True),
+    Column("guidance_id", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("m", Integer, nullable=False),
+    Column("coeffs", Text, nullable=False),  # JSON list of float32 values (exact as float64 text)
+    Column("frame", LargeBinary, nullable=False),  # the exact bytes devices download
+)
+
+rectifier_runs = Table(
+    "rectifier_runs",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),  # guidance for this round
+    Column("theta_round", Integer, nullable=False),  # θ it was computed at
+    Column("seconds", Float, nullable=False),
+    Column("backward_passes", Integer, nullable=False),
+    Column("window", Integer, nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("cloud_var", Float, nullable=False),  # trace of the minibatch-gradient covariance (for λ*)
+)
+
+upload_batches = Table(
+    "upload_batches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", Integer, ForeignKey("devices.id"), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    Column("run_id", Integer, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("accepted", Integer, nullable=False),
+    Column("duplicates", Integer, nullable=False),
+    Column("clipped", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("device_id", "idempotency_key", name="uq_batch_key"),
+)
+
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("device_id", Integer, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("block", Integer, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("scalar", Float(precision=53), nullable=False),
+    Column("n_examples", Integer, nullable=False),
+    Column("clipped", Boolean, nullable=False, default=False),
+    Column("batch_id", Integer, nullable=False),
+    UniqueConstraint("run_id", "round", "device_id", "seed", "block", "step", name="uq_report"),
+)
+
+deltas = Table(
+    "deltas",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("device_id", Integer, nullable=False),
+    Column("n_examples", Integer, nullable=False),
+    Column("frame", LargeBinary, nullable=False),
+    Column("batch_id", Integer, nullable=False),
+    UniqueConstraint("run_id", "round", "device_id", name="uq_delta"),
+)
+
+
+def make_engine(url: str, synchronous: str = "NORMAL") -> Engine:
+    """Create the engine (and the SQLite file's folder); SQLite gets WAL, a busy timeout and foreign keys."""
+    parsed = make_url(url)
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    kwargs: dict = {}
+    if is_sqlite:
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = create_engine(url, **kwargs)
+    if is_sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised through every test
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    metadata.create_all(engine)
+    return engine

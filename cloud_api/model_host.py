@@ -1,0 +1,167 @@
+"""The cloud's full-precision model: loaded once, gives the θ layout, θ₀ and backprop gradients on public data.
+
+The cloud never needs the exported graph: it runs the same ``ClassifierLoss`` eagerly. When an artifact folder is
+given, its manifest must describe the same layout (a clear error otherwise) and its initial adapter is θ₀.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cloud_api.settings import Settings
+from cooperllm.adapter import AdapterSpec
+from cooperllm.layout import ParamLayout
+from cooperllm.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+class ArtifactMismatchError(ValueError):
+    """The artifact manifest and the model the cloud loaded disagree (layout, task or adapter)."""
+
+
+@dataclass
+class ModelHost:
+    model_dir: Path
+    model_name: str
+    task: TaskSpec
+    adapter: AdapterSpec
+    layout: ParamLayout
+    theta0: np.ndarray
+    artifact_hashes: dict[str, str]
+    module: object  # ClassifierLoss (torch)
+    public_ids: np.ndarray  # (N, L) int64
+    public_mask: np.ndarray
+    public_labels: np.ndarray
+    torch_threads: int = 1
+    _lock: object = field(default=None, repr=False)
+
+    @property
+    def n_public(self) -> int:
+        return int(self.public_labels.shape[0])
+
+    def gradient(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        """∂ mean-CE / ∂θ on the public rows ``rows`` at ``theta`` (layout order, float32) and the loss."""
+        import torch
+        from torch.func import functional_call
+
+        torch.set_num_threads(self.torch_threads)
+        flat = torch.tensor(np.asarray(theta, dtype=np.float32), requires_grad=True)
+        params = {t.name: flat[t.offset : t.offset + t.size].view(t.shape) for t in self.layout.tensors}
+        ids = torch.from_numpy(self.public_ids[rows])
+        mask = torch.from_numpy(self.public_mask[rows])
+        labels = torch.from_numpy(self.public_labels[rows])
+        loss, _ = functional_call(self.module, params, (ids, mask, labels), strict=False)
+        loss.backward()
+        return flat.grad.numpy().astype(np.float32, copy=True), float(loss.detach())
+
+    def label_logits(self, theta: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Label logits of the eager model at θ (used to check exports)."""
+        import torch
+        from torch.func import functional_call
+
+        params = {n: torch.from_numpy(np.array(v)) for n, v in self.layout.unflatten(theta.copy()).items()}
+        labels = torch.zeros(input_ids.shape[0], dtype=torch.int64)
+        with torch.no_grad():
+            _, logits = functional_call(
+                self.module,
+                params,
+                (torch.from_numpy(input_ids), torch.from_numpy(attention_mask), labels),
+                strict=False,
+            )
+        return logits.numpy()
+
+
+def _task_and_adapter(settings: Settings) -> tuple[TaskSpec, AdapterSpec, int]:
+    task = TaskSpec(
+        mode=settings.task,
+        template=settings.template.replace("\\n", "\n"),
+        label_words=tuple(settings.label_words),
+        label_names=tuple(settings.label_names),
+    )
+    adapter = AdapterSpec(
+        settings.lora_rank, settings.lora_alpha, tuple(settings.lora_targets), settings.lora_init_seed
+    )
+    return task, adapter, settings.seq_len
+
+
+def load_model_host(settings: Settings) -> ModelHost:
+    """Resolve and load the model, build the task module and layout, read the artifacts and encode public data."""
+    import torch
+
+    from cooperllm.data import load_dataset, public_split, shared_data_dir
+    from cooperllm.manifest import MANIFEST_FILE, read_manifest, sha256_file
+    from cooperllm.modeling import build_task_model, theta_from_module
+    from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
+    from cooperllm.tokenization import PromptEncoder
+
+    torch.set_num_threads(settings.torch_threads)
+    task, adapter, seq_len = _task_and_adapter(settings)
+    manifest = None
+    if settings.artifacts is not None:
+        manifest = read_manifest(settings.artifacts)
+        task = manifest.task
+        if manifest.adapter is None:
+            raise ArtifactMismatchError(f"{settings.artifacts}: the manifest has no LoRA adapter; the cloud needs one")
+        adapter = manifest.adapter
+        seq_len = manifest.graphs[0].seq_len
+    model_dir = resolve_model(settings.model)
+    encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, seq_len)
+    lm = load_causal_lm(model_dir)
+    module, layout = build_task_model(lm, task, encoder.label_token_ids, adapter)
+    theta0 = theta_from_module(module, layout)
+    hashes: dict[str, str] = {}
+    if manifest is not None:
+        if manifest.layout.to_dict() != layout.to_dict():
+            raise ArtifactMismatchError(
+                f"{settings.artifacts}: the manifest's θ layout ({manifest.layout.total} values in "
+                f"{len(manifest.layout.blocks)} blocks) differs from the model's ({layout.total} in "
+                f"{len(layout.blocks)}); export the artifacts from the same model, task and adapter"
+            )
+        if list(manifest.label_token_ids) != list(encoder.label_token_ids):
+            raise ArtifactMismatchError(f"{settings.artifacts}: label token ids differ from the model's tokenizer")
+        from cooperllm.checkpoint import load_theta
+
+        theta0 = load_theta(Path(settings.artifacts) / manifest.initial_adapter_file, layout)
+        hashes = dict(manifest.files)
+        hashes[MANIFEST_FILE] = sha256_file(Path(settings.artifacts) / MANIFEST_FILE)
+    else:
+        hashes["tokenizer.json"] = sha256_file(model_dir / TOKENIZER_FILE)
+    data_path = settings.public_data or shared_data_dir() / "sst2" / "train.tsv"
+    data = load_dataset(data_path, settings.text_column, settings.label_column, task.label_names)
+    public = public_split(data, settings.public_n, seed=0)
+    enc = encoder.encode(public.texts, public.labels)
+    log.info(
+        "cloud model %s: %d trainable values in %d blocks, %d public examples (%s)",
+        model_dir.name,
+        layout.total,
+        len(layout.blocks),
+        len(public),
+        data_path,
+    )
+    return ModelHost(
+        model_dir=model_dir,
+        model_name=str(settings.model if settings.model != "smollm2" else model_dir.name),
+        task=task,
+        adapter=adapter,
+        layout=layout,
+        theta0=theta0,
+        artifact_hashes=hashes,
+        module=module,
+        public_ids=enc.input_ids,
+        public_mask=enc.attention_mask,
+        public_labels=enc.labels,
+        torch_threads=settings.torch_threads,
+    )
+
+
+def minibatch_rows(n_public: int, batch: int, run_seed: int, round_: int, k: int) -> np.ndarray:
+    """Deterministic public minibatch k for guidance round ``round_``: a restart recomputes the same gradients."""
+    digest = hashlib.blake2b(f"{run_seed}:{round_}:{k}".encode(), digest_size=8).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "little"))
+    return np.sort(rng.choice(n_public, size=min(batch, n_public), replace=False))

@@ -1,0 +1,48 @@
+"""Admin (admin token): create and inspect runs, metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from cloud_api.deps import Admin, State
+from cooperllm.protocol import Metrics, RoundSummary, RunConfig, RunInfo
+
+router = APIRouter(tags=["admin"])
+RunId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+@router.post("/admin/runs", operation_id="create_run", response_model=RunInfo, status_code=201)
+def create_run(config: RunConfig, state: State, _: Admin) -> RunInfo:
+    """Start a run: θ₀, round-0 guidance (zgr), round 0 opens at once. A running run is stopped."""
+    return state.engine.create_run(config)
+
+
+@router.get("/admin/runs/{run_id}", operation_id="get_run", response_model=RunInfo)
+def get_run(run_id: RunId, state: State, _: Admin) -> RunInfo:
+    return state.engine.run_info(run_id)
+
+
+@router.get("/admin/runs/{run_id}/rounds", operation_id="list_rounds", response_model=list[RoundSummary])
+def list_rounds(run_id: RunId, state: State, _: Admin) -> list[RoundSummary]:
+    return state.engine.round_summaries(run_id)
+
+
+@router.get("/metrics", operation_id="get_metrics", response_model=Metrics)
+def metrics(state: State, _: Admin) -> Metrics:
+    """Counters since start, rejections by reason, and the rectifier's cost per round (seconds, backward passes)."""
+    eng = state.engine
+    with eng.lock:
+        counters = dict(eng.counters)
+        rejected = dict(eng.rejected)
+    return Metrics(
+        uptime_s=time.time() - eng.started,
+        devices=eng.count_devices(),
+        reports_total=eng.count_reports(),
+        rejected=rejected,
+        rectifier=eng.rectifier_costs(),
+        last_lambda=eng.last_lambda,
+        **counters,
+    )

@@ -1,0 +1,74 @@
+"""Rounds: the current round, guidance frames, report and delta uploads, model sync by replay."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
+
+from cloud_api.deps import DeviceId, State
+from cooperllm.protocol import (
+    ERRORS,
+    FRAME_MEDIA_TYPE,
+    GUIDANCE_ID_HEADER,
+    ModelSync,
+    ReportAck,
+    ReportBatch,
+    RoundInfo,
+)
+
+router = APIRouter(prefix="/rounds", tags=["rounds"])
+RoundNo = Annotated[int, Path(ge=0, le=1_000_000)]
+
+
+@router.get("/current", operation_id="get_current_round", response_model=RoundInfo)
+def current_round(state: State, device: DeviceId) -> RoundInfo:
+    """Config of the current round, its guidance list and this device's seed range [seed_lo, seed_hi)."""
+    return state.engine.round_info(device, state.host.artifact_hashes)
+
+
+@router.get(
+    "/{round}/guidance/{block}",
+    operation_id="get_guidance",
+    response_class=Response,
+    responses={200: {"content": {FRAME_MEDIA_TYPE: {}}, "description": "tensor frame of V_b (n_b × m)"}},
+)
+def guidance(round: RoundNo, block: Annotated[int, Path(ge=0, le=100_000)], state: State, device: DeviceId):
+    """The basis V_b of the round's guidance for ``block`` as a binary tensor frame (DTC or plain float32)."""
+    frame, gid = state.engine.guidance_frame(round, block)
+    return Response(frame, media_type=FRAME_MEDIA_TYPE, headers={GUIDANCE_ID_HEADER: gid})
+
+
+@router.post("/{round}/reports", operation_id="upload_reports", response_model=ReportAck)
+def upload_reports(round: RoundNo, batch: ReportBatch, state: State, device: DeviceId) -> ReportAck:
+    """A batch of ZO reports; counted once per (device, idempotency key) and once per (seed, block, step)."""
+    return state.engine.accept_reports(device, round, batch)
+
+
+@router.post(
+    "/{round}/delta",
+    operation_id="upload_delta",
+    response_model=ReportAck,
+    openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def upload_delta(
+    round: RoundNo,
+    request: Request,
+    state: State,
+    device: DeviceId,
+    idempotency_key: Annotated[str, Header(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")],
+    x_n_examples: Annotated[int, Header(ge=1, le=1_000_000)],
+) -> ReportAck:
+    """Strategy ``bp``: the device's LoRA update Δθ (tensor frame, layout order); FedAvg weights by n_examples."""
+    frame = await request.body()
+    if not frame:
+        raise HTTPException(422, ERRORS["bad_frame"])
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(state.engine.accept_delta, device, round, idempotency_key, x_n_examples, frame)
+
+
+@router.get("/{round}/sync", operation_id="get_model_sync", response_model=ModelSync)
+def model_sync(round: RoundNo, state: State, device: DeviceId) -> ModelSync:
+    """Seeds, scalars, guidance ids and coefficients, λ, η and checksums: replay θ_r → θ_r+1 with apply_round."""
+    return state.engine.sync(round)

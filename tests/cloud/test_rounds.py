@@ -1,0 +1,81 @@
+"""A full federated round against a real uvicorn server: uploads, quorum, aggregation, replay, idempotency."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cooperllm.api_client import ApiError
+from cooperllm.layout import theta_checksum
+from cooperllm.protocol import RunConfig
+
+from .helpers import make_reports, replay, theta_from_bytes, wait_round
+
+
+def test_full_zgr_round_replays_bit_exactly(live):
+    admin = live.admin()
+    cfg = RunConfig(
+        strategy="zgr",
+        rounds=3,
+        quorum=3,
+        local_steps=2,
+        lam=0.3,
+        eta=0.05,
+        guidance_rank=2,
+        window=4,
+        grad_batches=2,
+        grad_batch_size=4,
+        deadline_s=60,
+    )
+    run = admin.create_run(cfg)
+    devices = [live.device(f"d{i}") for i in range(3)]
+    layout = live.engine.host.layout
+    theta0 = theta_from_bytes(devices[0].adapter(0), layout)
+    assert theta_checksum(theta0) == run.theta_checksum
+    rng = np.random.default_rng(0)
+    for rnd in range(2):
+        infos = [d.current_round() for d in devices]
+        assert {i.round for i in infos} == {rnd} and infos[0].status == "open"
+        assert len(infos[0].guidance) == len(layout.blocks)
+        assert len({(i.seed_lo, i.seed_hi) for i in infos}) == 3  # disjoint seed ranges per device
+        for d, info in zip(devices, infos, strict=True):
+            for g in info.guidance:
+                basis = d.guidance(rnd, g.block)
+                assert basis.shape == (g.rows, g.m)
+                assert np.allclose(basis.T @ basis, np.eye(g.m), atol=0.1)  # DTC frames are lossy
+            ack = d.upload_reports(rnd, make_reports(info, rng), f"r{rnd}-{info.seed_lo}")
+            assert ack.accepted == info.local_steps * len(info.blocks) and not ack.replay
+        nxt = wait_round(devices[0], rnd + 1)
+        assert nxt.round == rnd + 1
+        theta1 = replay(devices[1], layout, rnd, theta0)
+        sync = devices[1].sync(rnd)
+        assert len(sync.reports) == 3 * 2 * len(layout.blocks) and sync.lam == pytest.approx(0.3)
+        assert theta_checksum(theta1) == sync.theta_checksum_after == nxt.theta_checksum
+        assert np.array_equal(theta_from_bytes(devices[2].adapter(rnd + 1), layout), theta1)
+        assert not np.array_equal(theta1, theta0)
+        theta0 = theta1
+    rounds = admin.rounds(run.run_id)
+    assert [r.status for r in rounds] == ["closed", "closed", "open"]
+    assert all(r.rectifier_s is not None and r.rectifier_s > 0 for r in rounds)
+    m = admin.metrics()
+    assert m.rectifier and m.rectifier[0]["backward_passes"] >= 0 and m.reports_total >= 24
+
+
+def test_idempotent_reupload_never_counts_twice(live):
+    admin = live.admin()
+    admin.create_run(RunConfig(strategy="zo", rounds=2, quorum=2, local_steps=1, blocks=[-1], deadline_s=60))
+    dev = live.device()
+    info = dev.current_round()
+    reports = make_reports(info, np.random.default_rng(1))
+    before = admin.metrics().reports_total
+    first = dev.upload_reports(info.round, reports, "batch-1")
+    again = dev.upload_reports(info.round, reports, "batch-1")
+    assert (first.accepted, first.replay) == (1, False)
+    assert (again.accepted, again.replay) == (0, True)
+    other_key = dev.upload_reports(info.round, reports, "batch-2")  # same reports under a new key
+    assert (other_key.accepted, other_key.duplicates) == (0, 1)
+    with pytest.raises(ApiError) as err:
+        dev.upload_reports(info.round, make_reports(info, np.random.default_rng(2)), "batch-1")
+    assert err.value.status_code == 409 and err.value.detail == "idempotency key reused with a different body"
+    assert admin.metrics().reports_total == before + 1
+    assert admin.metrics().idempotent_replays >= 1
