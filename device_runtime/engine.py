@@ -111,10 +111,17 @@ class ZOEngine:
             raise NonFiniteLossError(f"forward pass returned loss {loss}")
         return loss
 
-    def step(self, batch: EncodedBatch, step: int, round_id: int = 0) -> Report:
-        """Two-point SPSA at the current θ; θ is restored (up to float rounding) before returning, even on error."""
-        seed = step_seed(self.config.seed, round_id, step)
-        block = self.report_block(step)
+    def step(
+        self, batch: EncodedBatch, step: int, round_id: int = 0, *, seed: int | None = None, block: int | None = None
+    ) -> Report:
+        """Two-point SPSA at the current θ; θ is restored (up to float rounding) before returning, even on error.
+
+        ``seed`` and ``block`` default to the config's derivation and schedule; the client passes the round's.
+        """
+        seed = step_seed(self.config.seed, round_id, step) if seed is None else seed
+        block = self.report_block(step) if block is None else block
+        if block != ALL_BLOCKS and not 0 <= block < len(self.layout.blocks):
+            raise ValueError(f"block {block} is not in the layout ({len(self.layout.blocks)} blocks)")
         eps = self.config.eps
         self.perturb(eps, seed, block)
         offset = eps  # how far θ currently is from where it started, along z

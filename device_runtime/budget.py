@@ -1,0 +1,78 @@
+"""Phone-like memory budget: a hard address-space cap (RLIMIT_AS) plus a fail-fast check before any work.
+
+Phones kill an app that outgrows its per-app limit. Here the cap is RLIMIT_AS (no writable cgroup is available to an
+unprivileged process on this kind of host); address space is always ≥ resident memory, so the cap is conservative.
+Before loading, the graph file size plus what the process already maps is compared with the budget; the load and
+one warm-up forward pass then run under the cap, so an artifact that does not fit fails at start with a message
+naming the need and the budget — never an OOM kill half-way through a round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MB = 1 << 20
+
+
+class MemoryBudgetError(MemoryError):
+    """The artifact cannot run within the budget; the message names both."""
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def mapped_mb() -> float:
+    """Current address space (VmSize), what RLIMIT_AS counts."""
+    return _status_kb("VmSize") / 1024
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def graph_bytes(folder: Path, files: list[str]) -> int:
+    return sum(os.path.getsize(Path(folder) / f) for f in files)
+
+
+def precheck(budget_mb: float, folder: Path, graph_files: list[str], theta_values: int) -> float:
+    """Fail fast when the graph alone (plus what is already mapped and θ's working copies) exceeds the budget."""
+    need = mapped_mb() + graph_bytes(folder, graph_files) / MB + 3 * theta_values * 4 / MB
+    if need > budget_mb:
+        raise MemoryBudgetError(
+            f"the artifact needs at least {need:.0f} MB (graph {graph_bytes(folder, graph_files) / MB:.0f} MB + "
+            f"runtime {mapped_mb():.0f} MB) but the memory budget is {budget_mb:.0f} MB"
+        )
+    return need
+
+
+def apply_cap(budget_mb: float) -> None:
+    """Lower RLIMIT_AS (soft and hard) to the budget: from here on the process cannot grow past it."""
+    if budget_mb <= 0:
+        raise ValueError(f"memory budget must be > 0 MB, got {budget_mb}")
+    limit = int(budget_mb * MB)
+    if mapped_mb() * MB > limit:
+        raise MemoryBudgetError(
+            f"the runtime already maps {mapped_mb():.0f} MB, more than the memory budget of {budget_mb:.0f} MB"
+        )
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY and hard < limit:
+        limit = hard
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    log.info("memory budget: address space capped at %.0f MB", limit / MB)
+
+
+def budget_failure(budget_mb: float, stage: str, exc: BaseException) -> MemoryBudgetError:
+    return MemoryBudgetError(
+        f"the artifact does not fit the memory budget of {budget_mb:.0f} MB: {stage} failed with the process at "
+        f"{mapped_mb():.0f} MB mapped, {peak_rss_mb():.0f} MB peak resident ({type(exc).__name__}: {exc})"
+    )

@@ -1,0 +1,55 @@
+"""Device-runtime fixtures: the tiny Llama exported once per session (int8 .pte and .onnx), a learnable toy split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+POSITIVE = [
+    "the film is good , funny and smart",
+    "it 's a great , warm , moving story",
+    "a charming and often affecting journey",
+    "fine acting and a great story",
+]
+NEGATIVE = [
+    "the movie is bad , dull and boring",
+    "it 's an awful , tedious , lifeless mess",
+    "unflinchingly bleak and desperate",
+    "poor writing and an awful story",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cooperllm.tasks import TaskSpec
+    from exporters import export_artifacts
+
+    out = tmp_path_factory.mktemp("tiny-artifacts")
+    export_artifacts(
+        tiny_model_dir,
+        out,
+        task=TaskSpec(),
+        formats=("pte", "onnx"),
+        quant="int8",
+        batch_size=8,
+        seq_len=32,
+        validate=False,
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_tsv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("toy") / "toy.tsv"
+    rows = [f"{t}\t1" for t in POSITIVE] + [f"{t}\t0" for t in NEGATIVE]
+    path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(toy_tsv: Path):
+    from cooperllm.data import load_dataset
+
+    return load_dataset(toy_tsv, label_names=("negative", "positive"))
