@@ -79,3 +79,57 @@ def test_idempotent_reupload_never_counts_twice(live):
     assert err.value.status_code == 409 and err.value.detail == "idempotency key reused with a different body"
     assert admin.metrics().reports_total == before + 1
     assert admin.metrics().idempotent_replays >= 1
+
+
+def test_deadline_closes_with_min_devices(live):
+    admin = live.admin()
+    run = admin.create_run(
+        RunConfig(
+            strategy="zo",
+            rounds=1,
+            quorum=3,
+            min_devices=2,
+            local_steps=2,
+            blocks=[0],
+            deadline_s=0.6,
+            max_extensions=3,
+        )
+    )
+    devs = [live.device(f"dl{i}") for i in range(2)]
+    for i, d in enumerate(devs):
+        info = d.current_round()
+        d.upload_reports(0, make_reports(info, np.random.default_rng(i))[:1], f"dl-{i}")  # partial: not complete
+    info = wait_round(devs[0], 1, timeout=10)
+    assert info.round == 1 and info.status == "finished"
+    r0 = admin.rounds(run.run_id)[0]
+    assert r0.status == "closed" and r0.n_reports == 2 and r0.n_devices == 2 and r0.extensions == 0
+    assert admin.run(run.run_id).status == "finished"
+
+
+def test_too_few_devices_extends_then_fails_loudly(live):
+    admin = live.admin()
+    run = admin.create_run(
+        RunConfig(
+            strategy="zo",
+            rounds=2,
+            quorum=2,
+            min_devices=2,
+            local_steps=1,
+            blocks=[0],
+            deadline_s=0.3,
+            max_extensions=2,
+        )
+    )
+    dev = live.device("lonely")
+    info = dev.current_round()
+    dev.upload_reports(0, make_reports(info, np.random.default_rng(0)), "lonely-0")
+    assert wait_round(dev, 99, timeout=10).status == "failed"
+    summary = admin.run(run.run_id)
+    assert summary.status == "failed" and "fewer than min_devices=2" in summary.failure
+    r0 = admin.rounds(run.run_id)[0]
+    assert r0.status == "failed" and r0.extensions == 2
+    with pytest.raises(ApiError) as err:
+        dev.upload_reports(0, make_reports(info, np.random.default_rng(1)), "lonely-1")
+    assert err.value.status_code == 409 and err.value.detail.startswith("run failed")
+    m = admin.metrics()
+    assert m.rounds_failed >= 1 and m.rounds_extended >= 2
