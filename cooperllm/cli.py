@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "cooperllm.commands.bench_dtc",
     "exporters.cli",
     "cloud_api.cli",
+    "device_runtime.cli",
 )
 
 

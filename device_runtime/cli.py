@@ -1,0 +1,170 @@
+"""``cooperllm device train|run`` and ``cooperllm bench memory``: the device runtime's commands.
+
+Cheap to import (no torch, no onnxruntime at module level): the CLI imports every command module at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+EXIT_BUDGET = 3
+EXIT_BACKEND = 4
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    device = sub.add_parser("device", help="the device runtime: standalone ZO training, or a federated device client")
+    dsub = device.add_subparsers(dest="device_command", metavar="DEVICE_COMMAND", required=True)
+    _register_train(dsub)
+    from device_runtime.client_cli import register_run
+
+    register_run(dsub)
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    from device_runtime.bench_memory import register_bench as reg
+
+    reg(sub)
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifacts", required=True, help="exported artifact folder (manifest.json, graph, tokenizer)")
+    p.add_argument("--data", required=True, help="the device's private training data (TSV or JSONL)")
+    p.add_argument("--text-column", help="text column (default: sentence, text, content or review)")
+    p.add_argument("--label-column", default="label", help="label column (default label)")
+    p.add_argument(
+        "--backend",
+        choices=["onnx", "executorch", "eager"],
+        help="graph backend (default: the manifest's first graph); eager is the PyTorch fp32 reference",
+    )
+    p.add_argument("--model-dir", help="HF model folder for the eager backend (default: the manifest's model)")
+    p.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime")
+    p.add_argument(
+        "--memory-budget",
+        type=float,
+        metavar="MB",
+        help="run under a hard memory cap like a phone's per-app limit (RLIMIT_AS); fails fast if the artifact "
+        "cannot fit",
+    )
+    p.add_argument("--state", help="folder for the resumable device state (θ, counters, pending reports)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _register_train(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "train",
+        help="federated-free MeZO on one device (standalone mode)",
+        description="Zeroth-order fine-tuning (MeZO: two forward passes per step along a seeded perturbation) of the "
+        "exported graph on one device, with periodic evaluation. Resumable with --state.",
+    )
+    add_device_options(p)
+    p.add_argument("--steps", type=int, required=True, help="total ZO steps (a resumed run continues up to it)")
+    p.add_argument("--eval", dest="eval_data", help="labelled file to evaluate on before, during and after")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: before/after only)")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N examples only")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--eps", type=float, default=1e-3, help="perturbation scale ε (default 1e-3)")
+    p.add_argument("--schedule", choices=["all", "cycle"], default="all", help="all blocks per step, or cycling")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the perturbations (default 0)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the batch order (default 0)")
+    p.add_argument("--save-every", type=int, default=10, help="steps between state saves (default 10)")
+    p.add_argument("--out", help="write the trained θ (safetensors) here")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cooperllm.checkpoint import save_theta
+    from cooperllm.data import load_dataset
+    from device_runtime.backends.base import BackendError
+    from device_runtime.budget import MemoryBudgetError
+    from device_runtime.engine import ZOConfig
+    from device_runtime.session import open_session
+    from device_runtime.train import TrainConfig, train
+
+    try:
+        session = open_session(
+            args.artifacts,
+            args.backend,
+            memory_budget_mb=args.memory_budget,
+            model_dir=args.model_dir,
+            threads=args.threads,
+        )
+    except MemoryBudgetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUDGET
+    except BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BACKEND
+    task = session.manifest.task
+    data = load_dataset(args.data, args.text_column, args.label_column, task.label_names)
+    eval_data = None
+    if args.eval_data:
+        eval_data = load_dataset(args.eval_data, args.text_column, args.label_column, task.label_names)
+        if args.eval_limit is not None:
+            eval_data = eval_data.subset(range(min(args.eval_limit, len(eval_data))))
+    cfg = TrainConfig(
+        steps=args.steps,
+        zo=ZOConfig(lr=args.lr, eps=args.eps, schedule=args.schedule, seed=args.seed),
+        data_seed=args.data_seed,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+    )
+    backend = session.backend
+    print(
+        f"device train: {backend.describe()}, θ {session.manifest.layout.total:,} values, "
+        f"{len(data):,} training examples, loaded in {session.load_seconds:.1f} s",
+        file=sys.stderr,
+    )
+    try:
+        result = train(
+            backend,
+            session.encoder,
+            data,
+            cfg,
+            eval_data=eval_data,
+            state_dir=args.state,
+            progress=not args.no_progress,
+        )
+    except MemoryError as exc:
+        print(f"error: out of memory during training ({exc}); raise --memory-budget", file=sys.stderr)
+        return EXIT_BUDGET
+    if args.out:
+        save_theta(args.out, result.theta, session.manifest.layout, {"steps": result.steps_done})
+    from cooperllm.layout import theta_checksum
+    from device_runtime.budget import peak_rss_mb
+
+    steps_run = result.steps_done - result.resumed_from
+    summary = {
+        "backend": backend.name,
+        "steps": result.steps_done,
+        "steps_this_run": steps_run,
+        "resumed_from": result.resumed_from,
+        "skipped": result.skipped,
+        "train_seconds": round(result.seconds, 2),
+        "seconds_per_step": round(result.seconds / steps_run, 4) if steps_run else None,
+        "first_loss": result.losses[0][1] if result.losses else None,
+        "last_loss": result.losses[-1][1] if result.losses else None,
+        "evals": [{"step": s, "accuracy": e.accuracy, "loss": e.loss, "n": e.n_examples} for s, e in result.evals],
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "theta_sha256": theta_checksum(result.theta),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"steps      {result.steps_done} ({steps_run} this run, {result.seconds:.1f} s, "
+            f"{summary['seconds_per_step']} s/step, {result.skipped} dropped)"
+        )
+        if result.losses:
+            print(f"train loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} (mean of L+ and L-)")
+        for s, e in result.evals:
+            print(f"eval @{s:<6} accuracy {e.accuracy * 100:.2f} %  loss {e.loss:.4f}  ({e.n_examples} examples)")
+        print(f"peak RSS   {summary['peak_rss_mb']} MB")
+        if args.out:
+            print(f"adapter    {args.out}")
+    return 0

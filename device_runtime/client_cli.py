@@ -1,0 +1,97 @@
+"""``cooperllm device run``: the federated device client on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register_run(dsub: argparse._SubParsersAction) -> None:
+    from device_runtime.cli import add_device_options
+
+    p = dsub.add_parser(
+        "run",
+        help="federated device client: enrol, join rounds, run ZO steps, upload reports, sync by replay",
+        description="Join the cloud's federated run as one device: per round, sync θ by replay (checksum-verified, "
+        "full-adapter fallback), fetch guidance, run local_steps × blocks SPSA reports on the private data, upload "
+        "them (saved first, retried with backoff). Refuses to train when the artifact hashes differ from the run's.",
+    )
+    add_device_options(p)
+    p.add_argument("--cloud", required=True, help="base URL of the cloud API, e.g. http://127.0.0.1:8000")
+    p.add_argument("--enrol-key", required=True, help="enrolment key given by the cloud operator")
+    p.add_argument("--device-name", default="device", help="name shown in the cloud's records")
+    p.add_argument("--rounds", type=int, help="take part in at most N rounds (default: until the run finishes)")
+    p.add_argument("--local-lr", type=float, default=0.0, help="local learning rate between reports (default 0)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the local batch order")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between polls while waiting for a round")
+    p.add_argument(
+        "--give-up-after",
+        type=float,
+        help="stop (state kept) when the cloud stays unreachable this many seconds (default: keep retrying)",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    p.set_defaults(func=run_client)
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from cooperllm.api_client import ApiError, CooperClient
+    from cooperllm.data import load_dataset
+    from cooperllm.models import cache_dir
+    from device_runtime.backends.base import BackendError
+    from device_runtime.budget import MemoryBudgetError
+    from device_runtime.client import ClientConfig, ClientError, DeviceClient
+    from device_runtime.session import open_session
+    from device_runtime.transfer import Backoff, CloudUnavailableError, Transfers
+
+    try:
+        session = open_session(
+            args.artifacts,
+            args.backend,
+            memory_budget_mb=args.memory_budget,
+            model_dir=args.model_dir,
+            threads=args.threads,
+        )
+    except (MemoryBudgetError, BackendError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3 if isinstance(exc, MemoryBudgetError) else 4
+    data = load_dataset(args.data, args.text_column, args.label_column, session.manifest.task.label_names)
+    state_dir = args.state or str(cache_dir() / "devices" / args.device_name)
+    cfg = ClientConfig(
+        enrol_key=args.enrol_key,
+        device_name=args.device_name,
+        local_lr=args.local_lr,
+        data_seed=args.data_seed,
+        poll_s=args.poll,
+        max_rounds=args.rounds,
+        progress=not args.no_progress,
+    )
+    transfers = Transfers(Backoff(give_up_after_s=args.give_up_after))
+    with CooperClient(args.cloud) as api:
+        try:
+            client = DeviceClient(session, api, data, state_dir, cfg, transfers)
+            stats = client.run()
+        except ClientError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 5
+        except CloudUnavailableError as exc:
+            print(f"error: {exc}; the device state (with any unsent reports) is kept in {state_dir}", file=sys.stderr)
+            return 6
+        except ApiError as exc:
+            print(f"error: the cloud refused: {exc}", file=sys.stderr)
+            return 7
+    summary = {
+        "rounds": stats.rounds,
+        "replays": stats.replays,
+        "downloads": stats.downloads,
+        "reports": stats.reports,
+        "retries": transfers.retries,
+        "state": state_dir,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for r in stats.rounds:
+            print(f"round {r['round']:>4}: {r['reports']} reports in {r['seconds']:.1f} s, mean loss {r['mean_loss']}")
+        print(f"model sync: {stats.replays} by replay, {stats.downloads} by download; {transfers.retries} retries")
+    return 0
