@@ -190,7 +190,7 @@ def _choose_bits(err: np.ndarray, cost: np.ndarray, err_limit: float | None, byt
         choice = _spend_slack(pick(hi), pick(lo), errn, cost, 1.0)
     if byte_limit is not None and cost[rows, choice].sum() > byte_limit:
         if cost[:, 0].sum() > byte_limit:
-            raise DTCError(f"byte_budget too small: even {BITS_CHOICES[0]}-bit codes need more")
+            return np.zeros(err.shape[0], dtype=np.int64)  # the smallest; zstd may still bring it under the cap
         lo, _ = bisect(lambda m: cost[rows, pick(m)].sum() > byte_limit)
         choice = pick(lo)
     return choice
@@ -277,7 +277,7 @@ def encode(
         )
     frame = _assemble(x.shape, rows, amax, counts, chunk_bits, noise, block_size, stochastic, level)
     if byte_budget is not None and len(frame) > byte_budget:
-        raise DTCError(f"frame needs {len(frame)} bytes, over byte_budget {byte_budget}")
+        raise DTCError(f"byte_budget {byte_budget} too small: the frame needs {len(frame)} bytes")
     return frame
 
 
@@ -320,12 +320,8 @@ def _adaptive_bits(
         err[:, j] = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
     norm2 = float(np.einsum("i,i->", rows.ravel(), rows.ravel(), dtype=np.float64))
     err_limit = min(limits) * norm2 if limits else None
-    byte_limit = None if byte_budget is None else byte_budget - fixed_overhead
-    if byte_limit is not None and byte_limit < 0:
-        raise DTCError(f"byte_budget {byte_budget} is below the frame's fixed overhead of {fixed_overhead} bytes")
-    if err_limit is not None and err_limit == 0.0:
-        err_limit = None if byte_limit is not None else 0.0  # an all-zero array: every choice is exact
-    if err_limit == 0.0:
+    byte_limit = None if byte_budget is None else max(byte_budget - fixed_overhead, 0)
+    if norm2 == 0.0:  # an all-zero array: every width is exact, take the smallest
         return np.full(n_chunks, BITS_CHOICES[0], dtype=np.uint8)
     choice = _choose_bits(err, cost, err_limit, byte_limit)
     return np.asarray(candidates, dtype=np.uint8)[choice]
