@@ -18,7 +18,11 @@ EXIT_BACKEND = 4
 
 def register(sub: argparse._SubParsersAction) -> None:
     device = sub.add_parser("device", help="the device runtime: standalone ZO training, or a federated device client")
-    dsub = device.add_subparsers(dest="device_command", metavar="DEVICE_COMMAND", required=True)
+    register_device_commands(device.add_subparsers(dest="device_command", metavar="DEVICE_COMMAND", required=True))
+
+
+def register_device_commands(dsub: argparse._SubParsersAction) -> None:
+    """``train`` and ``run``; shared by ``cooperllm device`` and the torch-free ``python -m device_runtime``."""
     _register_train(dsub)
     from device_runtime.client_cli import register_run
 
@@ -152,6 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
         "evals": [{"step": s, "accuracy": e.accuracy, "loss": e.loss, "n": e.n_examples} for s, e in result.evals],
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "theta_sha256": theta_checksum(result.theta),
+        "torch_loaded": "torch" in sys.modules,
     }
     if args.json:
         print(json.dumps(summary))

@@ -20,6 +20,13 @@ from device_runtime.backends.base import GraphBackend
 log = logging.getLogger(__name__)
 
 
+def _import_runtime(name: str) -> None:
+    if name == "onnx":
+        import onnxruntime  # noqa: F401
+    elif name == "executorch":
+        import executorch.runtime  # noqa: F401
+
+
 @dataclass
 class DeviceSession:
     manifest: Manifest
@@ -46,6 +53,7 @@ def open_session(
     name = choose_backend(manifest, backend)
     graph_files = [] if name == "eager" else [manifest.graph("onnx" if name == "onnx" else "pte").file]
     if memory_budget_mb is not None:
+        _import_runtime(name)  # count the runtime's own libraries in the pre-check, not against the graph
         budget.precheck(memory_budget_mb, folder, graph_files, manifest.layout.total)
         budget.apply_cap(memory_budget_mb)
     try:

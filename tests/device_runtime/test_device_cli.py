@@ -1,0 +1,143 @@
+"""Device commands in real processes: torch-free ONNX path, kill-and-resume == uninterrupted, memory budget."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from device_runtime.state import STATE_FILE
+
+TORCH_FREE_MODULES = [
+    "device_runtime",
+    "device_runtime.backends",
+    "device_runtime.backends.onnx_backend",
+    "device_runtime.engine",
+    "device_runtime.state",
+    "device_runtime.batches",
+    "device_runtime.train",
+    "device_runtime.session",
+    "device_runtime.budget",
+    "device_runtime.transfer",
+    "device_runtime.client",
+    "device_runtime.client_cli",
+    "device_runtime.cli",
+    "device_runtime.bench_memory",
+]
+
+
+def _device(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    return subprocess.run(
+        [sys.executable, "-m", "device_runtime", "--log-level", "WARNING", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _train_args(art, data, steps, state=None, *extra):
+    args = [
+        "train",
+        "--artifacts",
+        str(art),
+        "--backend",
+        "onnx",
+        "--data",
+        str(data),
+        "--steps",
+        str(steps),
+        "--lr",
+        "0.05",
+        "--no-progress",
+        "--json",
+        *extra,
+    ]
+    return [*args, "--state", str(state)] if state else args
+
+
+def test_onnx_path_imports_neither_torch_nor_transformers(tiny_artifacts, toy_tsv):
+    code = (
+        "import sys, importlib\n"
+        f"for m in {TORCH_FREE_MODULES!r}: importlib.import_module(m)\n"
+        "from device_runtime.session import open_session\n"
+        "from device_runtime.train import initial_theta\n"
+        "from device_runtime.engine import ZOEngine, ZOConfig\n"
+        f"s = open_session({str(tiny_artifacts)!r}, 'onnx')\n"
+        "b = s.encoder.encode(['a good film'] * 8, [1] * 8)\n"
+        "e = ZOEngine(initial_theta(s.backend), s.manifest.layout, s.backend.run, ZOConfig())\n"
+        "e.update(e.step(b, 0))\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(tiny_artifacts, toy_tsv, tmp_path):
+    steps = 40
+    straight = _device(*_train_args(tiny_artifacts, toy_tsv, steps, tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    expected = json.loads(straight.stdout.splitlines()[-1])
+    assert expected["torch_loaded"] is False and expected["steps"] == steps
+
+    # Kill a second run (SIGKILL: no cleanup) once it has saved some state, then resume it.
+    state = tmp_path / "b"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    cmd = [
+        sys.executable,
+        "-m",
+        "device_runtime",
+        "--log-level",
+        "WARNING",
+        *_train_args(tiny_artifacts, toy_tsv, steps, state, "--save-every", "1"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not (state / STATE_FILE).exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    from cooperllm.manifest import read_manifest
+    from device_runtime.state import load_state
+
+    killed_at = load_state(state, read_manifest(tiny_artifacts).layout).step
+    assert 0 < killed_at < steps, f"the kill landed at step {killed_at}; the test needs a mid-run kill"
+
+    resumed = _device(*_train_args(tiny_artifacts, toy_tsv, steps, state))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = json.loads(resumed.stdout.splitlines()[-1])
+    assert got["resumed_from"] == killed_at
+    assert got["theta_sha256"] == expected["theta_sha256"]
+
+
+def test_state_from_other_settings_is_refused(tiny_artifacts, toy_tsv, tmp_path):
+    first = _device(*_train_args(tiny_artifacts, toy_tsv, 2, tmp_path / "s"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = _device(*_train_args(tiny_artifacts, toy_tsv, 4, tmp_path / "s", "--eps", "0.01"))
+    assert other.returncode == 2
+    assert "other settings" in other.stderr
+
+
+@pytest.mark.parametrize("budget", ["60", "200"])
+def test_memory_budget_too_small_fails_fast_with_need_and_budget(tiny_artifacts, toy_tsv, budget):
+    t0 = time.monotonic()
+    out = _device(*_train_args(tiny_artifacts, toy_tsv, 1000), "--memory-budget", budget)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert f"memory budget of {budget} MB" in out.stderr or f"the memory budget is {budget} MB" in out.stderr
+    assert "needs at least" in out.stderr or "does not fit" in out.stderr
+    assert time.monotonic() - t0 < 60  # before any of the 1000 steps
+
+
+def test_memory_budget_that_fits_trains(tiny_artifacts, toy_tsv):
+    out = _device(*_train_args(tiny_artifacts, toy_tsv, 3), "--memory-budget", "600")
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["steps"] == 3 and summary["peak_rss_mb"] < 600
