@@ -624,10 +624,12 @@ def encode_reports(reports: Sequence[Report], *, scalar_bits: int = 32, level: i
             prev = int(v)
     dtype = "<f4" if scalar_bits == 32 else "<f8"
     scalars = np.array([r.scalar for r in reports], dtype=np.float64)
-    if not np.isfinite(scalars).all() or not np.isfinite(scalars.astype(dtype)).all():
+    with np.errstate(over="ignore"):
+        stored = scalars.astype(dtype)
+    if not np.isfinite(stored).all():
         raise DTCError(f"report scalars must be finite (as float{scalar_bits})")
     width = scalar_bits // 8
-    planes = scalars.astype(dtype).view(np.uint8).reshape(-1, width).T  # byte-plane shuffle: zstd sees exponents
+    planes = stored.view(np.uint8).reshape(-1, width).T  # byte-plane shuffle: zstd sees exponents
     body += planes.tobytes()
     payload, flags = bytes(body), 0
     compressed = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(bytes(body))
