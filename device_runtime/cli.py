@@ -73,12 +73,33 @@ def _register_train(dsub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     p.add_argument("--eps", type=float, default=1e-3, help="perturbation scale ε (default 1e-3)")
     p.add_argument("--schedule", choices=["all", "cycle"], default="all", help="all blocks per step, or cycling")
+    p.add_argument(
+        "--blocks",
+        help="with --schedule cycle: comma-separated blocks to train, by index or name (e.g. 'head' or "
+        "'layer.29,head'); default every block",
+    )
     p.add_argument("--seed", type=int, default=0, help="base seed of the perturbations (default 0)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the batch order (default 0)")
     p.add_argument("--save-every", type=int, default=10, help="steps between state saves (default 10)")
     p.add_argument("--out", help="write the trained θ (safetensors) here")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run_train)
+
+
+def parse_blocks(spec: str | None, layout) -> tuple[int, ...] | None:
+    """'head,layer.29,3' -> block indices; None when no subset is asked for."""
+    if not spec:
+        return None
+    by_name = {b.name: b.index for b in layout.blocks}
+    out = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        if item in by_name:
+            out.append(by_name[item])
+        elif item.isdigit() and int(item) < len(layout.blocks):
+            out.append(int(item))
+        else:
+            raise ValueError(f"unknown block {item!r}; blocks are 0..{len(layout.blocks) - 1} or {sorted(by_name)}")
+    return tuple(out)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -113,7 +134,13 @@ def run_train(args: argparse.Namespace) -> int:
             eval_data = eval_data.subset(range(min(args.eval_limit, len(eval_data))))
     cfg = TrainConfig(
         steps=args.steps,
-        zo=ZOConfig(lr=args.lr, eps=args.eps, schedule=args.schedule, seed=args.seed),
+        zo=ZOConfig(
+            lr=args.lr,
+            eps=args.eps,
+            schedule=args.schedule,
+            seed=args.seed,
+            blocks=parse_blocks(args.blocks, session.manifest.layout),
+        ),
         data_seed=args.data_seed,
         eval_every=args.eval_every,
         save_every=args.save_every,

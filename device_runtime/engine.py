@@ -39,6 +39,7 @@ class ZOConfig:
     schedule: str = "all"  # "all": one seed perturbs every block (report block −1); "cycle": block t mod B at step t
     alpha: float = 1.0  # share of the isotropic part when guidance is present (1 = plain MeZO)
     seed: int = 0  # base seed; step seeds are derived from (seed, round, step)
+    blocks: tuple[int, ...] | None = None  # with "cycle": the blocks to cycle through (None: every block)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -51,9 +52,16 @@ class ZOConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2^63-1], got {self.seed}")
+        if self.blocks is not None:
+            if self.schedule != "cycle":
+                raise ValueError("a block subset needs the 'cycle' schedule (one report names one block or all)")
+            if not self.blocks or len(set(self.blocks)) != len(self.blocks) or min(self.blocks) < 0:
+                raise ValueError(f"blocks must be distinct non-negative block indices, got {self.blocks}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["blocks"] = None if self.blocks is None else list(self.blocks)
+        return d
 
 
 def step_seed(base_seed: int, round_id: int, step: int) -> int:
@@ -82,11 +90,16 @@ class ZOEngine:
         for b, g in self.guidance.items():
             if not 0 <= b < len(layout.blocks) or g.basis.shape[0] != layout.blocks[b].size:
                 raise ValueError(f"guidance for block {b} does not match the layout")
+        if config.blocks is not None and max(config.blocks) >= len(layout.blocks):
+            raise ValueError(f"blocks {config.blocks} are not all in the layout ({len(layout.blocks)} blocks)")
 
     # --- schedule -------------------------------------------------------------------------------------------------
     def report_block(self, step: int) -> int:
-        """Block a step perturbs: −1 (all) or ``step mod n_blocks``."""
-        return ALL_BLOCKS if self.config.schedule == "all" else step % len(self.layout.blocks)
+        """Block a step perturbs: −1 (all), or the next block of the cycle."""
+        if self.config.schedule == "all":
+            return ALL_BLOCKS
+        cycle = self.config.blocks or range(len(self.layout.blocks))
+        return cycle[step % len(cycle)]
 
     def blocks_of(self, report_block: int) -> range:
         return range(len(self.layout.blocks)) if report_block == ALL_BLOCKS else range(report_block, report_block + 1)

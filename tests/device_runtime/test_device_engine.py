@@ -187,3 +187,22 @@ def test_config_validation():
     layout = _layout()
     with pytest.raises(ValueError):
         ZOEngine(np.zeros(3, np.float32), layout, lambda b, t: (0.0, None), ZOConfig())
+
+
+def test_cycle_over_a_block_subset_touches_only_those_blocks():
+    layout = _layout()
+    features, batch = _toy()
+    theta = np.zeros(layout.total, np.float32)
+    engine = ZOEngine(theta, layout, _softmax_regression(features), ZOConfig(lr=0.1, schedule="cycle", blocks=(2, 0)))
+    blocks = []
+    for t in range(4):
+        r = engine.step(batch, t)
+        engine.update(r)
+        blocks.append(r.block)
+    assert blocks == [2, 0, 2, 0]
+    assert not theta[layout.blocks[1].slice].any()  # block 1 never moved
+    assert theta[layout.blocks[2].slice].any() and theta[layout.blocks[0].slice].any()
+    with pytest.raises(ValueError, match="cycle"):
+        ZOConfig(blocks=(0,))
+    with pytest.raises(ValueError, match="not all in the layout"):
+        ZOEngine(theta, layout, _softmax_regression(features), ZOConfig(schedule="cycle", blocks=(5,)))
