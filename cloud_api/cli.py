@@ -49,6 +49,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--devices", type=int, default=100, help="concurrent devices (default 100)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of uploading (default 10)")
+    p.add_argument("--rate", type=float, default=500.0, help="offered batches/s in the paced phase (default 500)")
     p.add_argument("--reports-per-batch", type=int, default=4, help="reports per upload (default 4)")
     p.add_argument("--model", help="model for the server (default: a tiny random Llama built in a temp folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -82,32 +83,32 @@ def serve(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in _SETTING_ARGS if getattr(args, k, None) is not None}
     settings = Settings(**overrides)
     app = create_app(settings)
-    if args.create_run:
-        _create_run_on_start(app, args.create_run)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
-    print(f"cooperllm cloud listening on http://{args.host}:{port}/v1 (docs at /docs)", flush=True)
+    _wrap_lifespan(app, args.create_run, f"cooperllm cloud listening on http://{args.host}:{port}/v1 (docs at /docs)")
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
-def _create_run_on_start(app, config_json: str) -> None:
+def _wrap_lifespan(app, create_run: str | None, ready_line: str) -> None:
+    """After the model has loaded: optionally start a run (when none is running), then announce readiness."""
+    from contextlib import asynccontextmanager
+
     from cooperllm.protocol import RunConfig
 
-    cfg = RunConfig.model_validate_json(config_json)
+    cfg = RunConfig.model_validate_json(create_run) if create_run else None
     original = app.router.lifespan_context
-
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(a):
         async with original(a):
             eng = a.state.cooper.engine
-            if eng.run_status != "running":
+            if cfg is not None and eng.run_status != "running":
                 eng.create_run(cfg)
+            print(ready_line, flush=True)
             yield
 
     app.router.lifespan_context = lifespan

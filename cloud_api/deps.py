@@ -25,7 +25,7 @@ class AppState:
     limiter: RateLimiter
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     return request.app.state.cooper
 
 
@@ -38,7 +38,8 @@ def _unauthenticated() -> HTTPException:
     return HTTPException(401, ERRORS["unauthenticated"], headers={"WWW-Authenticate": "Bearer"})
 
 
-def device_id(state: State, creds: Credentials) -> int:
+async def device_id(state: State, creds: Credentials) -> int:
+    """Async on purpose: in-memory checks only (token hashes are cached), no threadpool hop on the hot path."""
     if creds is None or not creds.credentials:
         raise _unauthenticated()
     if same_secret(creds.credentials, state.settings.admin_token):
@@ -55,7 +56,7 @@ def device_id(state: State, creds: Credentials) -> int:
     return dev
 
 
-def admin(state: State, creds: Credentials) -> None:
+async def admin(state: State, creds: Credentials) -> None:
     if creds is None or not creds.credentials:
         raise _unauthenticated()
     if same_secret(creds.credentials, state.settings.admin_token):
