@@ -1,0 +1,180 @@
+"""The device client against a real cloud (uvicorn on 127.0.0.1, SQLite file): rounds, replay sync, durable reports."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from cooperllm.api_client import CooperClient
+from cooperllm.checkpoint import load_theta
+from cooperllm.layout import theta_checksum
+from cooperllm.protocol import RunConfig
+from device_runtime.client import ClientConfig, ClientError, DeviceClient
+from device_runtime.session import open_session
+from device_runtime.state import load_state
+from device_runtime.transfer import Backoff, CloudUnavailableError, Transfers
+
+ADMIN = "device-test-admin-token-0123456789"
+ENROL = "device-test-enrolment-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory, tiny_model_dir, tiny_artifacts, toy_tsv):
+    import uvicorn
+
+    from cloud_api.app import create_app
+    from cloud_api.settings import Settings
+
+    tmp = tmp_path_factory.mktemp("device-cloud")
+    settings = Settings(
+        env="test",
+        admin_token=ADMIN,
+        enrolment_key=ENROL,
+        db_url=f"sqlite:///{tmp}/cloud.db",
+        state_dir=tmp,
+        model=str(tiny_model_dir),
+        artifacts=tiny_artifacts,
+        public_data=toy_tsv,
+        public_n=8,
+        seq_len=32,
+        tick_s=0.02,
+        rate_burst=1000,
+        rate_limit_per_s=1000.0,
+    )
+    app = create_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def session(tiny_artifacts):
+    return open_session(tiny_artifacts, "onnx")
+
+
+def _run_config(**kw) -> RunConfig:
+    base = dict(
+        strategy="zgr",
+        rounds=3,
+        quorum=1,
+        min_devices=1,
+        local_steps=2,
+        lam=0.3,
+        eta=0.05,
+        alpha=0.5,
+        guidance_rank=2,
+        window=4,
+        grad_batches=1,
+        grad_batch_size=4,
+        deadline_s=60,
+        epsilon=1e-3,
+    )
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _fast() -> Transfers:
+    return Transfers(Backoff(initial_s=0.01, max_s=0.05, give_up_after_s=0.5))
+
+
+def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, toy_dataset, tmp_path):
+    with CooperClient(cloud, ADMIN) as admin:
+        run = admin.create_run(_run_config())
+    with CooperClient(cloud) as api:
+        client = DeviceClient(
+            session, api, toy_dataset, tmp_path / "dev", ClientConfig(ENROL, poll_s=0.02, progress=False)
+        )
+        stats = client.run()
+        final = load_theta_bytes(api.adapter(), session)
+    n_blocks = len(session.manifest.layout.blocks)
+    assert [r["round"] for r in stats.rounds] == [0, 1, 2]
+    assert all(r["reports"] == 2 * n_blocks for r in stats.rounds)
+    assert stats.downloads == 0 and stats.replays == 3  # rounds 1 and 2 and the final model, all by replay
+    state = load_state(tmp_path / "dev", session.manifest.layout)
+    assert state.pending == []
+    assert theta_checksum(state.theta) == theta_checksum(final)  # the replayed θ is the server's, bit for bit
+    assert not np.array_equal(
+        final, load_theta(session.backend.folder / "adapter_init.safetensors", session.manifest.layout)
+    )
+    with CooperClient(cloud, ADMIN) as admin:
+        rounds = admin.rounds(run.run_id)
+    assert [r.n_reports for r in rounds] == [2 * n_blocks] * 3
+
+
+class _DropUploads:
+    """The real client, with report uploads failing at the network level while ``down`` is set."""
+
+    def __init__(self, api: CooperClient):
+        self.api = api
+        self.down = True
+
+    def __getattr__(self, name):
+        return getattr(self.api, name)
+
+    def upload_reports(self, *args, **kwargs):
+        if self.down:
+            raise httpx.ConnectError("network is down")
+        return self.api.upload_reports(*args, **kwargs)
+
+
+def test_reports_survive_a_dead_network_and_a_restart(cloud, session, toy_dataset, tmp_path):
+    with CooperClient(cloud, ADMIN) as admin:
+        run = admin.create_run(_run_config(rounds=2, strategy="zo", blocks=[-1], local_steps=3))
+    state_dir = tmp_path / "dev"
+    with CooperClient(cloud) as real:
+        flaky = _DropUploads(real)
+        cfg = ClientConfig(ENROL, poll_s=0.02, progress=False, max_rounds=1)
+        with pytest.raises(CloudUnavailableError):
+            DeviceClient(session, flaky, toy_dataset, state_dir, cfg, _fast()).run()
+        saved = load_state(state_dir, session.manifest.layout)
+        assert len(saved.pending) == 3 and saved.round_id == 0  # computed, unsent, and on disk
+        # "Restart" the app with the network back: the pending reports go first, then the device goes on.
+        flaky.down = False
+        restarted = DeviceClient(
+            session, flaky, toy_dataset, state_dir, ClientConfig(ENROL, poll_s=0.02, progress=False)
+        )
+        restarted.run()
+    with CooperClient(cloud, ADMIN) as admin:
+        rounds = admin.rounds(run.run_id)
+    assert [r.n_reports for r in rounds] == [3, 3]  # round 0's reports counted once, none lost
+
+
+def test_artifact_mismatch_refuses_to_train(cloud, session, toy_dataset, tmp_path):
+    with CooperClient(cloud) as api:
+        client = DeviceClient(session, api, toy_dataset, tmp_path / "dev", ClientConfig(ENROL, progress=False))
+        graph = session.backend.graph.file
+        with pytest.raises(ClientError, match="refusing to train"):
+            client.check_artifacts({graph: "0" * 64})
+        client.check_artifacts(dict(session.manifest.files))  # the same files pass
+
+
+def test_unreachable_cloud_gives_up_cleanly_when_told_to(session, toy_dataset, tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens here
+    with CooperClient(f"http://127.0.0.1:{port}", timeout=0.5) as api:
+        client = DeviceClient(session, api, toy_dataset, tmp_path / "dev", ClientConfig(ENROL, progress=False), _fast())
+        with pytest.raises(CloudUnavailableError, match="unreachable"):
+            client.run()
+    assert client.transfers.retries >= 2
+
+
+def load_theta_bytes(data: bytes, session) -> np.ndarray:
+    from safetensors.numpy import load
+
+    return session.manifest.layout.flatten(load(data))
