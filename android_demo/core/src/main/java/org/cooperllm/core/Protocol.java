@@ -1,0 +1,150 @@
+package org.cooperllm.core;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+
+/** API v1 bodies (cooperllm/protocol.py) as read by the device; unknown fields are ignored, missing ones fail. */
+public final class Protocol {
+    private Protocol() {}
+
+    /** One block's guidance as advertised by a round. */
+    public static final class GuidanceRef {
+        public final int block;
+        public final String guidanceId;
+        public final String sha256;
+        public final int rows;
+        public final int m;
+
+        GuidanceRef(Json.Obj j) {
+            block = j.getInt("block");
+            guidanceId = j.getString("guidance_id");
+            sha256 = j.getString("sha256");
+            rows = j.getInt("rows");
+            m = j.getInt("m");
+        }
+    }
+
+    /** GET /v1/rounds/current as seen by this device. */
+    public static final class RoundInfo {
+        public final long runId;
+        public final int round;
+        public final String status;
+        public final String strategy;
+        public final double epsilon;
+        public final int localSteps;
+        public final List<Integer> blocks;
+        public final double alpha;
+        public final int batchSize;
+        public final double deadline;
+        public final long seedLo;
+        public final long seedHi;
+        public final String thetaChecksum;
+        public final int adapterVersion;
+        public final List<GuidanceRef> guidance;
+        public final int roundsTotal;
+
+        public RoundInfo(Json.Obj j) {
+            runId = j.getLong("run_id");
+            round = j.getInt("round");
+            status = j.getString("status");
+            strategy = j.getString("strategy");
+            epsilon = j.getDouble("epsilon");
+            localSteps = j.getInt("local_steps");
+            List<Integer> b = new ArrayList<>();
+            for (Object o : j.getList("blocks")) b.add(Math.toIntExact((Long) o));
+            blocks = Collections.unmodifiableList(b);
+            alpha = j.getDouble("alpha");
+            batchSize = j.getInt("batch_size");
+            deadline = j.getDouble("deadline");
+            seedLo = j.getLong("seed_lo");
+            seedHi = j.getLong("seed_hi");
+            thetaChecksum = j.getString("theta_checksum");
+            adapterVersion = j.getInt("adapter_version");
+            List<GuidanceRef> g = new ArrayList<>();
+            for (Object o : j.getList("guidance")) g.add(new GuidanceRef(Json.obj(o, "guidance ref")));
+            guidance = Collections.unmodifiableList(g);
+            roundsTotal = j.getInt("rounds_total");
+        }
+    }
+
+    /** POST /v1/rounds/{r}/reports answer. */
+    public static final class ReportAck {
+        public final int round;
+        public final int accepted;
+        public final int duplicates;
+        public final boolean replay;
+        public final String roundStatus;
+
+        public ReportAck(Json.Obj j) {
+            round = j.getInt("round");
+            accepted = j.getInt("accepted");
+            duplicates = j.getInt("duplicates");
+            replay = j.getBool("replay");
+            roundStatus = j.getString("round_status");
+        }
+    }
+
+    /** One block's guidance in a closed round's sync: which frame, and the coefficients c = Vᵀ g. */
+    public static final class SyncGuidance {
+        public final int block;
+        public final String guidanceId;
+        public final String sha256;
+        public final float[] coeffs;
+
+        SyncGuidance(Json.Obj j) {
+            block = j.getInt("block");
+            guidanceId = j.getString("guidance_id");
+            sha256 = j.getString("sha256");
+            List<Object> c = j.getList("coeffs");
+            coeffs = new float[c.size()];
+            for (int i = 0; i < coeffs.length; i++) coeffs[i] = (float) number(c.get(i));
+        }
+    }
+
+    /** GET /v1/rounds/{r}/sync: everything needed to replay θ_r → θ_{r+1}. */
+    public static final class ModelSync {
+        public final long runId;
+        public final int round;
+        public final String strategy;
+        public final boolean replayable;
+        public final double alpha;
+        public final double lam;
+        public final double eta;
+        public final List<Report> reports;
+        public final List<SyncGuidance> guidance;
+        public final String checksumBefore;
+        public final String checksumAfter;
+
+        public ModelSync(Json.Obj j) {
+            runId = j.getLong("run_id");
+            round = j.getInt("round");
+            strategy = j.getString("strategy");
+            replayable = j.getBool("replayable");
+            alpha = j.getDouble("alpha");
+            lam = j.getDouble("lam");
+            eta = j.getDouble("eta");
+            List<Report> r = new ArrayList<>();
+            for (Object o : j.getList("reports")) r.add(Report.fromJson(o));
+            reports = Collections.unmodifiableList(r);
+            List<SyncGuidance> g = new ArrayList<>();
+            for (Object o : j.getList("guidance")) g.add(new SyncGuidance(Json.obj(o, "sync guidance")));
+            guidance = Collections.unmodifiableList(g);
+            checksumBefore = j.getString("theta_checksum_before");
+            checksumAfter = j.getString("theta_checksum_after");
+        }
+    }
+
+    static double number(Object o) {
+        if (o instanceof Long) return (Long) o;
+        if (o instanceof Double) return (Double) o;
+        throw new Json.JsonException("expected a number");
+    }
+
+    /** The body of POST /v1/rounds/{r}/reports. */
+    public static String reportBatchJson(String idempotencyKey, List<Report> reports) {
+        StringBuilder b = new StringBuilder("{\"idempotency_key\":").append(Json.quote(idempotencyKey)).append(",\"reports\":[");
+        for (int i = 0; i < reports.size(); i++) b.append(i > 0 ? "," : "").append(reports.get(i).toJson());
+        return b.append("]}").toString();
+    }
+}

@@ -1,0 +1,236 @@
+"""The Android demo's pure-JVM core (android_demo/core), built with javac and tested with its own harness.
+
+The Java tests check the same golden vectors as the Python suite, decode DTC frames that the Python encoder writes
+here (nothing committed by hand), and drive the real cloud on 127.0.0.1 (the live test is in the integration tier).
+The Java harness ends with "N passed, N failed, N skipped"; each test here asserts the exit code and those counts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "android_demo" / "core"
+GOLDEN = ROOT / "cooperllm" / "spec" / "perturbation_golden.json"
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("javac") is None or shutil.which("java") is None,
+    reason="no JDK (javac/java) on PATH: the Android core's Java tests need JDK 11+",
+)
+
+
+@pytest.fixture(scope="session")
+def java_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Compile main (Java 8 API level) and test sources once per session with android_demo/core/build.sh."""
+    out = tmp_path_factory.mktemp("android-core-build")
+    proc = subprocess.run(
+        ["bash", str(CORE / "build.sh")],
+        env={"BUILD_DIR": str(out), "PATH": _path()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"javac failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+def _path() -> str:
+    import os
+
+    return os.environ.get("PATH", "/usr/bin:/bin")
+
+
+def run_java(build: Path, classes: list[str], props: dict[str, str] | None = None, timeout: float = 300) -> tuple:
+    """Run the harness on ``classes``; returns (passed, failed, skipped, output)."""
+    cmd = ["java", "-ea", f"-Dcooperllm.golden={GOLDEN}"]
+    cmd += [f"-D{k}={v}" for k, v in (props or {}).items()]
+    cmd += ["-cp", f"{build / 'main'}:{build / 'test'}", "org.cooperllm.core.TestRunner"]
+    cmd += [f"org.cooperllm.core.{c}" for c in classes]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=CORE)
+    out = proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
+    m = SUMMARY.match(lines[-1]) if lines else None
+    assert m, f"no summary line from the Java harness:\n{out}"
+    passed, failed, skipped = (int(g) for g in m.groups())
+    assert proc.returncode == (0 if failed == 0 and passed > 0 else 1), out
+    return passed, failed, skipped, out
+
+
+def test_java_core_golden_zo_loop_and_outbox(java_build: Path) -> None:
+    passed, failed, skipped, out = run_java(
+        java_build, ["GoldenTest", "ZoTest", "OutboxTest", "SafetensorsTest", "ClientTest"]
+    )
+    assert failed == 0 and skipped == 0, out
+    assert passed == 21, out
+    for name in (
+        "GoldenTest.roundReplayMatchesGoldenBitForBit",
+        "GoldenTest.longStreamsMatchGoldenHashes",
+        "ZoTest.plainMezoMinimisesAQuadratic",
+        "OutboxTest.nothingEnqueuedIsLostWhenTheProcessIsKilled",
+    ):
+        assert f"PASS {name}" in out, out
+
+
+def test_java_harness_reports_failures(java_build: Path, tmp_path: Path) -> None:
+    """The counts are real: a corrupted golden file makes the Java golden tests fail (and the run exit non-zero)."""
+    golden = json.loads(GOLDEN.read_text())
+    golden["replay"]["theta1_sha256"] = "0" * 64
+    golden["mix64"][1]["out"] = "0000000000000001"
+    bad = tmp_path / "golden.json"
+    bad.write_text(json.dumps(golden))
+    passed, failed, _, out = run_java(java_build, ["GoldenTest"], {"cooperllm.golden": str(bad)})
+    assert failed == 2, out
+    assert "FAIL GoldenTest.roundReplayMatchesGoldenBitForBit" in out and "FAIL GoldenTest.mix64MatchesGolden" in out
+
+
+# --- DTC fixtures from the Python encoder ---------------------------------------------------------------------------
+
+
+def _f32(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a, dtype="<f4").tobytes()
+
+
+def make_dtc_fixtures(folder: Path) -> dict:
+    """Frames made by cooperllm.dtc / zstandard now, with the Python decoder's output as the expected values."""
+    import zstandard
+
+    from cooperllm import dtc
+    from cooperllm.protocol import encode_plain_frame
+    from device_runtime.engine import step_seed
+
+    rng = np.random.default_rng(20260101)
+    folder.mkdir(parents=True, exist_ok=True)
+    cases: dict = {"tensors": [], "zstd": [], "reports": [], "bad_frames": []}
+
+    basis, _ = np.linalg.qr(rng.normal(size=(15360, 4)))
+    tensors = {
+        "guidance_basis_adaptive": (basis.astype(np.float32), {}),
+        "normal_bits2": (rng.normal(size=(3, 1000)), {"bits": 2}),
+        "normal_bits3_block64": (rng.normal(size=1001), {"bits": 3, "block_size": 64}),
+        "normal_bits4": (rng.normal(size=(7, 33)), {"bits": 4}),
+        "normal_bits6": (rng.normal(size=5000), {"bits": 6}),
+        "normal_bits8_block8": (rng.normal(size=77), {"bits": 8, "block_size": 8}),
+        "normal_bits16": (rng.normal(size=(2, 3, 50)) * 1e-3, {"bits": 16}),
+        "lossless_bits32": (rng.normal(size=300), {"bits": 32}),
+        "adaptive_mixed_scales": (np.concatenate([rng.normal(size=2000) * 1e-4, rng.normal(size=2000) * 10.0]), {}),
+        "adaptive_rel_l2": (rng.standard_t(3, size=4096), {"cosine_budget": None, "rel_l2_budget": 0.01}),
+        "adaptive_byte_budget": (rng.normal(size=10000), {"byte_budget": 4000}),
+        "stochastic": (rng.normal(size=2048), {"bits": 4, "stochastic": True, "seed": 7}),
+        "all_zeros": (np.zeros((64, 64)), {"bits": 8}),
+        "scalar_0d": (np.array(3.25), {"bits": 32}),
+        "empty": (np.zeros((0, 4)), {"bits": 8}),
+        "large_lora_like": (rng.normal(size=(8, 576)) * 0.02, {}),
+    }
+    for name, (arr, kw) in tensors.items():
+        frame = dtc.encode(np.asarray(arr, dtype=np.float32), **kw)
+        expected = dtc.decode(frame)
+        (folder / f"{name}.dtc").write_bytes(frame)
+        (folder / f"{name}.f32").write_bytes(_f32(expected))
+        cases["tensors"].append(
+            {"name": name, "frame": f"{name}.dtc", "expected": f"{name}.f32", "shape": list(expected.shape)}
+        )
+    plain = rng.normal(size=(5, 6)).astype(np.float32)
+    (folder / "plain.cltf").write_bytes(encode_plain_frame(plain))
+    (folder / "plain.f32").write_bytes(_f32(plain))
+    cases["tensors"].append({"name": "plain_cltf", "frame": "plain.cltf", "expected": "plain.f32", "shape": [5, 6]})
+
+    text = b"".join(b"round %d block %d seed %d scalar %.6f\n" % (i, i % 30, i * 7919, np.sin(i)) for i in range(20000))
+    streams = {
+        "random_bytes": (rng.integers(0, 256, size=50_000, dtype=np.uint8).tobytes(), 3, False),
+        "text_level1": (text[:70_000], 1, False),
+        "text_level3_multiblock": (text, 3, True),
+        "text_level19": (text[:200_000], 19, False),
+        "floats_level9": (_f32(rng.normal(size=40_000) * 0.01), 9, True),
+        "low_entropy": (
+            bytes(rng.choice([0, 1, 2, 255], size=100_000, p=[0.7, 0.2, 0.09, 0.01]).astype(np.uint8)),
+            5,
+            False,
+        ),
+        "rle_run": (b"\x07" * 300_000, 3, False),
+        "small": (b"abcabcabcabcabd", 3, False),
+        "empty": (b"", 3, False),
+    }
+    for name, (raw, level, checksum) in streams.items():
+        z = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=checksum).compress(raw)
+        (folder / f"{name}.zst").write_bytes(z)
+        (folder / f"{name}.raw").write_bytes(raw)
+        cases["zstd"].append({"name": name, "zst": f"{name}.zst", "raw": f"{name}.raw"})
+
+    good = dtc.encode(rng.normal(size=(64, 64)).astype(np.float32))
+    bad = {
+        "truncated": good[:-5],
+        "trailing_bytes": good + b"\x00",
+        "bad_magic": b"XDTC" + good[4:],
+        "crc_mismatch": good[:-1] + bytes([good[-1] ^ 0x10]),
+        "bad_version": good[:4] + b"\x09" + good[5:],
+        "header_only": good[:16],
+        "huge_shape": dtc.encode(np.zeros(16, np.float32), bits=8)[:16]
+        + np.array([1 << 40], "<u8").tobytes()
+        + b"\0" * 12,
+        "report_batch_not_tensor": dtc.encode_reports([]),
+    }
+    for name, frame in bad.items():
+        (folder / f"bad_{name}.bin").write_bytes(frame)
+        cases["bad_frames"].append({"frame": f"bad_{name}.bin", "why": name})
+
+    from cooperllm.zgr import Report
+
+    reports = [
+        Report(seed=int(s), block=int(b), step=int(t), scalar=float(p), n_examples=int(n))
+        for s, b, t, p, n in zip(
+            rng.integers(0, (1 << 63) - 1, size=50, dtype=np.int64),
+            rng.integers(-1, 30, size=50),
+            np.arange(50),
+            rng.normal(size=50) * 10,
+            rng.integers(1, 64, size=50),
+            strict=True,
+        )
+    ]
+    reports.append(Report(seed=(1 << 63) - 1, block=-1, step=0, scalar=-1e-30, n_examples=1))
+    as_json = [
+        {"seed": r.seed, "block": r.block, "step": r.step, "scalar": r.scalar, "n_examples": r.n_examples}
+        for r in reports
+    ]
+    for bits in (32, 64):
+        frame = dtc.encode_reports(reports, scalar_bits=bits)
+        decoded = dtc.decode_reports(frame)
+        (folder / f"reports_f{bits}.dtc").write_bytes(frame)
+        cases["reports"].append(
+            {
+                "frame": f"reports_f{bits}.dtc",
+                "reports": [
+                    {"seed": r.seed, "block": r.block, "step": r.step, "scalar": r.scalar, "n_examples": r.n_examples}
+                    for r in decoded
+                ],
+            }
+        )
+    cases["reports_to_encode"] = as_json
+    cases["step_seeds"] = [
+        [b, r, s, step_seed(b, r, s)] for b in (0, 7, (1 << 63) - 1) for r in (0, 5) for s in (0, 1, 99)
+    ]
+    (folder / "cases.json").write_text(json.dumps(cases))
+    return cases
+
+
+def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_build: Path, tmp_path: Path) -> None:
+    from cooperllm import dtc
+
+    cases = make_dtc_fixtures(tmp_path / "fixtures")
+    passed, failed, skipped, out = run_java(java_build, ["DtcTest"], {"cooperllm.fixtures": str(tmp_path / "fixtures")})
+    assert failed == 0 and skipped == 0 and passed == 7, out
+    for bits in (32, 64):
+        got = dtc.decode_reports((tmp_path / "fixtures" / "java_out" / f"reports_f{bits}.dtc").read_bytes())
+        want = cases["reports_to_encode"]
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert (g.seed, g.block, g.step, g.n_examples) == (w["seed"], w["block"], w["step"], w["n_examples"])
+            expected = float(np.float32(w["scalar"])) if bits == 32 else w["scalar"]
+            assert g.scalar == expected
