@@ -1,0 +1,108 @@
+"""Durability: SIGKILL the server mid-round (and right after a quorum), restart it on the same database, and the
+run ends on the same adapter as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cooperllm.api_client import ApiError, CooperClient
+from cooperllm.protocol import ReportIn
+
+from .conftest import ADMIN, ENROL
+from .helpers import wait_round
+
+pytestmark = pytest.mark.integration
+
+RUN = {"strategy": "zgr", "rounds": 3, "quorum": 2, "local_steps": 1, "lam": 0.4, "eta": 0.05, "guidance_rank": 2,
+       "window": 4, "grad_batches": 2, "grad_batch_size": 4, "deadline_s": 600}
+
+
+class Server:
+    def __init__(self, tmp: Path, model: Path, public: Path):
+        self.tmp, self.model, self.public = tmp, model, public
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        env = dict(os.environ, COOPERLLM_ADMIN_TOKEN=ADMIN, COOPERLLM_ENROLMENT_KEY=ENROL)
+        cmd = [
+            sys.executable, "-m", "cooperllm.cli", "--log-level", "WARNING", "serve", "--model", str(self.model),
+            "--port", "0", "--db", f"sqlite:///{self.tmp}/cloud.db", "--state-dir", str(self.tmp / "state"),
+            "--public-data", str(self.public), "--public-n", "64", "--seq-len", "24", "--env", "test",
+            "--create-run", json.dumps(RUN),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+        line = self.proc.stdout.readline()
+        assert "listening on" in line, line
+        self.url = line.split()[4].removesuffix("/v1")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def _reports(client: CooperClient) -> tuple[int, list[ReportIn]]:
+    info = client.current_round()
+    out = []
+    for i, block in enumerate(info.blocks):
+        seed = info.seed_lo + i
+        out.append(ReportIn(seed=seed, block=block, step=0, scalar=((seed % 1000) - 500) / 250.0, n_examples=4))
+    return info.round, out
+
+
+def _upload(client: CooperClient, name: str) -> None:
+    rnd, reports = _reports(client)
+    client.upload_reports(rnd, reports, f"{name}-r{rnd}")
+
+
+def _run(tmp: Path, model: Path, public: Path, kill_points: set[tuple[int, int]]) -> str:
+    """Drive 2 devices through 3 rounds; at (round, after upload i) in kill_points the server is SIGKILLed and
+    restarted, and both devices retry their round's batch (same idempotency key)."""
+    srv = Server(tmp, model, public)
+    srv.start()
+    try:
+        devs = [CooperClient(srv.url) for _ in range(2)]
+        tokens = [d.enroll(ENROL, f"dev{i}").token for i, d in enumerate(devs)]
+        for rnd in range(3):
+            for i in range(2):
+                devs[i] = CooperClient(srv.url, tokens[i])
+                _upload(devs[i], f"dev{i}")
+                if (rnd, i) in kill_points:
+                    srv.kill()
+                    srv.start()
+                    devs = [CooperClient(srv.url, t) for t in tokens]
+                    for j in range(i + 1):  # retries from the outbox: answered as replays or as late
+                        try:
+                            info = devs[j].current_round()
+                            if info.round == rnd:
+                                _upload(devs[j], f"dev{j}")
+                        except ApiError as err:
+                            assert err.status_code == 409
+            info = wait_round(devs[0], rnd + 1, timeout=120)
+            assert info.round == rnd + 1
+        final = CooperClient(srv.url, ADMIN).run(1)
+        assert final.status == "finished" and final.current_round == 3
+        return final.theta_checksum
+    finally:
+        srv.stop()
+
+
+def test_kill_and_restart_reaches_the_same_adapter(tmp_path, tiny_model_dir, public_tsv):
+    t0 = time.time()
+    reference = _run(tmp_path / "a", tiny_model_dir, public_tsv, set())
+    interrupted = _run(tmp_path / "b", tiny_model_dir, public_tsv, {(0, 0), (1, 1), (2, 0)})
+    assert interrupted == reference
+    assert time.time() - t0 < 600
