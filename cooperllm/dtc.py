@@ -179,7 +179,7 @@ def _choose_bits(err: np.ndarray, cost: np.ndarray, err_limit: float | None, byt
 
     def bisect(ok, lo: float = -80.0, hi: float = 80.0) -> tuple[float, float]:
         """(lo, hi) around the boundary where ``ok(log μ)`` flips from False to True (True at hi)."""
-        for _ in range(70):
+        for _ in range(40):  # log2 μ to within 1e-10 of the boundary
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if ok(mid) else (mid, hi)
         return lo, hi
