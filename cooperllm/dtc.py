@@ -232,6 +232,7 @@ def encode(
     seed: int = 0,
     block_size: int = DEFAULT_BLOCK_SIZE,
     level: int = DEFAULT_LEVEL,
+    allocation: str = "global",
 ) -> bytes:
     """Encode a float array as one DTC frame.
 
@@ -239,7 +240,8 @@ def encode(
     even 16 misses the budget) such that the whole decoded array keeps cosine ≥ 1 − ``cosine_budget`` and/or
     relative L2 error ≤ ``rel_l2_budget``, with the fewest bytes; ``byte_budget`` caps the frame size (quality
     gives way). ``bits=b`` quantizes every chunk with b bits; ``bits=32`` is lossless. ``stochastic`` rounds
-    randomly (unbiased: E[decode] = x) with noise drawn from ``seed``.
+    randomly (unbiased: E[decode] = x) with noise drawn from ``seed``. ``allocation="chunk"`` makes every chunk
+    meet the budget on its own instead of trading bits between chunks (more bytes; for comparison).
     """
     x = np.asarray(array)
     if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
@@ -250,6 +252,8 @@ def encode(
         raise DTCError(f"bits must be one of {VALID_BITS} or None (adaptive), got {bits}")
     if not (8 <= block_size <= MAX_BLOCK_SIZE and block_size % 8 == 0):
         raise DTCError(f"block_size must be a multiple of 8 in [8, {MAX_BLOCK_SIZE}], got {block_size}")
+    if allocation not in ("global", "chunk"):
+        raise DTCError(f"allocation must be 'global' or 'chunk', got {allocation!r}")
     if not -7 <= level <= 22:
         raise DTCError(f"zstd level must be in [-7, 22], got {level}")
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
@@ -273,7 +277,7 @@ def encode(
         chunk_bits = np.full(n_chunks, bits, dtype=np.uint8)
     else:
         chunk_bits = _adaptive_bits(
-            rows, amax, counts, noise, cosine_budget, rel_l2_budget, byte_budget, fixed_overhead
+            rows, amax, counts, noise, cosine_budget, rel_l2_budget, byte_budget, fixed_overhead, allocation
         )
     frame = _assemble(x.shape, rows, amax, counts, chunk_bits, noise, block_size, stochastic, level)
     if byte_budget is not None and len(frame) > byte_budget:
@@ -294,6 +298,7 @@ def _adaptive_bits(
     rel_l2_budget: float | None,
     byte_budget: int | None,
     fixed_overhead: int,
+    allocation: str,
 ) -> np.ndarray:
     limits = []
     if cosine_budget is not None:
@@ -323,7 +328,13 @@ def _adaptive_bits(
     byte_limit = None if byte_budget is None else max(byte_budget - fixed_overhead, 0)
     if norm2 == 0.0:  # an all-zero array: every width is exact, take the smallest
         return np.full(n_chunks, BITS_CHOICES[0], dtype=np.uint8)
-    choice = _choose_bits(err, cost, err_limit, byte_limit)
+    if allocation == "chunk" and limits:  # each chunk on its own: fewest bits with err_c ≤ budget·‖x_c‖²
+        chunk_norm2 = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+        choice = np.argmax(err <= min(limits) * chunk_norm2[:, None], axis=1)  # 32 (exact) always qualifies
+        if byte_limit is not None and cost[np.arange(n_chunks), choice].sum() > byte_limit:
+            choice = _choose_bits(err, cost, None, byte_limit)
+    else:
+        choice = _choose_bits(err, cost, err_limit, byte_limit)
     return np.asarray(candidates, dtype=np.uint8)[choice]
 
 

@@ -96,6 +96,19 @@ def test_adaptive_spends_bits_where_needed() -> None:
     assert len(encode(x, cosine_budget=1e-3)) < uniform
 
 
+def test_per_chunk_allocation_meets_the_budget_in_every_chunk() -> None:
+    x = heavy_tailed(30_000)
+    frame = encode(x, cosine_budget=1e-3, allocation="chunk")
+    y = decode(frame)
+    limit = 1 - (1 - 1e-3) ** 2
+    for c in range(0, x.size, 256):
+        xc, yc = x[c : c + 256].astype(np.float64), y[c : c + 256].astype(np.float64)
+        assert np.sum((xc - yc) ** 2) <= limit * np.sum(xc**2) + 1e-30
+    assert len(encode(x, cosine_budget=1e-3)) < len(frame)  # trading bits across chunks is cheaper
+    with pytest.raises(DTCError, match="allocation"):
+        encode(x, allocation="best")
+
+
 def test_rel_l2_budget() -> None:
     x = heavy_tailed(30_000)
     for rel in (0.3, 0.05, 0.001):

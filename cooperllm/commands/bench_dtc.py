@@ -37,6 +37,12 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats for MB/s, median (default 5)")
     p.add_argument("--reports", type=int, default=960, help="reports in the report-batch measurement (default 960)")
+    p.add_argument(
+        "--links",
+        nargs="*",
+        default=["10mbit:50ms", "2mbit:100ms"],
+        help="link specs for the download-time lines (default 10mbit:50ms 2mbit:100ms)",
+    )
     p.add_argument("--save", help="also save the guidance tensors to this .npz file")
     p.add_argument("--load", help="use guidance tensors from a .npz written by --save (skips the model)")
     p.set_defaults(func=run)
@@ -195,7 +201,14 @@ def run(args: argparse.Namespace) -> int:
         dtc.decode,
         args.repeats,
     )
-    rows += [adaptive, stoch]
+    per_chunk = measure(
+        bases,
+        f"DTC per-chunk cos≥{args.cosine}",
+        lambda t: dtc.encode(t, cosine_budget=delta, allocation="chunk", block_size=args.block_size, level=args.level),
+        dtc.decode,
+        args.repeats,
+    )
+    rows += [adaptive, stoch, per_chunk]
     raw = rows[0].frame_bytes
     print(
         f"{'mode':<36} {'cosine':>10} {'rel L2':>9} {'bytes':>10} {'bits/val':>9} {'vs f32':>7} "
@@ -219,8 +232,26 @@ def run(args: argparse.Namespace) -> int:
         f"{adaptive.frame_bytes / raw:.4f} of float32, {adaptive.bits_per_value:.3f} bits/value, "
         f"cosine {adaptive.cosine:.6f} -> {'PASS' if ok_size and adaptive.cosine >= args.cosine else 'FAIL'}"
     )
+    _link_times(
+        args.links,
+        {"raw float32": raw, "zstd float32": rows[1].frame_bytes, "DTC adaptive": adaptive.frame_bytes},
+        len(bases),
+    )
     _bench_reports(args.reports, args.repeats)
     return 0
+
+
+def _link_times(specs: list[str], sizes: dict[str, int], n_frames: int) -> None:
+    """Ideal download time of one round's guidance on each emulated link (latency once per frame request)."""
+    from cooperllm.link import LinkSpec
+
+    for text in specs:
+        spec = LinkSpec.parse(text)
+        cells = [
+            f"{name} {n_frames * 2 * spec.latency_s + spec.transfer_time(size) - spec.latency_s:.2f} s"
+            for name, size in sizes.items()
+        ]
+        print(f"guidance download over {text} (ideal, {n_frames} sequential requests): " + ", ".join(cells))
 
 
 def _bench_reports(n: int, repeats: int) -> None:
