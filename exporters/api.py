@@ -209,7 +209,7 @@ def _export(
         else:
             # to_edge consumes the program; re-export so a later ONNX export (if any) sees a fresh one
             prog = program if fmt == fmts[-1] else export_program(wrapper, args)
-            delegation = to_pte(prog, backend, out / name)
+            delegation = to_pte(prog, backend, out / name, dynamic_weights=scheme != "none")
             details[name] = {"delegation": delegation} if backend == "xnnpack" else {}
             graphs.append(GraphSpec(name, "pte", backend, batch_size, seq_len))
         details[name]["file_mb"] = round((out / name).stat().st_size / 1e6, 3)

@@ -23,8 +23,15 @@ log = logging.getLogger(__name__)
 PTE_BACKENDS = ("xnnpack", "portable")
 
 
-def to_pte(program: torch.export.ExportedProgram, backend: str, path: str | os.PathLike) -> dict:
-    """Write ``path``; returns the delegation summary (XNNPACK) or the op count (portable)."""
+def to_pte(
+    program: torch.export.ExportedProgram, backend: str, path: str | os.PathLike, dynamic_weights: bool = False
+) -> dict:
+    """Write ``path``; returns the delegation summary.
+
+    ``dynamic_weights`` lets XNNPACK take linears whose weight is computed in the graph (dequantized int8/int4
+    weights, and the LoRA factors that arrive as inputs); without it those matmuls fall back to portable kernels.
+    For fp32 it is off so the frozen weights stay pre-packed inside the delegate.
+    """
     from executorch.exir import to_edge_transform_and_lower
 
     if backend not in PTE_BACKENDS:
@@ -33,7 +40,7 @@ def to_pte(program: torch.export.ExportedProgram, backend: str, path: str | os.P
     if backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-        partitioner = [XnnpackPartitioner()]
+        partitioner = [XnnpackPartitioner(force_non_static_weights_for_f32_linear=dynamic_weights)]
     edge = to_edge_transform_and_lower(program, partitioner=partitioner)
     info = delegation_summary(edge.exported_program().graph_module)
     et_program = edge.to_executorch()
@@ -69,6 +76,8 @@ def to_onnx(program: torch.export.ExportedProgram, input_names: Sequence[str], p
     )
     if onnx_program is None:
         raise ExportError("torch.onnx.export returned no program")
+    for node in onnx_program.model.graph.all_nodes():
+        node.metadata_props.clear()  # per-node stack traces and class paths: ~0.5 MB per layer, no runtime use
     onnx_program.save(str(path), external_data=False)
     import onnx
 
