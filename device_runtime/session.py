@@ -25,6 +25,10 @@ def _import_runtime(name: str) -> None:
         import onnxruntime  # noqa: F401
     elif name == "executorch":
         import executorch.runtime  # noqa: F401
+    elif name == "native":
+        from device_runtime.native.binding import load_library
+
+        load_library()
 
 
 @dataclass

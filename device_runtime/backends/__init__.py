@@ -13,8 +13,8 @@ from device_runtime.backends.base import BackendError, GraphBackend
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnx", "executorch", "eager")
-_FORMAT_OF = {"onnx": "onnx", "executorch": "pte"}
+BACKENDS = ("onnx", "native", "executorch", "eager")
+_FORMAT_OF = {"onnx": "onnx", "native": "pte", "executorch": "pte"}
 
 __all__ = ["BACKENDS", "BackendError", "GraphBackend", "ManifestError", "choose_backend", "open_backend"]
 
@@ -23,7 +23,7 @@ def choose_backend(manifest: Manifest, backend: str | None) -> str:
     """``backend`` if given (and present in the manifest), else the manifest's first graph's format."""
     if backend is None:
         fmt = manifest.graphs[0].format
-        return "onnx" if fmt == "onnx" else "executorch"
+        return "onnx" if fmt == "onnx" else "native"  # .pte: the torch-free native runner (not the Python runtime)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend != "eager":
@@ -49,6 +49,10 @@ def open_backend(
         from device_runtime.backends.onnx_backend import OnnxBackend
 
         return OnnxBackend(manifest, folder, manifest.graph("onnx"), threads=threads)
+    if name == "native":
+        from device_runtime.backends.native_backend import NativeBackend
+
+        return NativeBackend(manifest, folder, manifest.graph("pte"), threads=threads)
     if name == "executorch":
         from device_runtime.backends.executorch_backend import ExecuTorchBackend
 
