@@ -234,3 +234,107 @@ def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_bui
             assert (g.seed, g.block, g.step, g.n_examples) == (w["seed"], w["block"], w["step"], w["n_examples"])
             expected = float(np.float32(w["scalar"])) if bits == 32 else w["scalar"]
             assert g.scalar == expected
+
+
+# --- the live cloud -------------------------------------------------------------------------------------------------
+
+ADMIN = "android-test-admin-token-0123456789"
+ENROL = "android-test-enrolment-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def live_cloud(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, sst2_dir: Path):
+    """The real cloud: uvicorn on 127.0.0.1 (ephemeral port), tiny model, SQLite file, small public split."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from cloud_api.app import create_app
+    from cloud_api.settings import Settings
+
+    tmp = tmp_path_factory.mktemp("android-cloud")
+    public = tmp / "public.tsv"
+    public.write_text("\n".join((sst2_dir / "train.tsv").read_text().splitlines()[:101]) + "\n")
+    settings = Settings(
+        env="test",
+        admin_token=ADMIN,
+        enrolment_key=ENROL,
+        db_url=f"sqlite:///{tmp}/cloud.db",
+        state_dir=tmp,
+        model=str(tiny_model_dir),
+        public_data=public,
+        public_n=16,
+        seq_len=24,
+        tick_s=0.02,
+        rate_burst=1000,
+        rate_limit_per_s=1000.0,
+    )
+    app = create_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_path: Path) -> None:
+    """Enrol, take every round of a zgr run, download guidance, upload toy-loss reports, restart with a pending
+    batch, and sync by replay to the server's checksum — all from Java against the real cloud."""
+    from cooperllm.api_client import CooperClient
+    from cooperllm.protocol import RunConfig
+
+    url, app = live_cloud
+    admin = CooperClient(url, ADMIN)
+    rounds = 3
+    run = admin.create_run(
+        RunConfig(
+            strategy="zgr",
+            rounds=rounds,
+            quorum=1,
+            min_devices=1,
+            local_steps=2,
+            lam=0.3,
+            eta=0.05,
+            alpha=0.5,
+            guidance_rank=2,
+            window=4,
+            grad_batches=1,
+            grad_batch_size=4,
+            deadline_s=120,
+        )
+    )
+    layout = app.state.cooper.engine.host.layout
+    # what a phone reads from the artifact's manifest.json: the θ layout (the cloud and the exporter share it)
+    config = {
+        "url": url,
+        "enrolment_key": ENROL,
+        "manifest": {"layout": layout.to_dict()},
+        "state_dir": str(tmp_path / "device"),
+        "rounds": rounds,
+        "out": str(tmp_path / "result.json"),
+    }
+    (tmp_path / "cloud.json").write_text(json.dumps(config))
+    passed, failed, skipped, out = run_java(
+        java_build, ["LiveCloudTest"], {"cooperllm.cloud": str(tmp_path / "cloud.json")}
+    )
+    assert (passed, failed, skipped) == (1, 0, 0), out
+    result = json.loads((tmp_path / "result.json").read_text())
+    info = admin.run(run.run_id)
+    assert info.status == "finished"
+    assert result["final_checksum"] == info.theta_checksum != run.theta_checksum  # θ moved, and Java followed it
+    assert result["downloads"] == 1 and result["replays"] == rounds
+    summaries = admin.rounds(run.run_id)
+    assert [s.status for s in summaries] == ["closed"] * rounds
+    per_round = 2 * len(layout.blocks)
+    assert [s.n_reports for s in summaries] == [per_round] * rounds
+    assert all(s.n_devices == 1 for s in summaries)
+    assert admin.metrics().idempotent_replays >= 1

@@ -195,16 +195,24 @@ public final class FederatedDevice {
     /** θ_r → θ_{r+1} in place from the server's sync payload; false when not replayable or the checksum disagrees. */
     public boolean replayRound(int round, float[] work) throws IOException {
         Protocol.ModelSync s = api.sync(round);
-        if (!s.replayable) return false;
-        if (!Floats.thetaChecksum(work).equals(s.checksumBefore)) return false;
+        if (!s.replayable) {
+            LOG.info("round " + round + " (" + s.strategy + ") is not replayable: downloading the adapter");
+            return false;
+        }
+        if (!Floats.thetaChecksum(work).equals(s.checksumBefore)) {
+            LOG.warning("round " + round + ": held θ is not the round's starting θ");
+            return false;
+        }
         Map<Integer, BlockGuidance> g = new HashMap<>();
         for (Protocol.SyncGuidance sg : s.guidance) {
             BlockGuidance basis = basis(round, sg.block, sg.sha256);
-            if (basis.m != sg.coeffs.length) return false;
+            if (basis.m != sg.coeffs.length) throw new IOException("guidance coefficients do not match the basis");
             g.put(sg.block, basis.withCoeffs(sg.coeffs));
         }
         RoundReplay.applyRound(work, layout, s.reports, g, s.alpha, s.lam, s.eta);
-        return Floats.thetaChecksum(work).equals(s.checksumAfter);
+        boolean ok = Floats.thetaChecksum(work).equals(s.checksumAfter);
+        if (!ok) LOG.warning("round " + round + ": replay disagrees with the server's checksum");
+        return ok;
     }
 
     /** The decoded basis of (round, block), downloaded once and checked against the advertised sha256. */
@@ -246,7 +254,9 @@ public final class FederatedDevice {
             guidance.put(ref.block, g);
         }
         double alpha = "zo".equals(info.strategy) || guidance.isEmpty() ? 1.0 : info.alpha;
-        ZoEngine engine = new ZoEngine(theta, layout, loss, info.epsilon, alpha, guidance);
+        // SPSA perturbs in place and restores only up to float rounding: work on a copy so θ_r stays bit-exact
+        // for the replay of this round (the server's checksum_before).
+        ZoEngine engine = new ZoEngine(theta.clone(), layout, loss, info.epsilon, alpha, guidance);
         int total = info.localSteps * info.blocks.size();
         if (info.seedLo + total > info.seedHi) throw new IllegalStateException("the round needs more seeds than this device's range");
         progress.round = info.round;
@@ -267,8 +277,7 @@ public final class FederatedDevice {
             }
         }
         if (!reports.isEmpty()) {
-            String reportsJson = Protocol.reportBatchJson("x", reports);
-            String key = "d" + deviceId + "-r" + info.round + "-" + Floats.sha256Hex(reportsJson.getBytes(StandardCharsets.UTF_8)).substring(0, 24);
+            String key = batchKey(deviceId, info.round, reports);
             outbox.enqueue(key, info.round, Protocol.reportBatchJson(key, reports));
         }
         submittedRound = info.round;
@@ -276,6 +285,12 @@ public final class FederatedDevice {
         emit("queued " + reports.size() + " reports");
         if (upload) drain();
         return reports;
+    }
+
+    /** Idempotency key of a batch: the same reports always get the same key, so a re-upload is counted once. */
+    public static String batchKey(long deviceId, int round, List<Report> reports) {
+        byte[] body = Protocol.reportBatchJson("", reports).getBytes(StandardCharsets.UTF_8);
+        return "d" + deviceId + "-r" + round + "-" + Floats.sha256Hex(body).substring(0, 24);
     }
 
     /**
