@@ -707,7 +707,12 @@ class RoundEngine:
         checksum = theta_checksum(theta)
         finished = nxt >= st.cfg.rounds
         if st.cfg.strategy == "zgr" and not finished:
-            self.rectifier.wait_for(st.run_id, nxt, timeout=3600)
+            try:
+                self.rectifier.wait_for(st.run_id, nxt, timeout=3600)
+            except (RuntimeError, TimeoutError) as exc:
+                with self.lock:
+                    self._fail(st, f"no guidance for round {nxt}: {exc}")
+                return
         agg_s = time.perf_counter() - t0
         with self.lock:
             now = time.time()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,8 @@ class ModelHost:
     public_mask: np.ndarray
     public_labels: np.ndarray
     torch_threads: int = 1
-    _lock: object = field(default=None, repr=False)
+    # functional_call swaps the module's parameters while it runs: one caller at a time
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def n_public(self) -> int:
@@ -56,8 +58,9 @@ class ModelHost:
         ids = torch.from_numpy(self.public_ids[rows])
         mask = torch.from_numpy(self.public_mask[rows])
         labels = torch.from_numpy(self.public_labels[rows])
-        loss, _ = functional_call(self.module, params, (ids, mask, labels), strict=False)
-        loss.backward()
+        with self._lock, torch.enable_grad():
+            loss, _ = functional_call(self.module, params, (ids, mask, labels), strict=False)
+            loss.backward()
         return flat.grad.numpy().astype(np.float32, copy=True), float(loss.detach())
 
     def label_logits(self, theta: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -67,7 +70,7 @@ class ModelHost:
 
         params = {n: torch.from_numpy(np.array(v)) for n, v in self.layout.unflatten(theta.copy()).items()}
         labels = torch.zeros(input_ids.shape[0], dtype=torch.int64)
-        with torch.no_grad():
+        with self._lock, torch.no_grad():
             _, logits = functional_call(
                 self.module,
                 params,

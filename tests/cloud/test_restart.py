@@ -21,8 +21,19 @@ from .helpers import wait_round
 
 pytestmark = pytest.mark.integration
 
-RUN = {"strategy": "zgr", "rounds": 3, "quorum": 2, "local_steps": 1, "lam": 0.4, "eta": 0.05, "guidance_rank": 2,
-       "window": 4, "grad_batches": 2, "grad_batch_size": 4, "deadline_s": 600}
+RUN = {
+    "strategy": "zgr",
+    "rounds": 3,
+    "quorum": 2,
+    "local_steps": 1,
+    "lam": 0.4,
+    "eta": 0.05,
+    "guidance_rank": 2,
+    "window": 4,
+    "grad_batches": 2,
+    "grad_batch_size": 4,
+    "deadline_s": 600,
+}
 
 
 class Server:
@@ -34,10 +45,30 @@ class Server:
     def start(self) -> None:
         env = dict(os.environ, COOPERLLM_ADMIN_TOKEN=ADMIN, COOPERLLM_ENROLMENT_KEY=ENROL)
         cmd = [
-            sys.executable, "-m", "cooperllm.cli", "--log-level", "WARNING", "serve", "--model", str(self.model),
-            "--port", "0", "--db", f"sqlite:///{self.tmp}/cloud.db", "--state-dir", str(self.tmp / "state"),
-            "--public-data", str(self.public), "--public-n", "64", "--seq-len", "24", "--env", "test",
-            "--create-run", json.dumps(RUN),
+            sys.executable,
+            "-m",
+            "cooperllm.cli",
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--model",
+            str(self.model),
+            "--port",
+            "0",
+            "--db",
+            f"sqlite:///{self.tmp}/cloud.db",
+            "--state-dir",
+            str(self.tmp / "state"),
+            "--public-data",
+            str(self.public),
+            "--public-n",
+            "64",
+            "--seq-len",
+            "24",
+            "--env",
+            "test",
+            "--create-run",
+            json.dumps(RUN),
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
         line = self.proc.stdout.readline()
