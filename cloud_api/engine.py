@@ -53,6 +53,8 @@ from cooperllm.zgr import BlockGuidance, Report, apply_round, online_lambda
 log = logging.getLogger(__name__)
 
 SEEDS_PER_DEVICE = 1 << 16
+_INSERT_BATCH = db.upload_batches.insert()  # built once: the upload path runs hundreds of times a second
+_INSERT_REPORTS = db.reports.insert()
 
 
 class ServiceError(Exception):
@@ -87,6 +89,7 @@ class RoundState:
     seen: set[tuple[int, int, int, int]] = field(default_factory=set)
     per_device: dict[int, int] = field(default_factory=dict)
     guidance: list[GuidanceRef] = field(default_factory=list)
+    n_complete: int = 0
 
     @property
     def expected_per_device(self) -> int:
@@ -185,6 +188,7 @@ class RoundEngine:
         if st.checksum != (rnd["theta_checksum"] if rnd else st.checksum):
             raise RuntimeError(f"adapter v{r} of run {st.run_id} does not match the checksum in the database")
         st.guidance = self._guidance_refs(st.run_id, r) if cfg.strategy == "zgr" else []
+        st.n_complete = st.complete_devices()
         self.state = st
         if cfg.strategy == "zgr" and st.status == "open":
             self.rectifier.submit(Job(st.run_id, r + 1, r, st.theta.copy(), cfg))
@@ -430,7 +434,7 @@ class RoundEngine:
     def accept_reports(self, device_id: int, round_: int, batch: ReportBatch) -> ReportAck:
         """Validate the whole batch, then count it in one transaction (committed before the answer)."""
         body_sha = hashlib.sha256(
-            json.dumps([r.model_dump() for r in batch.reports], sort_keys=True).encode()
+            repr([(r.seed, r.block, r.step, r.scalar, r.n_examples) for r in batch.reports]).encode()
         ).hexdigest()
         with self.lock:
             st = self._current()
@@ -481,22 +485,23 @@ class RoundEngine:
             try:
                 with self.db.begin() as conn:
                     batch_id = conn.execute(
-                        insert(db.upload_batches).values(
-                            device_id=device_id,
-                            idempotency_key=batch.idempotency_key,
-                            run_id=st.run_id,
-                            round=st.round,
-                            body_sha256=body_sha,
-                            accepted=len(rows),
-                            duplicates=dups,
-                            clipped=clipped,
-                            created_at=time.time(),
-                        )
+                        _INSERT_BATCH,
+                        {
+                            "device_id": device_id,
+                            "idempotency_key": batch.idempotency_key,
+                            "run_id": st.run_id,
+                            "round": st.round,
+                            "body_sha256": body_sha,
+                            "accepted": len(rows),
+                            "duplicates": dups,
+                            "clipped": clipped,
+                            "created_at": time.time(),
+                        },
                     ).inserted_primary_key[0]
                     if rows:
                         for row in rows:
                             row["batch_id"] = batch_id
-                        conn.execute(insert(db.reports), rows)
+                        conn.execute(_INSERT_REPORTS, rows)
             except IntegrityError:  # the idempotency key exists: a retry of a batch already counted
                 with self.db.connect() as conn:
                     replay = self._replayed(conn, device_id, batch.idempotency_key, body_sha)
@@ -504,11 +509,14 @@ class RoundEngine:
                     raise
                 return replay
             st.seen |= fresh
-            st.per_device[device_id] = st.per_device.get(device_id, 0) + len(rows)
+            before = st.per_device.get(device_id, 0)
+            st.per_device[device_id] = before + len(rows)
+            if before < st.expected_per_device <= st.per_device[device_id]:
+                st.n_complete += 1
             self.counters["uploads_total"] += 1
             self.counters["duplicates"] += dups
-            if st.per_device[device_id] >= st.expected_per_device:
-                self._wake.set()
+            if st.n_complete >= st.cfg.quorum:
+                self._wake.set()  # close now rather than at the next tick
             return ReportAck(
                 round=st.round,
                 accepted=len(rows),
@@ -565,6 +573,8 @@ class RoundEngine:
                             batch_id=batch_id,
                         )
                     )
+            if not dup:
+                st.n_complete += 1
             st.per_device[device_id] = 1
             self.counters["uploads_total"] += 1
             self._wake.set()
