@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "cooperllm.commands.bench",
     "cooperllm.commands.demo",
     "cooperllm.commands.bench_dtc",
+    "cooperllm.commands.link_proxy",
     "exporters.cli",
     "cloud_api.cli",
     "device_runtime.cli",

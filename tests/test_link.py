@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from cooperllm.link import AsyncLinkTransport, Link, LinkSpec, LinkSpecError, LinkTransport, TokenBucket
+from cooperllm.link import AsyncLinkTransport, Link, LinkProxy, LinkSpec, LinkSpecError, LinkTransport, TokenBucket
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -192,3 +192,62 @@ def test_concurrent_threads_share_one_link(server: str) -> None:
         t.join()
     assert time.perf_counter() - t0 >= 0.85
     assert link.stats.bytes_down >= 1_000_000
+
+
+def test_tcp_proxy_throughput_latency_and_loss(server: str) -> None:
+    port = int(server.rsplit(":", 1)[1])
+    with LinkProxy("10mbit:30ms", ("127.0.0.1", port)) as proxy, httpx.Client(base_url=proxy.url) as client:
+        t0 = time.perf_counter()
+        r = client.get("/bytes/1000000")
+        down = time.perf_counter() - t0
+        assert len(r.content) == 1_000_000
+        t0 = time.perf_counter()
+        assert client.post("/upload", content=bytes(500_000)).text == "500000"
+        up = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(5):
+            client.get("/bytes/10")  # keep-alive: each exchange costs one round trip of 2 × 30 ms
+        rtt = (time.perf_counter() - t0) / 5
+    assert 0.75 <= down <= 3.0  # 1 MB at 10 Mbit/s: 0.8 s + latency
+    assert 0.38 <= up <= 2.0
+    assert 0.055 <= rtt <= 0.3
+    assert proxy.link.stats.bytes_down >= 1_000_000 and proxy.link.stats.bytes_up >= 500_000
+
+    lossy = Link("inf:0ms:0ms:30%", seed=3)
+    ok = 0
+    with LinkProxy(lossy, ("127.0.0.1", port)) as proxy:
+        for _ in range(40):
+            try:
+                with httpx.Client(base_url=proxy.url) as client:
+                    ok += client.get("/bytes/5").content == bytes(5)
+            except httpx.TransportError:
+                pass
+    assert ok + lossy.stats.lost_requests == 40
+    assert 5 <= lossy.stats.lost_requests <= 22
+
+
+def test_link_proxy_cli(server: str) -> None:
+    import subprocess
+    import sys
+
+    port = server.rsplit(":", 1)[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cooperllm.cli", "link-proxy", "--target", f"127.0.0.1:{port}", "--spec", "inf:20ms"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        listen = line.split(" : ")[1].split(" -> ")[0]
+        t0 = time.perf_counter()
+        assert httpx.get(f"http://{listen}/bytes/3").content == bytes(3)
+        assert time.perf_counter() - t0 >= 0.04  # 20 ms each way
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    bad = subprocess.run(
+        [sys.executable, "-m", "cooperllm.cli", "link-proxy", "--target", "x", "--spec", "fast"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "error:" in bad.stderr
