@@ -259,9 +259,10 @@ def encode(
         raise DTCError(f"allocation must be 'global' or 'chunk', got {allocation!r}")
     if not -7 <= level <= 22:
         raise DTCError(f"zstd level must be in [-7, 22], got {level}")
-    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    with np.errstate(over="ignore"):
+        flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     if not np.isfinite(flat).all():
-        raise DTCError("array contains NaN or Inf: refusing to encode a non-finite tensor")
+        raise DTCError("array contains NaN or Inf (or values beyond float32): refusing to encode a non-finite tensor")
     n = flat.size
     n_chunks = -(-n // block_size)
     rem = n - (n_chunks - 1) * block_size if n_chunks else 0
@@ -483,6 +484,8 @@ def _open_tensor_frame(frame: bytes, max_elements: int) -> tuple[_TensorHeader, 
         raise DTCError(f"truncated frame: {len(frame)} bytes, the header needs {header_len}")
     shape = struct.unpack_from(f"<{ndim}Q", frame, _TENSOR_FIXED.size)
     n = math.prod(shape)
+    if any(d > max(max_elements, 1) for d in shape):
+        raise DTCError(f"frame declares shape {shape}: a dimension is over the limit of {max_elements} elements")
     if n > max_elements:
         raise DTCError(f"frame declares shape {shape} = {n} elements, over the limit of {max_elements}")
     body_len, payload_len, crc = _TENSOR_TAIL.unpack_from(frame, header_len - _TENSOR_TAIL.size)

@@ -219,6 +219,7 @@ def test_encode_rejects_bad_input() -> None:
     for bad, match in [
         (np.array([1.0, np.nan], np.float32), "NaN or Inf"),
         (np.array([np.inf], np.float32), "NaN or Inf"),
+        (np.array([1e39], np.float64), "beyond float32"),
         (np.array(["a"]), "dtype"),
         (np.ones(16, np.complex64), "dtype"),
         (np.ones((1,) * 9, np.float32), "dimensions"),
