@@ -147,7 +147,7 @@ def make_dtc_fixtures(folder: Path) -> dict:
         "random_bytes": (rng.integers(0, 256, size=50_000, dtype=np.uint8).tobytes(), 3, False),
         "text_level1": (text[:70_000], 1, False),
         "text_level3_multiblock": (text, 3, True),
-        "text_level19": (text[:200_000], 19, False),
+        "text_level19": (text[:90_000], 19, False),
         "floats_level9": (_f32(rng.normal(size=40_000) * 0.01), 9, True),
         "low_entropy": (
             bytes(rng.choice([0, 1, 2, 255], size=100_000, p=[0.7, 0.2, 0.09, 0.01]).astype(np.uint8)),
@@ -234,6 +234,92 @@ def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_bui
             assert (g.seed, g.block, g.step, g.n_examples) == (w["seed"], w["block"], w["step"], w["n_examples"])
             expected = float(np.float32(w["scalar"])) if bits == 32 else w["scalar"]
             assert g.scalar == expected
+
+
+# --- the app's inputs: an artifact folder and a device data file --------------------------------------------------
+
+
+def make_artifacts(folder: Path, tiny_model_dir: Path) -> dict:
+    """A manifest written by cooperllm.manifest over real files (tokenizer, initial adapter; the graph's bytes are
+    only hashed here, running it needs a phone), plus the values the Java side must find."""
+    from cooperllm.adapter import AdapterSpec
+    from cooperllm.checkpoint import save_theta
+    from cooperllm.layout import ParamLayout, theta_checksum
+    from cooperllm.manifest import DATA_INPUTS, OUTPUTS, GraphSpec, Manifest, sha256_file, write_manifest
+    from cooperllm.tasks import TaskSpec
+    from cooperllm.tokenization import PromptEncoder
+
+    folder.mkdir(parents=True)
+    task = TaskSpec()
+    shutil.copy(tiny_model_dir / "tokenizer.json", folder / "tokenizer.json")
+    enc = PromptEncoder(folder / "tokenizer.json", task, 32)
+    entries = []
+    for layer in range(2):
+        for proj in ("q_proj", "v_proj"):
+            base = f"lm.model.layers.{layer}.self_attn.{proj}"
+            entries += [
+                (f"{base}.lora_A.weight", (8, 64), f"layer.{layer}"),
+                (f"{base}.lora_B.weight", (64, 8), f"layer.{layer}"),
+            ]
+    layout = ParamLayout.build(entries)
+    theta0 = (np.random.default_rng(3).normal(size=layout.total) * 0.02).astype(np.float32)
+    save_theta(folder / "adapter.safetensors", theta0, layout)
+    (folder / "model.pte").write_bytes(np.random.default_rng(4).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    files = ["tokenizer.json", "adapter.safetensors", "model.pte"]
+    manifest = Manifest(
+        model_name="tiny-llama",
+        task=task,
+        adapter=AdapterSpec(),
+        layout=layout,
+        graphs=[GraphSpec("model.pte", "pte", "xnnpack", 8, 32)],
+        input_names=[*DATA_INPUTS, *layout.names],
+        output_names=list(OUTPUTS),
+        label_token_ids=list(enc.label_token_ids),
+        pad_token_id=int(enc.pad_id),
+        tokenizer_file="tokenizer.json",
+        initial_adapter_file="adapter.safetensors",
+        quantization={"weights": "int8"},
+        files={f: sha256_file(folder / f) for f in files},
+    )
+    write_manifest(folder, manifest)
+    return {
+        "total": layout.total,
+        "n_blocks": len(layout.blocks),
+        "input_names": manifest.input_names,
+        "seq_len": 32,
+        "manifest_sha256": sha256_file(folder / "manifest.json"),
+        "graph_sha256": manifest.files["model.pte"],
+        "theta0_sha256": theta_checksum(theta0),
+    }
+
+
+def test_java_reads_artifacts_and_device_data_made_in_python(
+    java_build: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    from safetensors.numpy import load_file
+
+    sys.path.insert(0, str(ROOT / "android_demo" / "tools"))
+    try:
+        from prepare_device_data import prepare
+    finally:
+        sys.path.pop(0)
+    expected = make_artifacts(tmp_path / "artifacts", tiny_model_dir)
+    out = tmp_path / "device" / "train.safetensors"
+    summary = prepare(tmp_path / "artifacts", sst2_dir / "dev.tsv", out, n_devices=8, device=3, limit=40)
+    assert summary["examples"] == 40 and summary["seq_len"] == 32 and sum(summary["label_counts"]) == 40
+    tensors = load_file(str(out))
+    assert tensors["input_ids"].shape == (40, 32) and tensors["input_ids"].dtype == np.int64
+    expected.update(n_examples=40, labels=tensors["labels"].tolist(), first_ids=tensors["input_ids"][0].tolist())
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    props = {
+        "cooperllm.artifacts": str(tmp_path / "artifacts"),
+        "cooperllm.device_data": str(out),
+        "cooperllm.expected": str(tmp_path / "expected.json"),
+    }
+    passed, failed, skipped, log = run_java(java_build, ["ArtifactTest"], props)
+    assert (passed, failed, skipped) == (3, 0, 0), log
 
 
 # --- the live cloud -------------------------------------------------------------------------------------------------

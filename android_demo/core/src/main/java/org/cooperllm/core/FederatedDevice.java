@@ -55,6 +55,7 @@ public final class FederatedDevice {
     private final Progress progress = new Progress();
     private final Random jitter = new Random();
     private Evaluator evaluator;
+    private Map<String, String> localArtifacts;
     private float[] theta;
     private int thetaRound = -1;
     private long deviceId = -1;
@@ -80,6 +81,28 @@ public final class FederatedDevice {
 
     public void setEvaluator(Evaluator e) {
         this.evaluator = e;
+    }
+
+    /** The sha256 of this device's artifact files (ArtifactManifest.fileHashes()); checked against every round. */
+    public void setLocalArtifacts(Map<String, String> hashes) {
+        this.localArtifacts = hashes;
+    }
+
+    /** Every file both sides name must have the same sha256, else the device refuses to train on this run. */
+    public void checkArtifacts(Protocol.RoundInfo info) {
+        if (localArtifacts == null) return;
+        List<String> bad = new ArrayList<>();
+        int common = 0;
+        for (Map.Entry<String, String> e : info.artifactHashes.entrySet()) {
+            String mine = localArtifacts.get(e.getKey());
+            if (mine == null) continue;
+            common++;
+            if (!mine.equals(e.getValue())) bad.add(e.getKey());
+        }
+        if (!bad.isEmpty()) {
+            throw new IllegalStateException("artifact mismatch with the cloud for " + bad + ": refusing to train");
+        }
+        if (common == 0) LOG.warning("the cloud advertises no file this device has; cannot check artifact identity");
     }
 
     public float[] theta() {
@@ -246,6 +269,7 @@ public final class FederatedDevice {
     public List<Report> runRound(Protocol.RoundInfo info, boolean upload) throws Exception {
         if (!"open".equals(info.status)) throw new IllegalStateException("round " + info.round + " is " + info.status);
         if ("bp".equals(info.strategy)) throw new IllegalStateException("strategy 'bp' needs backprop; this device runs ZO only");
+        checkArtifacts(info);
         syncTo(info);
         Map<Integer, BlockGuidance> guidance = new HashMap<>();
         for (Protocol.GuidanceRef ref : info.guidance) {

@@ -43,6 +43,8 @@ public final class Protocol {
         public final int adapterVersion;
         public final List<GuidanceRef> guidance;
         public final int roundsTotal;
+        /** sha256 of the run's artifact files by name (manifest.json, model.pte, …). */
+        public final java.util.Map<String, String> artifactHashes;
 
         public RoundInfo(Json.Obj j) {
             runId = j.getLong("run_id");
@@ -65,6 +67,11 @@ public final class Protocol {
             for (Object o : j.getList("guidance")) g.add(new GuidanceRef(Json.obj(o, "guidance ref")));
             guidance = Collections.unmodifiableList(g);
             roundsTotal = j.getInt("rounds_total");
+            java.util.Map<String, String> h = new java.util.TreeMap<>();
+            for (java.util.Map.Entry<String, Object> e : j.getObj("artifact_hashes").asMap().entrySet()) {
+                h.put(e.getKey(), String.valueOf(e.getValue()));
+            }
+            artifactHashes = Collections.unmodifiableMap(h);
         }
     }
 

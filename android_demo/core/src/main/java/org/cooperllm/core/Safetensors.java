@@ -63,6 +63,69 @@ public final class Safetensors {
         return theta;
     }
 
+    /** One tensor of a safetensors file: F32 values in f32, I64 values in i64 (the other is null). */
+    public static final class Typed {
+        public final String dtype;
+        public final long[] shape;
+        public final float[] f32;
+        public final long[] i64;
+
+        Typed(String dtype, long[] shape, float[] f32, long[] i64) {
+            this.dtype = dtype;
+            this.shape = shape;
+            this.f32 = f32;
+            this.i64 = i64;
+        }
+    }
+
+    /** Every tensor of a file (F32 or I64 only), validated like readTheta: offsets in bounds, sizes consistent. */
+    public static Map<String, Typed> readTensors(byte[] data) {
+        if (data.length < 8) throw new IllegalArgumentException("safetensors: file shorter than its header length");
+        ByteBuffer b = ByteBuffer.wrap(data).order(ByteOrder.LITTLE_ENDIAN);
+        long hl = b.getLong(0);
+        if (hl < 2 || hl > MAX_HEADER || 8 + hl > data.length) throw new IllegalArgumentException("safetensors: bad header length " + hl);
+        Json.Obj header = Json.parseObject(new String(data, 8, (int) hl, StandardCharsets.UTF_8));
+        long dataStart = 8 + hl;
+        long dataLen = data.length - dataStart;
+        Map<String, Typed> out = new java.util.LinkedHashMap<>();
+        for (Map.Entry<String, Object> e : header.asMap().entrySet()) {
+            if (e.getKey().equals("__metadata__")) continue;
+            Json.Obj info = Json.obj(e.getValue(), "safetensors entry " + e.getKey());
+            String dtype = info.getString("dtype");
+            int width;
+            if ("F32".equals(dtype)) width = 4;
+            else if ("I64".equals(dtype)) width = 8;
+            else throw new IllegalArgumentException("safetensors: " + e.getKey() + " has unsupported dtype " + dtype);
+            java.util.List<Object> sh = info.getList("shape");
+            long[] shape = new long[sh.size()];
+            long n = 1;
+            for (int i = 0; i < shape.length; i++) {
+                if (!(sh.get(i) instanceof Long) || (Long) sh.get(i) < 0) throw new IllegalArgumentException("safetensors: bad shape of " + e.getKey());
+                shape[i] = (Long) sh.get(i);
+                n *= shape[i];
+                if (n > Integer.MAX_VALUE / 8) throw new IllegalArgumentException("safetensors: " + e.getKey() + " is too large");
+            }
+            java.util.List<Object> offs = info.getList("data_offsets");
+            if (offs.size() != 2 || !(offs.get(0) instanceof Long) || !(offs.get(1) instanceof Long)) {
+                throw new IllegalArgumentException("safetensors: bad data_offsets for " + e.getKey());
+            }
+            long s0 = (Long) offs.get(0), s1 = (Long) offs.get(1);
+            if (s0 < 0 || s1 < s0 || s1 > dataLen || s1 - s0 != n * width) {
+                throw new IllegalArgumentException("safetensors: data_offsets of " + e.getKey() + " are out of bounds");
+            }
+            int off = (int) (dataStart + s0);
+            if (width == 4) {
+                out.put(e.getKey(), new Typed(dtype, shape, Floats.fromLittleEndian(data, off, (int) n), null));
+            } else {
+                long[] v = new long[(int) n];
+                ByteBuffer lb = ByteBuffer.wrap(data, off, 8 * (int) n).order(ByteOrder.LITTLE_ENDIAN);
+                for (int i = 0; i < v.length; i++) v[i] = lb.getLong();
+                out.put(e.getKey(), new Typed(dtype, shape, null, v));
+            }
+        }
+        return out;
+    }
+
     /** θ as a safetensors file, tensors in layout order (readable by safetensors.numpy.load). */
     public static byte[] writeTheta(float[] theta, ParamLayout layout) {
         if (theta.length != layout.total) throw new IllegalArgumentException("θ does not match the layout");

@@ -77,9 +77,13 @@ public class DtcTest {
     public void fuzzedInputsNeverCrashTheDecoders() throws IOException {
         Random rng = new Random(1234);
         List<byte[]> seeds = new ArrayList<>();
-        for (Object o : cases.getList("zstd")) seeds.add(bytes(Json.obj(o, "zstd").getString("zst")));
+        for (Object o : cases.getList("zstd")) {
+            byte[] z = bytes(Json.obj(o, "zstd").getString("zst"));
+            if (z.length > 0 && bytes(Json.obj(o, "zstd").getString("raw")).length <= 100_000) seeds.add(z);
+        }
+        Assert.check(seeds.size() >= 5, "fuzz seeds");
         int rejected = 0, total = 0;
-        for (int k = 0; k < 3000; k++) {
+        for (int k = 0; k < 2000; k++) {
             byte[] base = seeds.get(k % seeds.size());
             if (base.length == 0) continue;
             byte[] m = base.clone();
@@ -88,7 +92,7 @@ public class DtcTest {
             if (rng.nextInt(4) == 0) m = Arrays.copyOf(m, rng.nextInt(m.length + 1));
             total++;
             try {
-                Zstd.decompress(m, 1 << 22);
+                Zstd.decompress(m, 1 << 18);
             } catch (Zstd.ZstdException ex) {
                 rejected++;
             } catch (RuntimeException ex) {

@@ -1,0 +1,100 @@
+package org.cooperllm.core;
+
+import java.io.File;
+import java.io.IOException;
+import java.util.Map;
+
+/**
+ * This phone's private training (or evaluation) examples, already tokenized on the host by
+ * android_demo/tools/prepare_device_data.py with the artifact's own tokenizer and prompt template (an on-device BPE
+ * tokenizer is out of scope for the demo): safetensors with input_ids (N×L), attention_mask (N×L), labels (N), int64.
+ * Batches follow a seeded shuffle, so both forward passes of a step and a resumed run see the same examples.
+ */
+public final class DeviceData {
+    /** One fixed-shape mini-batch, row-major. */
+    public static final class Batch {
+        public final int size;
+        public final int seqLen;
+        public final long[] inputIds;
+        public final long[] attentionMask;
+        public final long[] labels;
+
+        Batch(int size, int seqLen) {
+            this.size = size;
+            this.seqLen = seqLen;
+            inputIds = new long[size * seqLen];
+            attentionMask = new long[size * seqLen];
+            labels = new long[size];
+        }
+    }
+
+    public final int n;
+    public final int seqLen;
+    private final long[] ids;
+    private final long[] mask;
+    private final long[] labels;
+    private final int[] order;
+
+    private DeviceData(long[] ids, long[] mask, long[] labels, int n, int seqLen, long seed) {
+        this.ids = ids;
+        this.mask = mask;
+        this.labels = labels;
+        this.n = n;
+        this.seqLen = seqLen;
+        order = new int[n];
+        for (int i = 0; i < n; i++) order[i] = i;
+        long state = seed;
+        for (int i = n - 1; i > 0; i--) {
+            state += Perturb.GAMMA;
+            int j = (int) Long.remainderUnsigned(Perturb.mix64(state), i + 1);
+            int t = order[i];
+            order[i] = order[j];
+            order[j] = t;
+        }
+    }
+
+    public static DeviceData read(File f, long seed) throws IOException {
+        return parse(AtomicFiles.read(f), seed);
+    }
+
+    public static DeviceData parse(byte[] data, long seed) {
+        Map<String, Safetensors.Typed> t = Safetensors.readTensors(data);
+        Safetensors.Typed ids = need(t, "input_ids", 2);
+        Safetensors.Typed mask = need(t, "attention_mask", 2);
+        Safetensors.Typed labels = need(t, "labels", 1);
+        int n = (int) ids.shape[0];
+        int len = (int) ids.shape[1];
+        if (mask.shape[0] != n || mask.shape[1] != len || labels.shape[0] != n) {
+            throw new IllegalArgumentException("device data: input_ids, attention_mask and labels disagree on shape");
+        }
+        if (n == 0) throw new IllegalArgumentException("device data holds no example");
+        for (long v : labels.i64) if (v < 0) throw new IllegalArgumentException("device data: negative label");
+        for (long v : mask.i64) if (v != 0 && v != 1) throw new IllegalArgumentException("device data: attention_mask must be 0/1");
+        return new DeviceData(ids.i64, mask.i64, labels.i64, n, len, seed);
+    }
+
+    private static Safetensors.Typed need(Map<String, Safetensors.Typed> t, String name, int rank) {
+        Safetensors.Typed v = t.get(name);
+        if (v == null) throw new IllegalArgumentException("device data has no '" + name + "' tensor");
+        if (!"I64".equals(v.dtype) || v.shape.length != rank) throw new IllegalArgumentException("device data: '" + name + "' must be int64 of rank " + rank);
+        return v;
+    }
+
+    /** Batch number {@code index} of {@code size} examples: positions index·size … of the shuffled order, wrapping. */
+    public Batch batch(long index, int size) {
+        if (seqLen <= 0 || size <= 0) throw new IllegalArgumentException("batch size must be positive");
+        Batch b = new Batch(size, seqLen);
+        for (int j = 0; j < size; j++) {
+            int ex = order[(int) Long.remainderUnsigned(index * size + j, n)];
+            System.arraycopy(ids, ex * seqLen, b.inputIds, j * seqLen, seqLen);
+            System.arraycopy(mask, ex * seqLen, b.attentionMask, j * seqLen, seqLen);
+            b.labels[j] = labels[ex];
+        }
+        return b;
+    }
+
+    /** Label of example i in file order (for tests and accuracy bookkeeping). */
+    public long label(int i) {
+        return labels[i];
+    }
+}
