@@ -40,12 +40,13 @@ def guidance(round: RoundNo, block: Annotated[int, Path(ge=0, le=100_000)], stat
 
 
 @router.post("/{round}/reports", operation_id="upload_reports", response_model=ReportAck)
-async def upload_reports(round: RoundNo, batch: ReportBatch, state: State, device: DeviceId) -> ReportAck:
+async def upload_reports(round: RoundNo, batch: ReportBatch, state: State, device: DeviceId) -> Response:
     """A batch of ZO reports; counted once per (device, idempotency key) and once per (seed, block, step).
 
     Runs on the event loop: one short SQLite transaction, serialised anyway by the engine lock, is cheaper than a
-    threadpool hop per request."""
-    return state.engine.accept_reports(device, round, batch)
+    threadpool hop per request. The answer is serialised once here (no second validation by FastAPI)."""
+    ack = state.engine.accept_reports(device, round, batch)
+    return Response(ack.model_dump_json(), media_type="application/json")
 
 
 @router.post(

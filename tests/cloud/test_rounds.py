@@ -133,3 +133,67 @@ def test_too_few_devices_extends_then_fails_loudly(live):
     assert err.value.status_code == 409 and err.value.detail.startswith("run failed")
     m = admin.metrics()
     assert m.rounds_failed >= 1 and m.rounds_extended >= 2
+
+
+def test_bp_strategy_is_fedavg_of_deltas(live):
+    admin = live.admin()
+    admin.create_run(RunConfig(strategy="bp", rounds=2, quorum=2, eta=1.0, deadline_s=60))
+    layout = live.engine.host.layout
+    devs = [live.device(f"bp{i}") for i in range(2)]
+    theta0 = theta_from_bytes(devs[0].adapter(0), layout)
+    rng = np.random.default_rng(7)
+    deltas = [rng.normal(0, 0.01, layout.total).astype(np.float32) for _ in devs]
+    for d, delta, n in zip(devs, deltas, (10, 30), strict=True):
+        ack = d.upload_delta(0, delta, n, f"delta-{n}")
+        assert ack.accepted == 1
+        assert d.upload_delta(0, delta, n, f"delta-{n}").replay  # idempotent
+    with pytest.raises(ApiError) as err:
+        devs[0].upload_reports(0, make_reports(devs[0].current_round(), rng), "zo-in-bp")
+    assert err.value.status_code == 409
+    wait_round(devs[0], 1)
+    theta1 = theta_from_bytes(devs[0].adapter(1), layout)
+    expected = theta0 + (0.25 * deltas[0].astype(np.float64) + 0.75 * deltas[1]).astype(np.float32)
+    np.testing.assert_allclose(theta1, expected, atol=1e-7)
+    assert not devs[0].sync(0).replayable
+
+
+def test_online_lambda_is_published_and_replayable(live):
+    admin = live.admin()
+    run = admin.create_run(
+        RunConfig(
+            strategy="zgr",
+            rounds=2,
+            quorum=2,
+            local_steps=3,
+            blocks=[0, 1],
+            lam="auto",
+            lam_max=0.8,
+            eta=0.05,
+            guidance_rank=2,
+            grad_batches=3,
+            grad_batch_size=8,
+            deadline_s=60,
+        )
+    )
+    layout = live.engine.host.layout
+    devs = [live.device(f"auto{i}") for i in range(2)]
+    theta0 = theta_from_bytes(devs[0].adapter(0), layout)
+    rng = np.random.default_rng(11)
+    for d in devs:
+        info = d.current_round()
+        d.upload_reports(0, make_reports(info, rng), f"auto-{info.seed_lo}")
+    wait_round(devs[0], 1)
+    sync = devs[0].sync(0)
+    assert 0.0 <= sync.lam <= 0.8
+    assert admin.rounds(run.run_id)[0].lam == sync.lam
+    theta1 = replay(devs[1], layout, 0, theta0)
+    assert theta_checksum(theta1) == sync.theta_checksum_after
+
+
+def test_online_lambda_estimator_limits():
+    from cooperllm.zgr import lambda_star
+
+    assert lambda_star(1.0, 0.0, 0.0) == 1.0  # an unbiased, noiseless cloud gets all the weight
+    assert lambda_star(0.0, 1.0, 1.0) == 0.0  # noiseless devices keep it
+    assert lambda_star(1.0, 1.0, 2.0, lam_max=0.9) == pytest.approx(0.25)
+    assert lambda_star(5.0, 0.0, 0.0, lam_max=0.7) == 0.7
