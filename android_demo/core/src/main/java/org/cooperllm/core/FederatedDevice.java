@@ -17,7 +17,8 @@ import java.util.logging.Logger;
  * the round's guidance (sha256-verified), run local_steps × blocks SPSA reports at θ_r with seeds from this device's
  * range, put the batch in the durable outbox before any upload, and drain the outbox with retries.
  *
- * <p>State lives in {@code stateDir}: θ (safetensors), a small JSON (round, device id, token) and the outbox, all
+ * <p>The loss function sees batch index round·local_steps + t for step t (reports carry t), so every round trains on
+ * fresh batches. State lives in {@code stateDir}: θ (safetensors), a small JSON (round, device id, token) and the outbox, all
  * written atomically, so a killed app resumes where it stopped and never loses or double-counts a report.
  */
 public final class FederatedDevice {
@@ -119,6 +120,11 @@ public final class FederatedDevice {
 
     public Outbox outbox() {
         return outbox;
+    }
+
+    /** GET /v1/rounds/current with this device's token. */
+    public Protocol.RoundInfo currentRound() throws IOException {
+        return api.currentRound();
     }
 
     public void close() throws IOException {
@@ -280,7 +286,19 @@ public final class FederatedDevice {
         double alpha = "zo".equals(info.strategy) || guidance.isEmpty() ? 1.0 : info.alpha;
         // SPSA perturbs in place and restores only up to float rounding: work on a copy so θ_r stays bit-exact
         // for the replay of this round (the server's checksum_before).
-        ZoEngine engine = new ZoEngine(theta.clone(), layout, loss, info.epsilon, alpha, guidance);
+        final int batchBase = info.round * info.localSteps; // fresh batches every round, same batch within a step
+        LossFunction roundLoss = new LossFunction() {
+            @Override
+            public double loss(float[] th, int step) throws Exception {
+                return loss.loss(th, batchBase + step);
+            }
+
+            @Override
+            public int batchSize(int step) {
+                return loss.batchSize(batchBase + step);
+            }
+        };
+        ZoEngine engine = new ZoEngine(theta.clone(), layout, roundLoss, info.epsilon, alpha, guidance);
         int total = info.localSteps * info.blocks.size();
         if (info.seedLo + total > info.seedHi) throw new IllegalStateException("the round needs more seeds than this device's range");
         progress.round = info.round;
