@@ -26,11 +26,12 @@ from cooperllm.manifest import (
 from cooperllm.models import TOKENIZER_FILE, resolve_model
 from cooperllm.tasks import TaskSpec
 from exporters.errors import ExportError
-from exporters.quantize import check_scheme
+from exporters.schemes import check_scheme
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("pte", "onnx")
+PTE_BACKENDS = ("xnnpack", "portable")
 INITIAL_ADAPTER_FILE = "adapter_init.safetensors"
 MAX_SEQ_LEN = 8192
 MAX_BATCH = 4096
@@ -42,8 +43,6 @@ def graph_file(fmt: str, backend: str, multiple_pte: bool = False) -> str:
 
 def check_request(formats: Sequence[str], backend: str, quant: str, batch_size: int, seq_len: int) -> tuple[list, str]:
     """Refuse a bad request before any heavy work; returns the normalised formats and quant scheme."""
-    from exporters.lower import PTE_BACKENDS
-
     if isinstance(formats, str):
         formats = [formats]
     fmts = []
@@ -164,9 +163,10 @@ def _export(
     from cooperllm.models import load_causal_lm
     from cooperllm.tokenization import PromptEncoder
     from exporters.graph import ThetaInputs, export_program
+    from exporters.inputs import graph_inputs, validation_batch
     from exporters.lower import to_onnx, to_pte
     from exporters.quantize import quantize_frozen
-    from exporters.validate import EagerFunction, format_table, graph_inputs, validate_graph, validation_batch
+    from exporters.validate import EagerFunction, format_table, validate_graph
 
     stage("load")
     try:

@@ -93,3 +93,9 @@ def run(args: argparse.Namespace) -> int:
     if v.get("checked") and not v.get("passed"):
         print("WARNING: validation failed; manifest written because of --force", file=sys.stderr)
     return 0
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    from exporters.bench import register_bench as _register
+
+    _register(sub)

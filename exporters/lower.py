@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 
 from cooperllm.manifest import OUTPUTS
+from exporters.api import PTE_BACKENDS
 from exporters.errors import ExportError
 
 log = logging.getLogger(__name__)
-
-PTE_BACKENDS = ("xnnpack", "portable")
 
 
 def to_pte(

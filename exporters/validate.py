@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from cooperllm.layout import ParamLayout
-from cooperllm.perturb import perturbation
-from cooperllm.tokenization import EncodedBatch, PromptEncoder
+from cooperllm.tokenization import EncodedBatch
+from exporters.inputs import direction, graph_inputs
 
 log = logging.getLogger(__name__)
 
@@ -26,31 +26,7 @@ FIDELITY_RTOL = 0.05
 FIDELITY_EPS = (1e-2, 1e-3)
 FIDELITY_SEEDS = (0, 1, 2)
 
-# Fixed validation texts: real sentences, so the check exercises real token ids and varied padding.
-VALIDATION_TEXTS = (
-    "a charming and often affecting journey .",
-    "unflinchingly bleak and desperate",
-    "the film is good , funny and smart , the best of the year",
-    "it 's an awful , tedious , lifeless mess with poor writing and worse acting , a real slog from start to end",
-    "allows us to hope that nolan is poised to embark a major career as a commercial yet inventive filmmaker .",
-    "the acting , costumes , music , cinematography and sound are all astounding given the production 's austere "
-    "locales .",
-    "it 's slow -- very , very slow .",
-    "a sometimes tedious film .",
-)
-
 Runner = Callable[[Sequence[np.ndarray]], tuple[float, np.ndarray]]
-
-
-def validation_batch(encoder: PromptEncoder, batch_size: int, texts: Sequence[str] = VALIDATION_TEXTS) -> EncodedBatch:
-    chosen = [texts[i % len(texts)] for i in range(batch_size)]
-    labels = np.arange(batch_size, dtype=np.int64) % encoder.task.num_classes
-    return encoder.encode(chosen, labels)
-
-
-def direction(seed: int, layout: ParamLayout) -> np.ndarray:
-    """The device's perturbation for ``seed`` over every block (α = 1, plain Rademacher)."""
-    return np.concatenate([perturbation(seed, b.index, b.size) for b in layout.blocks]).astype(np.float32)
 
 
 class EagerFunction:
@@ -74,11 +50,6 @@ class EagerFunction:
         with torch.no_grad():
             loss, logits = torch.func.functional_call(self.module, params, args)
         return float(loss), logits.to(torch.float64).numpy()
-
-
-def graph_inputs(batch: EncodedBatch, theta: np.ndarray, layout: ParamLayout) -> list[np.ndarray]:
-    views = layout.unflatten(np.ascontiguousarray(theta, dtype=np.float32))
-    return [batch.input_ids, batch.attention_mask, batch.labels, *(np.ascontiguousarray(v) for v in views.values())]
 
 
 def validate_graph(

@@ -115,8 +115,8 @@ def test_runtimes_match_eager_at_a_perturbed_theta(
 ) -> None:
     """Both real runtimes, a fresh batch and a θ the export never saw, against an independently rebuilt module."""
     from cooperllm.checkpoint import load_theta
+    from exporters.inputs import direction, graph_inputs
     from exporters.runners import open_runner
-    from exporters.validate import direction, graph_inputs
 
     folder: Path = request.getfixturevalue(folder_name)
     manifest = read_manifest(folder)
