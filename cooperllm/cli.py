@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "exporters.cli",
     "cloud_api.cli",
     "device_runtime.cli",
+    "device_runtime.native.bench",
 )
 
 
