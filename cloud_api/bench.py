@@ -57,6 +57,12 @@ class _Conn:
             self.writer.close()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc): server cost per request, robust to a busy machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -179,8 +185,10 @@ def run_bench(args: argparse.Namespace) -> int:
             rnd = info.round
 
             health = [lambda: ("GET", "/v1/health", None, b"", None) for _ in range(n_dev)]
+            c0 = _cpu_s(proc.pid)
             n_h, lat_h, st_h = asyncio.run(_phase(port, health, args.duration / 2))
             rate_h = n_h / (args.duration / 2)
+            cpu_h = (_cpu_s(proc.pid) - c0) / max(n_h, 1) * 1e3
 
             sent: list[tuple[str, bytes]] = []
             acked = {"reports": 0, "batches": 0}
@@ -216,8 +224,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
                 return make
 
+            c0 = _cpu_s(proc.pid)
             n_s, lat_s, st_s = asyncio.run(_phase(port, [uploader(i) for i in range(n_dev)], args.duration / 2))
             rate_s = n_s / (args.duration / 2)
+            cpu_s = (_cpu_s(proc.pid) - c0) / max(n_s, 1) * 1e3
             n_u, lat_u, st_u = asyncio.run(
                 _phase(port, [uploader(i) for i in range(n_dev)], args.duration, rate=args.rate)
             )
@@ -261,6 +271,9 @@ def run_bench(args: argparse.Namespace) -> int:
         "baseline_health_rps": round(rate_h, 1),
         "baseline_health_p50_ms": round(_pct(lat_h, 50), 2),
         "baseline_health_p99_ms": round(_pct(lat_h, 99), 2),
+        "server_cpu_ms_per_health": round(cpu_h, 3),
+        "server_cpu_ms_per_upload": round(cpu_s, 3),
+        "cpu_bound_uploads_per_core_s": round(1e3 / cpu_s, 1) if cpu_s else None,
         "saturated_batches_per_s": round(rate_s, 1),
         "saturated_p50_ms": round(_pct(lat_s, 50), 2),
         "saturated_p99_ms": round(_pct(lat_s, 99), 2),
@@ -293,6 +306,10 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"{'POST reports, saturated':<28} {rate_s:>9.1f} {_pct(lat_s, 50):>8.2f} {_pct(lat_s, 99):>8.2f}")
         paced = f"POST reports, paced {args.rate:g}/s"
         print(f"{paced:<28} {rate_u:>9.1f} {_pct(lat_u, 50):>8.2f} {_pct(lat_u, 99):>8.2f}")
+        print(
+            f"server CPU per request: health {cpu_h:.3f} ms, upload {cpu_s:.3f} ms "
+            f"(= {result['cpu_bound_uploads_per_core_s']} uploads/s per fully available core)"
+        )
         print(
             f"saturated uploads / health throughput: {result['saturated_vs_health_throughput']}x; "
             f"statuses {result['upload_statuses']}"

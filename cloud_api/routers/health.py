@@ -11,7 +11,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", operation_id="get_health", response_model=Health)
-def health(state: State) -> Health:
+async def health(state: State) -> Health:
     st = state.engine.state
     return Health(
         status="ok",
