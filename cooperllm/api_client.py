@@ -137,6 +137,19 @@ class CooperClient:
         )
         return ReportAck.model_validate(resp.json())
 
+    def upload_report_frame(
+        self, round_: int, reports: list[ReportIn], idempotency_key: str, *, scalar_bits: int = 64
+    ) -> ReportAck:
+        """POST /v1/rounds/{r}/reports/frame: the same upload as a compact DTC report frame (zstd, varints).
+
+        ``scalar_bits=32`` rounds scalars to float32 on the wire (the server then replays the rounded values)."""
+        from cooperllm import dtc
+
+        frame = dtc.encode_reports([r.to_report() for r in reports], scalar_bits=scalar_bits)
+        headers = {"Content-Type": FRAME_MEDIA_TYPE, IDEMPOTENCY_HEADER: idempotency_key}
+        resp = self._request("POST", f"/rounds/{round_}/reports/frame", content=frame, headers=headers)
+        return ReportAck.model_validate(resp.json())
+
     def upload_delta(self, round_: int, delta: np.ndarray, n_examples: int, idempotency_key: str) -> ReportAck:
         """POST /v1/rounds/{r}/delta (strategy ``bp``): the local θ change as a lossless tensor frame."""
         headers = {

@@ -7,22 +7,22 @@ needs to know which one the server sent. Nothing here unpickles anything.
 
 Endpoints (all under ``/v1``; device calls need ``Authorization: Bearer <device token>``, admin calls the admin token):
 
-====================================  =========================================================================
-``POST /enroll``                      :class:`EnrollRequest` → :class:`EnrollResponse` (enrolment key, no token)
-``GET  /rounds/current``              → :class:`RoundInfo` (config, guidance list, this device's seed range)
-``GET  /rounds/{r}/guidance/{b}``     → tensor frame of the basis V_b (n_b × m); headers ``X-Guidance-Id``
-``POST /rounds/{r}/reports``          :class:`ReportBatch` → :class:`ReportAck` (idempotent per key)
-``POST /rounds/{r}/delta``            tensor frame of Δθ (strategy ``bp``); headers ``Idempotency-Key``,
-                                      ``X-N-Examples`` → :class:`ReportAck`
-``GET  /rounds/{r}/sync``             → :class:`ModelSync` (closed round r: everything needed to replay θ_r → θ_r+1)
-``GET  /adapter[?version=r]``         → safetensors of θ at the start of round r (default: the latest)
-``GET  /adapter/peft[?version=r]``    → zip of ``adapter_model.safetensors`` + ``adapter_config.json``
-``GET  /health``                      → :class:`Health` (no auth)
-``GET  /metrics``                     → :class:`Metrics` (admin)
-``POST /admin/runs``                  :class:`RunConfig` → :class:`RunInfo` (starts a run; the previous one stops)
-``GET  /admin/runs/{id}``             → :class:`RunInfo`
-``GET  /admin/runs/{id}/rounds``      → list of :class:`RoundSummary`
-====================================  =========================================================================
+================================  ===================================================================================
+POST /enroll                      EnrollRequest → EnrollResponse (enrolment key, no token)
+GET  /rounds/current              → RoundInfo (config, guidance list, this device's seed range)
+GET  /rounds/{r}/guidance/{b}     → tensor frame of the basis V_b (n_b × m); header X-Guidance-Id
+POST /rounds/{r}/reports          ReportBatch → ReportAck (idempotent per key)
+POST /rounds/{r}/reports/frame    the same as a DTC report frame; header Idempotency-Key → ReportAck
+POST /rounds/{r}/delta            tensor frame of Δθ (strategy bp); headers Idempotency-Key, X-N-Examples → ReportAck
+GET  /rounds/{r}/sync             → ModelSync (closed round r: everything needed to replay θ_r → θ_r+1)
+GET  /adapter[?version=r]         → safetensors of θ at the start of round r (default: the latest)
+GET  /adapter/peft[?version=r]    → zip of adapter_model.safetensors + adapter_config.json
+GET  /health                      → Health (no auth)
+GET  /metrics                     → Metrics (admin)
+POST /admin/runs                  RunConfig → RunInfo (starts a run; the previous one stops)
+GET  /admin/runs/{id}             → RunInfo
+GET  /admin/runs/{id}/rounds      → list of RoundSummary
+================================  ===================================================================================
 
 Errors are JSON ``{"detail": "..."}`` with fixed messages (see ``ERRORS``); 429 carries ``Retry-After``.
 """

@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
+from pydantic import ValidationError
 
 from cloud_api.deps import DeviceId, State
 from cooperllm.protocol import (
     ERRORS,
     FRAME_MEDIA_TYPE,
     GUIDANCE_ID_HEADER,
+    MAX_BATCH_REPORTS,
     ModelSync,
     ReportAck,
     ReportBatch,
     RoundInfo,
+    reports_from,
 )
 
 router = APIRouter(prefix="/rounds", tags=["rounds"])
@@ -45,6 +48,31 @@ async def upload_reports(round: RoundNo, batch: ReportBatch, state: State, devic
 
     Runs on the event loop: one short SQLite transaction, serialised anyway by the engine lock, is cheaper than a
     threadpool hop per request. The answer is serialised once here (no second validation by FastAPI)."""
+    ack = state.engine.accept_reports(device, round, batch)
+    return Response(ack.model_dump_json(), media_type="application/json")
+
+
+@router.post(
+    "/{round}/reports/frame",
+    operation_id="upload_report_frame",
+    response_model=ReportAck,
+    openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def upload_report_frame(
+    round: RoundNo,
+    request: Request,
+    state: State,
+    device: DeviceId,
+    idempotency_key: Annotated[str, Header(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")],
+) -> Response:
+    """The same upload as a DTC report-batch frame (``cooperllm.dtc.encode_reports``); same rules and answer."""
+    from cooperllm import dtc
+
+    try:
+        decoded = dtc.decode_reports(await request.body(), max_reports=MAX_BATCH_REPORTS)
+        batch = ReportBatch(idempotency_key=idempotency_key, reports=reports_from(decoded))
+    except (ValueError, ValidationError) as exc:  # DTCError is a ValueError
+        raise HTTPException(422, f"{ERRORS['bad_frame']}: {str(exc).splitlines()[0]}") from exc
     ack = state.engine.accept_reports(device, round, batch)
     return Response(ack.model_dump_json(), media_type="application/json")
 

@@ -197,3 +197,24 @@ def test_online_lambda_estimator_limits():
     assert lambda_star(0.0, 1.0, 1.0) == 0.0  # noiseless devices keep it
     assert lambda_star(1.0, 1.0, 2.0, lam_max=0.9) == pytest.approx(0.25)
     assert lambda_star(5.0, 0.0, 0.0, lam_max=0.7) == 0.7
+
+
+def test_dtc_report_frame_upload_counts_like_json(live):
+    admin = live.admin()
+    admin.create_run(RunConfig(strategy="zo", rounds=2, quorum=5, local_steps=2, blocks=[0, 1], deadline_s=60))
+    dev = live.device("frame")
+    info = dev.current_round()
+    reports = make_reports(info, np.random.default_rng(3))
+    ack = dev.upload_report_frame(info.round, reports, "frame-1")
+    assert (ack.accepted, ack.replay) == (4, False)
+    assert dev.upload_reports(info.round, reports, "frame-1").replay  # same reports, same key, other encoding
+    stored = live.engine._round_reports(live.engine.state)
+    assert sorted((r.seed, r.scalar) for r in stored) == sorted((r.seed, r.scalar) for r in reports)  # exact f64
+    import httpx
+
+    r = httpx.post(
+        f"{live.url}/v1/rounds/{info.round}/reports/frame",
+        content=b"CDTC\x01\x02garbage",
+        headers={"Authorization": f"Bearer {dev.token}", "Idempotency-Key": "bad"},
+    )
+    assert r.status_code == 422 and r.json()["detail"].startswith("malformed tensor frame")
