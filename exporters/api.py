@@ -31,7 +31,7 @@ from exporters.schemes import check_scheme
 log = logging.getLogger(__name__)
 
 FORMATS = ("pte", "onnx")
-PTE_BACKENDS = ("xnnpack", "portable")
+PTE_BACKENDS = ("xnnpack", "portable", "xnnpack-qc8w")  # xnnpack-qc8w: exporters/int8_xnnpack.py
 INITIAL_ADAPTER_FILE = "adapter_init.safetensors"
 MAX_SEQ_LEN = 8192
 MAX_BATCH = 4096
@@ -60,11 +60,40 @@ def check_request(formats: Sequence[str], backend: str, quant: str, batch_size: 
     if backend not in PTE_BACKENDS:
         raise ExportError(f"unknown ExecuTorch backend {backend!r}; choose one of {', '.join(PTE_BACKENDS)}")
     scheme = check_scheme(quant)
+    if backend == "xnnpack-qc8w" and (scheme != "int8" or "onnx" in fmts):
+        raise ExportError(
+            "backend xnnpack-qc8w runs int8 weight-only linears and writes .pte only: --quant int8 --format pte"
+        )
     if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
         raise ExportError(f"batch size must be an integer in [1, {MAX_BATCH}], got {batch_size!r}")
     if not isinstance(seq_len, int) or not 1 <= seq_len <= MAX_SEQ_LEN:
         raise ExportError(f"sequence length must be an integer in [1, {MAX_SEQ_LEN}], got {seq_len!r}")
     return fmts, scheme
+
+
+def model_num_layers(config) -> int:
+    """Transformer layer count through optimum's normalized configs (one name across architectures)."""
+    from optimum.utils import NormalizedConfigManager
+
+    try:
+        normalized = NormalizedConfigManager.get_normalized_config_class(config.model_type)(config)
+        return int(normalized.num_layers)
+    except (KeyError, AttributeError):
+        log.warning("optimum has no normalized config for %r; reading num_hidden_layers", config.model_type)
+        return int(config.num_hidden_layers)
+
+
+def check_layer_blocks(config, layout, adapter: AdapterSpec | None) -> None:
+    """Devices perturb and the cloud guides θ per layer: every layer must own exactly one block of LoRA tensors."""
+    if adapter is None:
+        return
+    n_layers = model_num_layers(config)
+    layer_blocks = [b.name for b in layout.blocks if b.name.startswith("layer.")]
+    if layer_blocks != [f"layer.{i}" for i in range(n_layers)]:
+        raise ExportError(
+            f"the LoRA tensors fall into {len(layer_blocks)} layer blocks but the model has {n_layers} layers: this "
+            f"architecture's module names (model_type {config.model_type!r}) do not follow '.layers.<i>.'"
+        )
 
 
 def export_artifacts(
@@ -180,6 +209,7 @@ def _export(
         raise ExportError(str(exc)) from exc
     if not layout.names:
         raise ExportError("the task has no trainable tensor")
+    check_layer_blocks(lm.config, layout, adapter)
     theta0 = theta_from_module(module, layout)
     save_theta(out / INITIAL_ADAPTER_FILE, theta0, layout)
     shutil.copyfile(model_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
@@ -187,7 +217,12 @@ def _export(
 
     stage("quantize")
     head = lm.get_output_embeddings()
-    quantization = quantize_frozen(module, scheme, embeddings=quantize_embeddings, skip=(head,) if head else ())
+    if backend == "xnnpack-qc8w":  # int8 weights kept whole for XNNPACK's f32-qc8w GEMMs (exporters/int8_xnnpack.py)
+        from exporters.int8_xnnpack import quantize_qc8w
+
+        quantization = quantize_qc8w(module, embeddings=quantize_embeddings, skip=(head,) if head else ())
+    else:
+        quantization = quantize_frozen(module, scheme, embeddings=quantize_embeddings, skip=(head,) if head else ())
     done("quantize")
 
     stage("trace")
@@ -210,7 +245,7 @@ def _export(
             # to_edge consumes the program; re-export so a later ONNX export (if any) sees a fresh one
             prog = program if fmt == fmts[-1] else export_program(wrapper, args)
             delegation = to_pte(prog, backend, out / name, dynamic_weights=scheme != "none")
-            details[name] = {"delegation": delegation} if backend == "xnnpack" else {}
+            details[name] = {"delegation": delegation} if backend.startswith("xnnpack") else {}
             graphs.append(GraphSpec(name, "pte", backend, batch_size, seq_len))
         details[name]["file_mb"] = round((out / name).stat().st_size / 1e6, 3)
         done(f"export {fmt}")
