@@ -236,6 +236,56 @@ def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_bui
             assert g.scalar == expected
 
 
+# --- a full-size round --------------------------------------------------------------------------------------------
+
+
+def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(java_build: Path, tmp_path: Path) -> None:
+    """460,800 values in 30 blocks, rank-4 guidance everywhere, 2 reports per block plus all-block ones, λ = 0.3:
+    Java and Python must agree on θ's checksum after the round. Both replay times are printed (-s to see them)."""
+    import time
+
+    from cooperllm.layout import ParamLayout, theta_checksum
+    from cooperllm.zgr import BlockGuidance, Report, apply_round
+
+    rng = np.random.default_rng(11)
+    layout = ParamLayout.build(
+        [(f"l{i}.{p}", (8, 960), f"layer.{i}") for i in range(30) for p in ("A", "B")]
+    )  # 30 blocks × 15,360 values, as SmolLM2's LoRA q/v r8
+    theta0 = (rng.normal(size=layout.total) * 0.02).astype(np.float32)
+    guidance = {}
+    for b, blk in enumerate(layout.blocks):
+        q, _ = np.linalg.qr(rng.normal(size=(blk.size, 4)))
+        guidance[b] = BlockGuidance(q.astype(np.float32), rng.normal(size=4).astype(np.float32))
+        (tmp_path / f"basis_{b}.f32").write_bytes(_f32(guidance[b].basis))
+    reports = [
+        Report(int(s), b % 30, b // 30, float(p), 8)
+        for b, (s, p) in enumerate(zip(rng.integers(0, 1 << 62, 60), rng.normal(size=60), strict=True))
+    ]
+    reports += [
+        Report(int(s), -1, 2, float(p), 8) for s, p in zip(rng.integers(0, 1 << 62, 4), rng.normal(size=4), strict=True)
+    ]
+    theta1 = theta0.copy()
+    t = time.perf_counter()
+    apply_round(theta1, layout, reports, guidance, 0.5, 0.3, 1e-3)
+    py_ms = (time.perf_counter() - t) * 1e3
+    (tmp_path / "theta0.f32").write_bytes(_f32(theta0))
+    round_json = {
+        "layout": layout.to_dict(),
+        "guidance": [{"block": b, "coeffs": g.coeffs.tolist()} for b, g in guidance.items()],
+        "reports": [r.__dict__ for r in reports],
+        "alpha": 0.5,
+        "lambda": 0.3,
+        "eta": 1e-3,
+        "theta0_sha256": theta_checksum(theta0),
+        "theta1_sha256": theta_checksum(theta1),
+    }
+    (tmp_path / "round.json").write_text(json.dumps(round_json))
+    passed, failed, skipped, out = run_java(java_build, ["ReplayScaleTest"], {"cooperllm.replay": str(tmp_path)})
+    assert (passed, failed, skipped) == (1, 0, 0), out
+    java_ms = float(re.search(r"REPLAY_MS ([0-9.]+)", out).group(1))
+    print(f"full-size round replay: Java {java_ms:.0f} ms, Python (numpy) {py_ms:.0f} ms")
+
+
 # --- the app's inputs: an artifact folder and a device data file --------------------------------------------------
 
 
