@@ -7,7 +7,7 @@ import pytest
 
 from cooperllm.api_client import ApiError
 from cooperllm.layout import theta_checksum
-from cooperllm.protocol import RunConfig
+from cooperllm.protocol import ReportIn, RunConfig
 
 from .helpers import make_reports, replay, theta_from_bytes, wait_round
 
@@ -218,3 +218,25 @@ def test_dtc_report_frame_upload_counts_like_json(live):
         headers={"Authorization": f"Bearer {dev.token}", "Idempotency-Key": "bad"},
     )
     assert r.status_code == 422 and r.json()["detail"].startswith("malformed tensor frame")
+
+
+def test_scalar_clipping_option(live):
+    live.admin().create_run(
+        RunConfig(
+            strategy="zo",
+            rounds=2,
+            quorum=5,
+            local_steps=1,
+            blocks=[0],
+            clip_scalar=1.0,
+            max_abs_scalar=100.0,
+            deadline_s=60,
+        )
+    )
+    dev = live.device("clip")
+    info = dev.current_round()
+    ack = dev.upload_reports(
+        info.round, [ReportIn(seed=info.seed_lo, block=0, step=0, scalar=-7.5, n_examples=2)], "clip-1"
+    )
+    assert (ack.accepted, ack.clipped) == (1, 1)
+    assert [r.scalar for r in live.engine._round_reports(live.engine.state)] == [-1.0]
