@@ -1,13 +1,15 @@
 """The Android demo's pure-JVM core (android_demo/core), built with javac and tested with its own harness.
 
 The Java tests check the same golden vectors as the Python suite, decode DTC frames that the Python encoder writes
-here (nothing committed by hand), and drive the real cloud on 127.0.0.1 (the live test is in the integration tier).
-The Java harness ends with "N passed, N failed, N skipped"; each test here asserts the exit code and those counts.
+here (nothing committed by hand), and drive the real cloud on 127.0.0.1 (uvicorn, tiny model, SQLite; ~25 s with
+the build, so it stays in the default tier). The Java harness ends with "N passed, N failed, N skipped"; each test
+here asserts the exit code and those counts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -33,19 +35,13 @@ def java_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("android-core-build")
     proc = subprocess.run(
         ["bash", str(CORE / "build.sh")],
-        env={"BUILD_DIR": str(out), "PATH": _path()},
+        env={"BUILD_DIR": str(out), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, f"javac failed:\n{proc.stdout}\n{proc.stderr}"
     return out
-
-
-def _path() -> str:
-    import os
-
-    return os.environ.get("PATH", "/usr/bin:/bin")
 
 
 def run_java(build: Path, classes: list[str], props: dict[str, str] | None = None, timeout: float = 300) -> tuple:
