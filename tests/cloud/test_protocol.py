@@ -1,0 +1,65 @@
+"""Wire schemas and tensor frames: round trips and refusals of malformed input (torch-free)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from cooperllm.protocol import (
+    FrameError,
+    ReportIn,
+    RunConfig,
+    decode_plain_frame,
+    decode_tensor_frame,
+    encode_plain_frame,
+    encode_tensor_frame,
+)
+
+
+def test_plain_frame_roundtrip_and_refusals():
+    a = np.random.default_rng(0).standard_normal((7, 3)).astype(np.float32)
+    frame = encode_plain_frame(a)
+    assert np.array_equal(decode_tensor_frame(frame), a)
+    with pytest.raises(FrameError, match="checksum"):
+        decode_plain_frame(frame[:-4] + bytes(4))
+    with pytest.raises(FrameError, match="payload"):
+        decode_plain_frame(frame[:-1])
+    with pytest.raises(FrameError, match="allowed"):
+        decode_plain_frame(frame, max_elements=20)
+    huge = frame[:8] + struct.pack("<2I", 1 << 30, 1 << 30) + frame[16:]
+    with pytest.raises(FrameError):
+        decode_plain_frame(huge)
+    with pytest.raises(FrameError, match="NaN"):
+        decode_plain_frame(encode_plain_frame(np.array([np.nan], dtype=np.float32)))
+    with pytest.raises(FrameError):
+        decode_tensor_frame(b"")
+    with pytest.raises(FrameError):
+        decode_tensor_frame(b"\x80\x04pickle-looking bytes")
+
+
+def test_dtc_frame_is_used_and_decodes_deterministically():
+    a = np.random.default_rng(1).standard_normal((512, 4)).astype(np.float32)
+    frame = encode_tensor_frame(a)
+    once, twice = decode_tensor_frame(frame), decode_tensor_frame(frame)
+    assert np.array_equal(once, twice) and once.shape == a.shape
+    cos = float(np.dot(once.ravel(), a.ravel()) / np.linalg.norm(once) / np.linalg.norm(a))
+    assert cos > 0.99
+    assert np.array_equal(decode_tensor_frame(encode_tensor_frame(a, lossless=True)), a)
+
+
+def test_schema_validation():
+    with pytest.raises(ValidationError):
+        ReportIn(seed=-1, block=0, step=0, scalar=1.0, n_examples=1)
+    with pytest.raises(ValidationError):
+        ReportIn(seed=1, block=0, step=0, scalar=float("inf"), n_examples=1)
+    with pytest.raises(ValidationError):
+        RunConfig(blocks=[-1, 0])
+    with pytest.raises(ValidationError):
+        RunConfig(quorum=2, min_devices=3)
+    with pytest.raises(ValidationError):
+        RunConfig(lam=1.5)
+    assert RunConfig(lam="auto").lam == "auto"
+    assert RunConfig.model_validate_json(RunConfig(blocks=[0, 2]).model_dump_json()).blocks == [0, 2]
