@@ -12,7 +12,7 @@ import pytest
 from cooperllm.api_client import ApiError, CooperClient
 from cooperllm.protocol import ERRORS, ReportIn, RunConfig
 
-from .conftest import ADMIN, start_server
+from .conftest import ADMIN, ENROL, start_server
 from .helpers import make_reports, wait_round
 
 
@@ -161,6 +161,10 @@ def test_rate_limit_429(tmp_path, tiny_model_dir, public_tsv):
                 if err.status_code == 429:
                     assert err.detail == ERRORS["rate_limited"] and err.retry_after >= 1
         assert 429 in codes and codes[0] != 429
+        with pytest.raises(ApiError) as err:
+            for i in range(5):
+                CooperClient(srv.url).enroll(ENROL, f"farm{i}")
+        assert err.value.status_code == 429
     finally:
         srv.stop()
 
