@@ -365,7 +365,7 @@ def test_java_reads_artifacts_and_device_data_made_in_python(
         "cooperllm.expected": str(tmp_path / "expected.json"),
     }
     passed, failed, skipped, log = run_java(java_build, ["ArtifactTest"], props)
-    assert (passed, failed, skipped) == (3, 0, 0), log
+    assert (passed, failed, skipped) == (4, 0, 0), log
 
 
 # --- the live cloud -------------------------------------------------------------------------------------------------
@@ -470,3 +470,61 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
     assert [s.n_reports for s in summaries] == [per_round] * rounds
     assert all(s.n_devices == 1 for s in summaries)
     assert admin.metrics().idempotent_replays >= 1
+
+
+@pytest.mark.integration
+def test_java_graph_inputs_run_the_real_pte(java_build: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path):
+    """The inputs the app builds (GraphInputs: order, shapes, int64/float32) for a real exported tiny .pte run through
+    ExecuTorch's runtime and give the same loss and logits as the Python device backend on the same batch and θ."""
+    import sys
+
+    import torch
+    from executorch.runtime import Runtime
+    from safetensors import safe_open
+
+    from cooperllm.checkpoint import load_theta
+    from cooperllm.manifest import read_manifest
+    from cooperllm.tasks import TaskSpec
+    from cooperllm.tokenization import EncodedBatch
+    from device_runtime.backends import open_backend
+    from exporters import export_artifacts
+
+    art = tmp_path / "art"
+    export_artifacts(
+        tiny_model_dir,
+        art,
+        task=TaskSpec(),
+        formats=("pte",),
+        quant="int8",
+        batch_size=4,
+        seq_len=32,
+        validate=False,
+        progress=False,
+    )
+    sys.path.insert(0, str(ROOT / "android_demo" / "tools"))
+    try:
+        from prepare_device_data import prepare
+    finally:
+        sys.path.pop(0)
+    data = tmp_path / "train.safetensors"
+    prepare(art, sst2_dir / "dev.tsv", data, limit=24)
+    out = tmp_path / "inputs.safetensors"
+    props = {"cooperllm.graph_artifacts": str(art), "cooperllm.device_data": str(data), "cooperllm.out": str(out)}
+    passed, failed, skipped, log = run_java(java_build, ["GraphCallTest"], props)
+    assert (passed, failed, skipped) == (1, 0, 0), log
+
+    manifest = read_manifest(art)
+    with safe_open(str(out), "pt") as f:
+        order = f.metadata()["order"].split(",")
+        inputs = [f.get_tensor(name) for name in order]
+    assert order == manifest.input_names
+    assert [t.dtype for t in inputs[:3]] == [torch.int64] * 3 and all(t.dtype == torch.float32 for t in inputs[3:])
+    method = Runtime.get().load_program(art / manifest.graph("pte").file).load_method("forward")
+    loss_java, logits_java = method.execute(inputs)[:2]
+
+    theta = load_theta(art / manifest.initial_adapter_file, manifest.layout)
+    assert np.array_equal(np.concatenate([t.numpy().reshape(-1) for t in inputs[3:]]), theta)
+    batch = EncodedBatch(inputs[0].numpy(), inputs[1].numpy(), inputs[2].numpy())
+    loss_py, logits_py = open_backend(art, "executorch", manifest=manifest).run(batch, theta)
+    assert float(loss_java) == loss_py and np.array_equal(logits_java.numpy(), logits_py)
+    assert np.isfinite(loss_py) and logits_py.shape == (4, 2)

@@ -8,7 +8,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${BUILD_DIR:-$HERE/build}"
-ALL_TESTS=(GoldenTest ZoTest OutboxTest SafetensorsTest ClientTest DtcTest ArtifactTest ReplayScaleTest LiveCloudTest)
+ALL_TESTS=(GoldenTest ZoTest OutboxTest SafetensorsTest ClientTest DtcTest ArtifactTest ReplayScaleTest LiveCloudTest GraphCallTest)
 
 rm -rf "$OUT/main" "$OUT/test"
 mkdir -p "$OUT/main" "$OUT/test"

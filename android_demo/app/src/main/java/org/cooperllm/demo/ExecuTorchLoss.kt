@@ -3,6 +3,7 @@ package org.cooperllm.demo
 import org.cooperllm.core.ArtifactManifest
 import org.cooperllm.core.DeviceData
 import org.cooperllm.core.FederatedDevice
+import org.cooperllm.core.GraphInputs
 import org.cooperllm.core.LossFunction
 import org.pytorch.executorch.EValue
 import org.pytorch.executorch.Module
@@ -40,30 +41,18 @@ class ExecuTorchLoss(
         val data = eval ?: return Double.NaN
         val batches = maxOf(1, data.n / graph.batchSize)
         var correct = 0
-        var total = 0
         for (b in 0 until batches) {
             val batch = data.batch(b.toLong(), graph.batchSize)
-            val logits = run(theta, batch)[1].toTensor().dataAsFloatArray
-            val classes = logits.size / batch.size
-            for (i in 0 until batch.size) {
-                var best = 0
-                for (c in 1 until classes) if (logits[i * classes + c] > logits[i * classes + best]) best = c
-                if (best.toLong() == batch.labels[i]) correct++
-                total++
-            }
+            correct += GraphInputs.correct(run(theta, batch)[1].toTensor().dataAsFloatArray, batch.labels)
         }
-        return correct.toDouble() / total
+        return correct.toDouble() / (batches * graph.batchSize)
     }
 
+    /** One forward call; the inputs' order, shapes and dtypes come from the core ([GraphInputs], JVM-tested). */
     private fun run(theta: FloatArray, batch: DeviceData.Batch): Array<EValue> {
-        val shape2 = longArrayOf(batch.size.toLong(), batch.seqLen.toLong())
-        val inputs = ArrayList<EValue>(3 + manifest.layout.tensors.size)
-        inputs += EValue.from(Tensor.fromBlob(batch.inputIds, shape2))
-        inputs += EValue.from(Tensor.fromBlob(batch.attentionMask, shape2))
-        inputs += EValue.from(Tensor.fromBlob(batch.labels, longArrayOf(batch.size.toLong())))
-        for (t in manifest.layout.tensors) {
-            val values = theta.copyOfRange(t.offset, t.offset + t.size)
-            inputs += EValue.from(Tensor.fromBlob(values, LongArray(t.shape.size) { t.shape[it].toLong() }))
+        val inputs = GraphInputs.build(manifest, graph, batch, theta).map { input ->
+            val tensor = if (input.i64 != null) Tensor.fromBlob(input.i64, input.shape) else Tensor.fromBlob(input.f32, input.shape)
+            EValue.from(tensor)
         }
         return module.forward(*inputs.toTypedArray())
     }

@@ -3,6 +3,7 @@ package org.cooperllm.core;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -124,6 +125,33 @@ public final class Safetensors {
             }
         }
         return out;
+    }
+
+    /** Named int64/float32 tensors as a safetensors file (header in the given order; "order" in the metadata). */
+    public static byte[] writeInputs(List<GraphInputs.Input> inputs) {
+        StringBuilder h = new StringBuilder("{\"__metadata__\":{\"order\":");
+        StringBuilder order = new StringBuilder();
+        for (GraphInputs.Input x : inputs) order.append(order.length() > 0 ? "," : "").append(x.name);
+        h.append(Json.quote(order.toString())).append('}');
+        long off = 0;
+        for (GraphInputs.Input x : inputs) {
+            long bytes = x.i64 != null ? 8L * x.i64.length : 4L * x.f32.length;
+            h.append(',').append(Json.quote(x.name)).append(":{\"dtype\":\"").append(x.i64 != null ? "I64" : "F32")
+                    .append("\",\"shape\":[");
+            for (int i = 0; i < x.shape.length; i++) h.append(i > 0 ? "," : "").append(x.shape[i]);
+            h.append("],\"data_offsets\":[").append(off).append(',').append(off + bytes).append("]}");
+            off += bytes;
+        }
+        h.append('}');
+        while ((h.length() + 8) % 8 != 0) h.append(' ');
+        byte[] hb = h.toString().getBytes(StandardCharsets.UTF_8);
+        ByteBuffer out = ByteBuffer.allocate((int) (8 + hb.length + off)).order(ByteOrder.LITTLE_ENDIAN);
+        out.putLong(hb.length).put(hb);
+        for (GraphInputs.Input x : inputs) {
+            if (x.i64 != null) for (long v : x.i64) out.putLong(v);
+            else for (float v : x.f32) out.putFloat(v);
+        }
+        return out.array();
     }
 
     /** θ as a safetensors file, tensors in layout order (readable by safetensors.numpy.load). */

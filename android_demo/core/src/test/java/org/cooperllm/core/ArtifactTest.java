@@ -80,4 +80,28 @@ public class ArtifactTest {
         }
         Assert.check(found, "example 0's token ids are in the shuffled pass");
     }
+
+    @Test
+    public void graphInputsFollowTheManifestOrderShapesAndDtypes() throws IOException {
+        ArtifactManifest m = ArtifactManifest.read(artifacts, true);
+        ArtifactManifest.Graph g = m.graph("pte");
+        DeviceData d = DeviceData.read(data, 0);
+        DeviceData.Batch batch = d.batch(2, g.batchSize);
+        float[] theta = Safetensors.readTheta(Files.readAllBytes(m.resolve(m.initialAdapterFile).toPath()), m.layout);
+        List<GraphInputs.Input> in = GraphInputs.build(m, g, batch, theta);
+        Assert.eq(m.inputNames.size(), in.size(), "one input per manifest name");
+        for (int i = 0; i < in.size(); i++) Assert.eq(m.inputNames.get(i), in.get(i).name, "input " + i);
+        Assert.check(java.util.Arrays.equals(new long[] {g.batchSize, g.seqLen}, in.get(0).shape), "input_ids shape");
+        Assert.check(in.get(0).i64 != null && in.get(2).i64 != null && in.get(3).f32 != null, "int64 data, float32 θ");
+        Assert.check(java.util.Arrays.equals(new long[] {g.batchSize}, in.get(2).shape), "labels shape");
+        int k = 3;
+        for (ParamLayout.Tensor t : m.layout.tensors) {
+            GraphInputs.Input x = in.get(k++);
+            Assert.eq(t.shape.length, x.shape.length, t.name + " rank");
+            for (int i = 0; i < t.shape.length; i++) Assert.eq((long) t.shape[i], x.shape[i], t.name + " dim " + i);
+            Assert.bitsEq(java.util.Arrays.copyOfRange(theta, t.offset, t.offset + t.size), x.f32, t.name + " values");
+        }
+        Assert.raises(IllegalArgumentException.class, () -> GraphInputs.build(m, g, d.batch(0, g.batchSize + 1), theta), "batch size");
+        Assert.eq(2, GraphInputs.correct(new float[] {0.1f, 0.9f, 2f, -1f, 0f, 0.5f}, new long[] {1, 1, 1}), "argmax accuracy");
+    }
 }
