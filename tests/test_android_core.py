@@ -65,7 +65,7 @@ def test_java_core_golden_zo_loop_and_outbox(java_build: Path) -> None:
         java_build, ["GoldenTest", "ZoTest", "OutboxTest", "SafetensorsTest", "ClientTest"]
     )
     assert failed == 0 and skipped == 0, out
-    assert passed == 21, out
+    assert passed == 22, out
     for name in (
         "GoldenTest.roundReplayMatchesGoldenBitForBit",
         "GoldenTest.longStreamsMatchGoldenHashes",
@@ -83,8 +83,9 @@ def test_java_harness_reports_failures(java_build: Path, tmp_path: Path) -> None
     bad = tmp_path / "golden.json"
     bad.write_text(json.dumps(golden))
     passed, failed, _, out = run_java(java_build, ["GoldenTest"], {"cooperllm.golden": str(bad)})
-    assert failed == 2, out
-    assert "FAIL GoldenTest.roundReplayMatchesGoldenBitForBit" in out and "FAIL GoldenTest.mix64MatchesGolden" in out
+    assert failed == 3, out
+    for name in ("roundReplayMatchesGoldenBitForBit", "mix64MatchesGolden", "portabilityCheckPassesHereAndCatchesCorruption"):
+        assert f"FAIL GoldenTest.{name}" in out, out
 
 
 # --- DTC fixtures from the Python encoder ---------------------------------------------------------------------------

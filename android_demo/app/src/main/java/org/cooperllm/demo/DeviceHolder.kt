@@ -6,6 +6,7 @@ import org.cooperllm.core.CooperClient
 import org.cooperllm.core.DeviceData
 import org.cooperllm.core.FederatedDevice
 import org.cooperllm.core.LossFunction
+import org.cooperllm.core.PortabilityCheck
 import java.io.File
 
 /**
@@ -26,6 +27,7 @@ object DeviceHolder {
         val k = settings.serverUrl + "|" + artifacts.path
         if (device == null || key != k) {
             close()
+            checkPortability(context)
             // sha256 of every artifact file, once per process and settings, before the model is ever loaded
             val m = ArtifactManifest.read(artifacts, true)
             val l = LazyLoss(m, DemoSettings.dataDir(context))
@@ -45,6 +47,19 @@ object DeviceHolder {
         }
         return block(device!!, manifest!!)
     }
+
+    private var portable = false
+
+    /** Once per process: this VM must reproduce the golden perturbations and replay bit for bit, or not train. */
+    private fun checkPortability(context: Context) {
+        if (portable) return
+        val text = context.assets.open(GOLDEN_ASSET).use { String(it.readBytes(), Charsets.UTF_8) }
+        val bad = PortabilityCheck.verify(text)
+        check(bad.isEmpty()) { "this device's arithmetic differs from docs/PERTURBATIONS.md: $bad" }
+        portable = true
+    }
+
+    const val GOLDEN_ASSET = "perturbation_golden.json"
 
     @Synchronized
     fun close() {

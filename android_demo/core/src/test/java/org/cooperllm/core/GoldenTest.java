@@ -111,4 +111,15 @@ public class GoldenTest {
         Assert.raises(Json.JsonException.class, () -> Json.parse("{\"a\": [1, 2,]}"), "trailing comma");
         Assert.raises(Json.JsonException.class, () -> Json.parse("[".repeat(1000)), "deep nesting");
     }
+
+    @Test
+    public void portabilityCheckPassesHereAndCatchesCorruption() throws IOException {
+        String path = System.getProperty("cooperllm.golden", "../../cooperllm/spec/perturbation_golden.json");
+        String text = new String(Files.readAllBytes(Path.of(path)), StandardCharsets.UTF_8);
+        Assert.eq(List.of(), PortabilityCheck.verify(text), "the app's start-up check on this JVM");
+        String corrupted = text.replace(golden.getObj("replay").getString("theta1_sha256"), "0".repeat(64));
+        if (!corrupted.equals(text)) {
+            Assert.check(PortabilityCheck.verify(corrupted).contains("round replay checksum"), "a wrong checksum is reported");
+        }
+    }
 }
