@@ -14,6 +14,7 @@ import android.util.Log
 import androidx.core.app.NotificationCompat
 import org.cooperllm.core.CooperClient
 import org.cooperllm.core.FederatedDevice
+import java.io.IOException
 
 /**
  * Foreground service that takes part in the cloud's run: each open round it syncs θ (replay, else download),
@@ -46,12 +47,18 @@ class TrainingService : Service() {
     private fun loop() {
         val settings = DemoSettings.load(this)
         try {
-            DeviceHolder.use(this) { dev, _ -> dev.enroll(settings.enrolmentKey, Build.MODEL ?: "android") }
-            DeviceHolder.use(this) { dev, _ -> if (!settings.uploadOnlyUnmeteredCharging) dev.drain() }
+            var backoffMs = POLL_MS
             while (running) {
-                val done = DeviceHolder.use(this) { dev, _ -> step(dev, settings) }
+                val done = try {
+                    DeviceHolder.use(this) { dev, _ -> step(dev, settings) }.also { backoffMs = POLL_MS }
+                } catch (e: IOException) {
+                    if (e is CooperClient.ApiException && !e.retryable()) throw e // 4xx: a real refusal, stop
+                    ProgressStore.status("cloud unreachable (${e.message}); retrying in ${backoffMs / 1000} s")
+                    backoffMs = minOf(backoffMs * 2, MAX_BACKOFF_MS)
+                    false
+                }
                 if (done) break
-                Thread.sleep(POLL_MS)
+                Thread.sleep(backoffMs)
             }
         } catch (e: InterruptedException) {
             Log.i(TAG, "training stopped")
@@ -64,8 +71,10 @@ class TrainingService : Service() {
         }
     }
 
-    /** One poll: returns true when the run is over. */
+    /** One poll: returns true when the run is over. Network errors propagate to the caller's backoff. */
     private fun step(dev: FederatedDevice, settings: DemoSettings): Boolean {
+        dev.enroll(settings.enrolmentKey, Build.MODEL ?: "android") // no-op once enrolled (token kept on disk)
+        if (!settings.uploadOnlyUnmeteredCharging && dev.outbox().size() > 0) dev.drain() // reports from before a kill
         val info = try {
             dev.currentRound()
         } catch (e: CooperClient.ApiException) {
@@ -132,6 +141,7 @@ class TrainingService : Service() {
         private const val CHANNEL = "training"
         private const val NOTIFICATION_ID = 1
         private const val POLL_MS = 2_000L
+        private const val MAX_BACKOFF_MS = 120_000L
         const val ACTION_STOP = "org.cooperllm.demo.STOP"
 
         fun start(context: Context) {
