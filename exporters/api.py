@@ -37,8 +37,8 @@ MAX_SEQ_LEN = 8192
 MAX_BATCH = 4096
 
 
-def graph_file(fmt: str, backend: str, multiple_pte: bool = False) -> str:
-    return f"model.{backend}.pte" if fmt == "pte" and multiple_pte else f"model.{fmt}"
+def graph_file(fmt: str, paired: bool = False) -> str:
+    return f"model.paired.{fmt}" if paired else f"model.{fmt}"
 
 
 def check_request(formats: Sequence[str], backend: str, quant: str, batch_size: int, seq_len: int) -> tuple[list, str]:
@@ -112,11 +112,13 @@ def export_artifacts(
     progress: bool = True,
     quantize_embeddings: bool = True,
     validation_texts: Sequence[str] | None = None,
+    paired: bool = False,
 ) -> Manifest:
     """Export, validate and describe one artifact folder; raises ExportError on a bad request or a failed check.
 
     The graph is traced at a fixed ``batch_size`` × ``seq_len`` (devices pad to it). ``validation_texts`` (default:
-    built-in sentences) fill the batch used for tracing and for the parity and fidelity checks.
+    built-in sentences) fill the batch used for tracing and for the parity and fidelity checks. ``paired`` adds, per
+    format, ``model.paired.<fmt>`` that evaluates [θ₊, θ₋] in one call (see ``exporters.paired``).
     """
     fmts, scheme = check_request(formats, backend, quant, batch_size, seq_len)
     if adapter is None and task.mode != "seq-cls":
@@ -131,6 +133,8 @@ def export_artifacts(
     from tqdm import tqdm
 
     stages = ["load", "quantize", "trace", *(f"export {f}" for f in fmts), *(["validate"] if validate else [])]
+    if paired:
+        stages[3:3] = ["trace paired", *(f"export paired {f}" for f in fmts)]
     bar = tqdm(total=len(stages), desc="export", disable=not progress, unit="stage")
     timings: dict[str, float] = {}
 
@@ -158,6 +162,7 @@ def export_artifacts(
             force,
             quantize_embeddings,
             validation_texts,
+            paired,
             stage,
             done,
             timings,
@@ -181,6 +186,7 @@ def _export(
     force,
     quantize_embeddings,
     validation_texts,
+    paired,
     stage,
     done,
     timings,
@@ -237,7 +243,7 @@ def _export(
     details: dict[str, dict] = {}
     for fmt in fmts:
         stage(f"export {fmt}")
-        name = graph_file(fmt, backend)
+        name = graph_file(fmt)
         if fmt == "onnx":
             details[name] = {"onnx": to_onnx(program, input_names, out / name)}
             graphs.append(GraphSpec(name, "onnx", "ort", batch_size, seq_len))
@@ -249,6 +255,10 @@ def _export(
             graphs.append(GraphSpec(name, "pte", backend, batch_size, seq_len))
         details[name]["file_mb"] = round((out / name).stat().st_size / 1e6, 3)
         done(f"export {fmt}")
+    if paired:
+        _export_paired(
+            module, layout, args, fmts, backend, scheme, batch_size, seq_len, out, graphs, details, stage, done
+        )
 
     validation: dict = {"checked": validate}
     failed = []
@@ -260,7 +270,14 @@ def _export(
         eager64 = EagerFunction(module, layout, torch.float64)
         results = {}
         for g in graphs:
-            r = validate_graph(open_runner(out / g.file, g.format), eager32, eager64, batch, theta0)
+            runner = open_runner(out / g.file, g.format)
+            if g.paired:
+                from exporters.paired import validate_paired
+                from exporters.validate import FIDELITY_EPS, FIDELITY_SEEDS
+
+                r = validate_paired(runner, eager32, eager64, batch, theta0, FIDELITY_SEEDS, FIDELITY_EPS)
+            else:
+                r = validate_graph(runner, eager32, eager64, batch, theta0)
             r.update(details[g.file])
             results[g.file] = r
             if not r["passed"]:
@@ -298,3 +315,32 @@ def _export(
         )
     write_manifest(out, manifest)
     return manifest
+
+
+def _export_paired(module, layout, args, fmts, backend, scheme, batch_size, seq_len, out, graphs, details, stage, done):
+    """``model.paired.<fmt>``: every θ input stacked (2, *shape) = [θ₊, θ₋]; outputs loss (2,), logits (2, B, C)."""
+    import torch
+
+    from exporters.graph import export_program
+    from exporters.lower import to_onnx, to_pte
+    from exporters.paired import PairedThetaInputs, make_paired
+
+    stage("trace paired")
+    wrapper = PairedThetaInputs(make_paired(module, layout), layout.names)
+    stacked = tuple(torch.stack([t, t]) for t in args[3:])
+    paired_args = (*args[:3], *stacked)
+    done("trace paired")
+    input_names = [*DATA_INPUTS, *layout.names]
+    for fmt in fmts:
+        stage(f"export paired {fmt}")
+        name = graph_file(fmt, paired=True)
+        program = export_program(wrapper, paired_args)
+        if fmt == "onnx":
+            details[name] = {"onnx": to_onnx(program, input_names, out / name)}
+            graphs.append(GraphSpec(name, "onnx", "ort", batch_size, seq_len, paired=True))
+        else:
+            delegation = to_pte(program, backend, out / name, dynamic_weights=scheme != "none")
+            details[name] = {"delegation": delegation} if backend.startswith("xnnpack") else {}
+            graphs.append(GraphSpec(name, "pte", backend, batch_size, seq_len, paired=True))
+        details[name]["file_mb"] = round((out / name).stat().st_size / 1e6, 3)
+        done(f"export paired {fmt}")

@@ -23,7 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_task_options(p)
     p.add_argument("--out", "--output", dest="out", required=True, help="artifact folder to write")
     p.add_argument("--format", default="pte", help="pte, onnx, all, or a comma-separated list (default pte)")
-    p.add_argument("--backend", default="xnnpack", choices=["xnnpack", "portable"], help="ExecuTorch backend for pte")
+    p.add_argument(
+        "--backend",
+        default="xnnpack",
+        choices=["xnnpack", "portable", "xnnpack-qc8w"],
+        help="ExecuTorch backend for pte",
+    )
     p.add_argument(
         "--quant",
         default="int8",

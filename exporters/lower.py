@@ -40,6 +40,10 @@ def to_pte(
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioner = [XnnpackPartitioner(force_non_static_weights_for_f32_linear=dynamic_weights)]
+    elif backend == "xnnpack-qc8w":
+        from exporters.int8_xnnpack import partitioner as qc8w_partitioner
+
+        partitioner = [qc8w_partitioner()]
     edge = to_edge_transform_and_lower(program, partitioner=partitioner)
     info = delegation_summary(edge.exported_program().graph_module)
     et_program = edge.to_executorch()

@@ -33,7 +33,7 @@ class OrtRunner:
             raise ValueError(f"graph takes {len(self.input_names)} inputs, got {len(inputs)}")
         feed = {n: np.ascontiguousarray(a) for n, a in zip(self.input_names, inputs, strict=True)}
         loss, logits = self.session.run(None, feed)
-        return float(loss), np.asarray(logits)
+        return _loss(loss), np.asarray(logits)
 
 
 class PteRunner:
@@ -49,7 +49,13 @@ class PteRunner:
         import torch
 
         loss, logits = self.method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
-        return float(loss), logits.numpy().copy()
+        return _loss(loss.numpy()), logits.numpy().copy()
+
+
+def _loss(value) -> float | np.ndarray:
+    """A float for the plain graph; the (2,) array [L₊, L₋] for the paired one."""
+    arr = np.asarray(value, dtype=np.float64)
+    return float(arr) if arr.size == 1 else arr.copy()
 
 
 def open_runner(path: str | os.PathLike, fmt: str):
