@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
 from pydantic import ValidationError
 
-from cloud_api.deps import DeviceId, State
+from cloud_api.deps import BEARER_SECURITY, DeviceId, State, authenticate_device, bearer_token
 from cooperllm.protocol import (
     ERRORS,
     FRAME_MEDIA_TYPE,
@@ -53,14 +53,19 @@ def _batch_schema() -> dict:
     "/{round}/reports",
     operation_id="upload_reports",
     response_model=ReportAck,
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _batch_schema()}}}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _batch_schema()}}},
+        **BEARER_SECURITY,
+    },
 )
-async def upload_reports(round: RoundNo, request: Request, state: State, device: DeviceId) -> Response:
+async def upload_reports(round: RoundNo, request: Request) -> Response:
     """A batch of ZO reports (:class:`ReportBatch`); counted once per (device, idempotency key) and once per
     (seed, block, step).
 
     The hot path: the body is parsed by pydantic's JSON parser in one step (NaN/Inf are not JSON: 422), the answer
     serialised once, and it runs on the event loop (one short transaction, serialised anyway by the engine lock)."""
+    state = request.app.state.cooper
+    device = authenticate_device(state, bearer_token(request))  # inline: no dependency solving on the hot path
     try:
         batch = ReportBatch.model_validate_json(await request.body())
     except ValidationError as exc:
