@@ -95,7 +95,7 @@ class TrainingService : Service() {
                 return true
             }
         }
-        if (info.status != "open" || dev.submitted(info.round)) return false
+        if (info.status != "open" || dev.submitted(info)) return false
         val uploadNow = !settings.uploadOnlyUnmeteredCharging
         dev.runRound(info, uploadNow)
         if (!uploadNow) UploadWorker.schedule(this)

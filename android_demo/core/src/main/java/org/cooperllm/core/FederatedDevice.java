@@ -59,8 +59,10 @@ public final class FederatedDevice {
     private Map<String, String> localArtifacts;
     private float[] theta;
     private int thetaRound = -1;
+    private long thetaRun = -1;
     private long deviceId = -1;
     private int submittedRound = -1;
+    private long submittedRun = -1;
     private final Map<String, BlockGuidance> basisCache = new HashMap<>();
     public int downloads;
     public int replays;
@@ -146,6 +148,7 @@ public final class FederatedDevice {
         Json.Obj s = Json.parseObject(new String(AtomicFiles.read(stateFile()), StandardCharsets.UTF_8));
         deviceId = s.getLong("device_id");
         submittedRound = s.getInt("submitted_round");
+        submittedRun = s.getLong("submitted_run");
         if (s.has("token") && api.token() == null) api.setToken(s.getString("token"));
         int r = s.getInt("theta_round");
         if (r >= 0 && thetaFile().isFile()) {
@@ -153,6 +156,7 @@ public final class FederatedDevice {
             if (Floats.thetaChecksum(t).equals(s.getString("theta_checksum"))) {
                 theta = t;
                 thetaRound = r;
+                thetaRun = s.getLong("theta_run");
             } else {
                 LOG.warning("stored θ does not match its checksum: it will be downloaded again");
             }
@@ -161,8 +165,8 @@ public final class FederatedDevice {
 
     private void save() throws IOException {
         if (theta != null) AtomicFiles.write(thetaFile(), Safetensors.writeTheta(theta, layout));
-        String json = "{\"device_id\":" + deviceId + ",\"submitted_round\":" + submittedRound + ",\"theta_round\":"
-                + thetaRound + ",\"theta_checksum\":" + Json.quote(theta == null ? "" : Floats.thetaChecksum(theta))
+        String json = "{\"device_id\":" + deviceId + ",\"submitted_round\":" + submittedRound + ",\"submitted_run\":"
+                + submittedRun + ",\"theta_round\":" + thetaRound + ",\"theta_run\":" + thetaRun + ",\"theta_checksum\":" + Json.quote(theta == null ? "" : Floats.thetaChecksum(theta))
                 + (api.token() == null ? "" : ",\"token\":" + Json.quote(api.token())) + "}";
         AtomicFiles.write(stateFile(), json.getBytes(StandardCharsets.UTF_8));
     }
@@ -187,12 +191,21 @@ public final class FederatedDevice {
 
     /** Brings θ to the start of info.round: replay from the θ held (verified), else download the adapter. */
     public void syncTo(Protocol.RoundInfo info) throws IOException {
-        if (theta != null && thetaRound == info.round && Floats.thetaChecksum(theta).equals(info.thetaChecksum)) return;
+        if (theta != null && thetaRun == info.runId && thetaRound == info.round
+                && Floats.thetaChecksum(theta).equals(info.thetaChecksum)) {
+            return;
+        }
         boolean ok = false;
-        if (theta != null && thetaRound >= 0 && thetaRound < info.round) {
+        if (theta != null && thetaRun == info.runId && thetaRound >= 0 && thetaRound < info.round) {
             float[] work = theta.clone();
             ok = true;
-            for (int r = thetaRound; r < info.round && ok; r++) ok = replayRound(r, work);
+            try {
+                for (int r = thetaRound; r < info.round && ok; r++) ok = replayRound(r, work);
+            } catch (CooperClient.ApiException e) {
+                if (e.status == 401 || e.status == 403 || e.retryable()) throw e;
+                LOG.warning("replay impossible (" + e.getMessage() + "): downloading the adapter");
+                ok = false;
+            }
             if (ok && Floats.thetaChecksum(work).equals(info.thetaChecksum)) {
                 theta = work;
                 replays += info.round - thetaRound;
@@ -210,6 +223,7 @@ public final class FederatedDevice {
             downloads++;
         }
         thetaRound = info.round;
+        thetaRun = info.runId;
         save();
         if (evaluator != null) {
             try {
@@ -264,8 +278,8 @@ public final class FederatedDevice {
     // --- one round ----------------------------------------------------------------------------------------------
 
     /** Whether this device already handed in its reports for the round (restored across restarts). */
-    public boolean submitted(int round) {
-        return submittedRound >= round;
+    public boolean submitted(Protocol.RoundInfo info) {
+        return submittedRun == info.runId && submittedRound >= info.round;
     }
 
     /**
@@ -323,6 +337,7 @@ public final class FederatedDevice {
             outbox.enqueue(key, info.round, Protocol.reportBatchJson(key, reports));
         }
         submittedRound = info.round;
+        submittedRun = info.runId;
         save();
         emit("queued " + reports.size() + " reports");
         if (upload) drain();

@@ -103,7 +103,7 @@ public class LiveCloudTest {
         FederatedDevice restarted = new FederatedDevice(api2, layout, new ToyLoss(), state, null);
         Assert.eq(1, restarted.thetaRound(), "θ round restored");
         Assert.eq(info.thetaChecksum, Floats.thetaChecksum(restarted.theta()), "θ restored bit for bit");
-        Assert.check(restarted.submitted(1), "knows round 1 was computed");
+        Assert.check(restarted.submitted(info), "knows round 1 was computed");
         Assert.eq(1, restarted.outbox().size(), "outbox restored");
         Assert.eq(0, restarted.drain(), "uploaded after restart");
         Assert.eq(r1.size(), restarted.reportsSent, "counted once");
