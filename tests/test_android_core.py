@@ -84,7 +84,11 @@ def test_java_harness_reports_failures(java_build: Path, tmp_path: Path) -> None
     bad.write_text(json.dumps(golden))
     passed, failed, _, out = run_java(java_build, ["GoldenTest"], {"cooperllm.golden": str(bad)})
     assert failed == 3, out
-    for name in ("roundReplayMatchesGoldenBitForBit", "mix64MatchesGolden", "portabilityCheckPassesHereAndCatchesCorruption"):
+    for name in (
+        "roundReplayMatchesGoldenBitForBit",
+        "mix64MatchesGolden",
+        "portabilityCheckPassesHereAndCatchesCorruption",
+    ):
         assert f"FAIL GoldenTest.{name}" in out, out
 
 
@@ -450,6 +454,7 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
     config = {
         "url": url,
         "enrolment_key": ENROL,
+        "admin_token": ADMIN,
         "manifest": {"layout": layout.to_dict()},
         "state_dir": str(tmp_path / "device"),
         "rounds": rounds,
@@ -471,6 +476,9 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
     assert [s.n_reports for s in summaries] == [per_round] * rounds
     assert all(s.n_devices == 1 for s in summaries)
     assert admin.metrics().idempotent_replays >= 1
+    second = admin.run(result["run2"])  # the zo run the Java test started: followed to its end by replay
+    assert second.status == "finished" and second.theta_checksum == result["run2_checksum"]
+    assert [s.n_reports for s in admin.rounds(second.run_id)] == [3, 3]
 
 
 @pytest.mark.integration

@@ -39,6 +39,20 @@ public class LiveCloudTest {
         }
     }
 
+    /** POST with the admin token (the device client has no admin calls). */
+    private static String adminPost(String url, String token, String path, String body) throws IOException {
+        java.net.HttpURLConnection c = (java.net.HttpURLConnection) new java.net.URL(url + "/v1" + path).openConnection();
+        c.setRequestMethod("POST");
+        c.setDoOutput(true);
+        c.setRequestProperty("Authorization", "Bearer " + token);
+        c.setRequestProperty("Content-Type", "application/json");
+        c.getOutputStream().write(body.getBytes(StandardCharsets.UTF_8));
+        int status = c.getResponseCode();
+        byte[] data = (status >= 400 ? c.getErrorStream() : c.getInputStream()).readAllBytes();
+        if (status >= 400) throw new IOException("admin call failed: HTTP " + status + " " + new String(data, StandardCharsets.UTF_8));
+        return new String(data, StandardCharsets.UTF_8);
+    }
+
     private Protocol.RoundInfo waitFor(CooperClient api, int round) throws Exception {
         long deadline = System.currentTimeMillis() + 120_000;
         while (true) {
@@ -120,8 +134,32 @@ public class LiveCloudTest {
         Assert.eq(info.thetaChecksum, Floats.thetaChecksum(restarted.theta()), "final θ equals the server's");
         Assert.eq(0, restarted.downloads, "the restarted device never downloaded the adapter");
         Assert.eq(rounds - 1, restarted.replays, "rounds 1.." + (rounds - 1) + " replayed");
-        String out = "{\"device_id\":" + restarted.deviceId() + ",\"final_checksum\":" + Json.quote(info.thetaChecksum)
-                + ",\"replays\":" + (dev.replays + restarted.replays) + ",\"downloads\":" + (dev.downloads + restarted.downloads)
+        String firstFinal = info.thetaChecksum;
+        int replays1 = dev.replays + restarted.replays;
+        int downloads1 = dev.downloads + restarted.downloads;
+
+        // a second run (strategy zo, all blocks in one report): nothing carries over as "submitted", θ is re-fetched
+        String created = adminPost(url, cfg.getString("admin_token"), "/admin/runs", "{\"strategy\":\"zo\",\"rounds\":2,"
+                + "\"quorum\":1,\"min_devices\":1,\"local_steps\":3,\"blocks\":[-1],\"eta\":0.05,\"deadline_s\":120}");
+        long run2 = Json.parseObject(created).getLong("run_id");
+        Protocol.RoundInfo first2 = api2.currentRound();
+        Assert.eq(run2, first2.runId, "second run is current");
+        Assert.eq(0, first2.round, "second run starts at round 0");
+        Assert.check(!restarted.submitted(first2), "round 0 of the new run is not taken as submitted");
+        int downloadsBefore = restarted.downloads;
+        List<Report> z = restarted.runRound(first2, true);
+        Assert.eq(3, z.size(), "local_steps reports over all blocks");
+        for (Report rep : z) Assert.eq(Report.ALL_BLOCKS, rep.block, "block -1");
+        Assert.eq(downloadsBefore + 1, restarted.downloads, "θ of the new run downloaded");
+        restarted.runRound(waitFor(api2, 1), true);
+        Protocol.RoundInfo done2 = waitFor(api2, 2);
+        Assert.eq("finished", done2.status, "second run finished");
+        restarted.syncTo(done2);
+        Assert.eq(done2.thetaChecksum, Floats.thetaChecksum(restarted.theta()), "second run's final θ by replay");
+
+        String out = "{\"device_id\":" + restarted.deviceId() + ",\"final_checksum\":" + Json.quote(firstFinal)
+                + ",\"run2\":" + run2 + ",\"run2_checksum\":" + Json.quote(done2.thetaChecksum)
+                + ",\"replays\":" + replays1 + ",\"downloads\":" + downloads1
                 + ",\"bytes_down\":" + (api.bytesDown() + api2.bytesDown()) + ",\"bytes_up\":" + (api.bytesUp() + api2.bytesUp()) + "}";
         Files.write(new File(cfg.getString("out")).toPath(), out.getBytes(StandardCharsets.UTF_8));
         restarted.close();
