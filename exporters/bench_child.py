@@ -19,6 +19,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _inputs(folder: Path, graph_file: str):
     from cooperllm.checkpoint import load_theta
     from cooperllm.manifest import read_manifest
@@ -30,6 +35,10 @@ def _inputs(folder: Path, graph_file: str):
     encoder = PromptEncoder(folder / manifest.tokenizer_file, manifest.task, graph.seq_len)
     batch = validation_batch(encoder, graph.batch_size)
     theta = load_theta(folder / manifest.initial_adapter_file, manifest.layout)
+    if graph.paired:
+        from exporters.inputs import paired_inputs
+
+        return manifest, graph, batch, paired_inputs(batch, theta, theta, manifest.layout)
     return manifest, graph, batch, graph_inputs(batch, theta, manifest.layout)
 
 
@@ -52,6 +61,7 @@ def run_artifact(folder: Path, graph_file: str, repeats: int) -> dict:
     runner = open_runner(folder / graph_file, graph.format)
     load_s = time.perf_counter() - t0
     forward_ms, (loss, _) = _time_calls(lambda: runner(inputs), repeats)
+    loss = float(loss[0]) if graph.paired else loss  # paired: [L₊, L₋] at θ₊ = θ₋ = θ₀
     return {
         "file": graph_file,
         "load_s": load_s,
@@ -112,9 +122,11 @@ def run_export(request: dict) -> dict:
         seq_len=request["seq_len"],
         progress=False,
         force=True,
+        paired=bool(request.get("paired", False)),
     )
     return {
         "wall_s": time.perf_counter() - t0,
+        "cpu_s": _cpu_s(),
         "peak_rss_mb": _peak_rss_mb(),
         "passed": manifest.validation.get("passed"),
         "timings_s": manifest.validation.get("timings_s"),

@@ -18,7 +18,7 @@ from torch import nn
 
 from cooperllm.layout import ParamLayout
 from cooperllm.tokenization import EncodedBatch
-from exporters.inputs import direction
+from exporters.inputs import direction, paired_inputs
 
 
 class PairedLinear(nn.Module):
@@ -81,13 +81,6 @@ class PairedThetaInputs(nn.Module):
         # the same F.cross_entropy as ClassifierLoss, once per half
         loss = torch.stack([F.cross_entropy(logits[0], labels), F.cross_entropy(logits[1], labels)])
         return loss, logits
-
-
-def paired_inputs(batch: EncodedBatch, theta_plus: np.ndarray, theta_minus: np.ndarray, layout: ParamLayout):
-    plus = layout.unflatten(np.ascontiguousarray(theta_plus, dtype=np.float32))
-    minus = layout.unflatten(np.ascontiguousarray(theta_minus, dtype=np.float32))
-    stacked = [np.ascontiguousarray(np.stack([plus[n], minus[n]])) for n in layout.names]
-    return [batch.input_ids, batch.attention_mask, batch.labels, *stacked]
 
 
 def validate_paired(runner, eager32, eager64, batch: EncodedBatch, theta: np.ndarray, seeds, eps_values) -> dict:

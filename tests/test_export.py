@@ -323,8 +323,7 @@ def test_layer_blocks_are_checked_against_optimum_layer_count(tiny_model_dir: Pa
 def test_paired_graph_returns_both_losses_in_one_call(tiny_model_dir: Path, tmp_path: Path) -> None:
     """model.paired.onnx takes stacked [θ₊, θ₋] and gives the same two losses as two calls of model.onnx."""
     from cooperllm.checkpoint import load_theta
-    from exporters.inputs import direction, graph_inputs
-    from exporters.paired import paired_inputs
+    from exporters.inputs import direction, graph_inputs, paired_inputs
     from exporters.runners import OrtRunner
 
     manifest = export_artifacts(
