@@ -120,7 +120,8 @@ def _parse_loss(text: str, spec: str) -> float:
 
 
 class TokenBucket:
-    """Bytes per second with a burst allowance; ``reserve`` books bytes and says how long to wait (thread-safe).
+    """Bytes per second with a burst allowance (links use none: a byte costs its serialization time); ``reserve``
+    books bytes and says how long to wait (thread-safe).
 
     Booking is non-blocking arithmetic under a lock, so the same bucket serves threads and asyncio tasks alike.
     """
@@ -159,8 +160,8 @@ class Link:
         self.rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self.buckets = {
-            "up": None if self.spec.up_bps is None else TokenBucket(self.spec.up_bps / 8),
-            "down": None if self.spec.down_bps is None else TokenBucket(self.spec.down_bps / 8),
+            "up": None if self.spec.up_bps is None else TokenBucket(self.spec.up_bps / 8, burst_bytes=0),
+            "down": None if self.spec.down_bps is None else TokenBucket(self.spec.down_bps / 8, burst_bytes=0),
         }
         self.stats = LinkStats()
 

@@ -32,6 +32,8 @@ def test_bench_dtc_on_tiny_model(tiny_model_dir: Path, sst2_dir: Path, tmp_path:
         str(save),
         "--links",
         "10mbit:50ms",
+        "--measure-link",
+        "100mbit:1ms",
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -48,10 +50,29 @@ def test_bench_dtc_on_tiny_model(tiny_model_dir: Path, sst2_dir: Path, tmp_path:
     raw_bytes = int(rows["raw float32 (baseline)"].group(3).replace(",", ""))
     assert int(adaptive.group(3).replace(",", "")) < raw_bytes / 3
     assert "guidance download over 10mbit:50ms" in out
+    ratios = [float(r) for r in re.findall(r"measured download over 100mbit:1ms: .* ratio ([\d.]+)\)", out)]
+    assert len(ratios) == 2 and all(r >= 0.95 for r in ratios)  # never faster than the link allows
     per_report = float(re.search(r"= ([\d.]+) bytes/report", out).group(1))
     assert per_report <= 16
     # --load reproduces the same table from the saved tensors without a model
-    assert main(["bench", "dtc", "--load", str(save), "--repeats", "1", "--reports", "300", "--links"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "dtc",
+                "--load",
+                str(save),
+                "--repeats",
+                "1",
+                "--reports",
+                "300",
+                "--links",
+                "--measure-link",
+                "none",
+            ]
+        )
+        == 0
+    )
     again = capsys.readouterr().out
     assert f" {adaptive.group(3)} " in again  # same frame bytes: encoding is deterministic
 

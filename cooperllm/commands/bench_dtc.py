@@ -43,6 +43,12 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
         default=["10mbit:50ms", "2mbit:100ms"],
         help="link specs for the download-time lines (default 10mbit:50ms 2mbit:100ms)",
     )
+    p.add_argument(
+        "--measure-link",
+        default="10mbit:50ms",
+        help="also download the frames over this emulated link from a local HTTP server and time it ('none' to "
+        "skip; default 10mbit:50ms)",
+    )
     p.add_argument("--save", help="also save the guidance tensors to this .npz file")
     p.add_argument("--load", help="use guidance tensors from a .npz written by --save (skips the model)")
     p.set_defaults(func=run)
@@ -237,6 +243,12 @@ def run(args: argparse.Namespace) -> int:
         {"raw float32": raw, "zstd float32": rows[1].frame_bytes, "DTC adaptive": adaptive.frame_bytes},
         len(bases),
     )
+    if args.measure_link != "none":
+        frames = {
+            "raw float32": [v.astype("<f4").tobytes() for v in bases],
+            "DTC adaptive": [dtc.encode(v, cosine_budget=delta, block_size=args.block_size) for v in bases],
+        }
+        _measure_link(args.measure_link, frames)
     _bench_reports(args.reports, args.repeats)
     return 0
 
@@ -252,6 +264,54 @@ def _link_times(specs: list[str], sizes: dict[str, int], n_frames: int) -> None:
             for name, size in sizes.items()
         ]
         print(f"guidance download over {text} (ideal, {n_frames} sequential requests): " + ", ".join(cells))
+
+
+def _measure_link(spec_text: str, frames: dict[str, list[bytes]]) -> None:
+    """Fetch every frame, one request each, from a real HTTP server on 127.0.0.1 through the emulated link."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    from cooperllm.link import Link, LinkTransport
+
+    blobs = {f"/{name.replace(' ', '_')}/{i}": f for name, fs in frames.items() for i, f in enumerate(fs)}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = blobs[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    link = Link(spec_text)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with httpx.Client(base_url=url, transport=LinkTransport(link), timeout=600) as client:
+            client.get(next(iter(blobs)))  # connect once outside the timing
+            for name, fs in frames.items():
+                t0 = time.perf_counter()
+                got = [client.get(f"/{name.replace(' ', '_')}/{i}").content for i in range(len(fs))]
+                took = time.perf_counter() - t0
+                assert got == fs
+                ideal = sum(2 * link.spec.latency_s + 8 * len(f) / link.spec.down_bps for f in fs)
+                print(
+                    f"measured download over {spec_text}: {name} {sum(map(len, fs)):,} bytes in {took:.2f} s "
+                    f"(ideal {ideal:.2f} s, ratio {took / ideal:.2f})"
+                )
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _bench_reports(n: int, repeats: int) -> None:
