@@ -53,6 +53,7 @@ from cooperllm.zgr import BlockGuidance, Report, apply_round, online_lambda
 log = logging.getLogger(__name__)
 
 SEEDS_PER_DEVICE = 1 << 16
+CHECKPOINT_S = 1.0
 _INSERT_BATCH = db.upload_batches.insert()  # built once: the upload path runs hundreds of times a second
 _INSERT_REPORTS = db.reports.insert()
 
@@ -589,11 +590,15 @@ class RoundEngine:
     # --- closing and aggregation --------------------------------------------------------------------------------
 
     def _tick_loop(self) -> None:
+        last_checkpoint = time.monotonic()
         while not self._stop.is_set():
             self._wake.wait(self.tick_s)
             self._wake.clear()
             try:
                 self.tick()
+                if time.monotonic() - last_checkpoint > CHECKPOINT_S:
+                    db.checkpoint_wal(self.db)  # here, not inside a request: its fsync never stalls an upload
+                    last_checkpoint = time.monotonic()
             except Exception:
                 log.exception("round clock failed")
 
