@@ -73,7 +73,11 @@ async def _phase(
     """Run each worker's requests until ``duration`` elapses; returns (requests, latencies ms, statuses).
 
     ``rate`` > 0 paces the workers (open loop, ``rate`` requests/s in total, staggered); 0 = as fast as they can.
+    Every device's keep-alive connection is opened before the clock starts (steady state, not a connect storm).
     """
+    conns = [_Conn("127.0.0.1", port) for _ in workers]
+    for c in conns:
+        c.reader, c.writer = await asyncio.open_connection(c.host, c.port)
     start = time.perf_counter()
     stop = start + duration
     interval = len(workers) / rate if rate > 0 else 0.0
@@ -81,7 +85,7 @@ async def _phase(
     statuses: dict[int, int] = {}
 
     async def loop(idx: int, make_request):
-        conn = _Conn("127.0.0.1", port)
+        conn = conns[idx]
         due = start + (idx / len(workers)) * interval
         try:
             while time.perf_counter() < stop:
