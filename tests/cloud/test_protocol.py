@@ -63,3 +63,28 @@ def test_schema_validation():
         RunConfig(lam=1.5)
     assert RunConfig(lam="auto").lam == "auto"
     assert RunConfig.model_validate_json(RunConfig(blocks=[0, 2]).model_dump_json()).blocks == [0, 2]
+
+
+def test_openapi_operation_ids_are_stable():
+    from cloud_api.app import create_app
+
+    spec = create_app().openapi()
+    ids = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
+    assert ids == {
+        "enroll",
+        "get_current_round",
+        "get_guidance",
+        "upload_reports",
+        "upload_report_frame",
+        "upload_delta",
+        "get_model_sync",
+        "get_adapter",
+        "get_peft_export",
+        "get_health",
+        "get_metrics",
+        "create_run",
+        "get_run",
+        "list_rounds",
+    }
+    body = spec["paths"]["/v1/rounds/{round}/reports"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["properties"]["reports"]["items"] == {"$ref": "#/components/schemas/ReportIn"}
