@@ -24,7 +24,8 @@ WORKERS = {
     "bp-adamw": "(a) backprop LoRA, eager fp32, AdamW",
     "mezo-eager": "(b) MeZO, eager fp32",
     "zo-onnx": "(c) device ZO loop, ONNX Runtime",
-    "zo-executorch": "(c) device ZO loop, ExecuTorch Python runtime",
+    "zo-native": "(c) device ZO loop, ExecuTorch native runner",
+    "zo-executorch": "(c') device ZO loop, ExecuTorch Python runtime",
 }
 
 
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     )
     rows = []
     for w in workers:
-        need = {"zo-onnx": "onnx", "zo-executorch": "pte"}.get(w)
+        need = {"zo-onnx": "onnx", "zo-native": "pte", "zo-executorch": "pte"}.get(w)
         if need and need not in formats:
             rows.append({"worker": w, "error": f"artifact has no {need} graph"})
             continue
@@ -240,6 +241,8 @@ def worker_main(argv: list[str]) -> int:
         result = _worker_mezo_eager(cfg, manifest)
     elif name == "zo-onnx":
         result = _worker_zo_graph(cfg, "onnx")
+    elif name == "zo-native":
+        result = _worker_zo_graph(cfg, "native")
     elif name == "zo-executorch":
         result = _worker_zo_graph(cfg, "executorch")
     else:

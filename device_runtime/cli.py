@@ -42,8 +42,9 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="label", help="label column (default label)")
     p.add_argument(
         "--backend",
-        choices=["onnx", "executorch", "eager"],
-        help="graph backend (default: the manifest's first graph); eager is the PyTorch fp32 reference",
+        choices=["onnx", "native", "executorch", "eager"],
+        help="graph backend (default: the manifest's first graph): onnx (ONNX Runtime), native (torch-free "
+        "ExecuTorch runner), executorch (its Python runtime, loads libtorch), eager (the PyTorch fp32 reference)",
     )
     p.add_argument("--model-dir", help="HF model folder for the eager backend (default: the manifest's model)")
     p.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime")

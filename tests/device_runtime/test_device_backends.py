@@ -78,6 +78,6 @@ def test_backend_choice_follows_the_manifest(tiny_artifacts, tmp_path):
     from device_runtime.backends import choose_backend
 
     manifest = read_manifest(tiny_artifacts)
-    assert choose_backend(manifest, None) == "executorch"  # the manifest's first graph
+    assert choose_backend(manifest, None) == "native"  # first graph is .pte: the torch-free runner
     with pytest.raises(ValueError, match="unknown backend"):
         choose_backend(manifest, "tflite")
