@@ -7,7 +7,8 @@ hash of the sources, flags, compiler and wheel, so tests and the device runtime 
 Command line (the README's setup step)::
 
     .venv/bin/python -m device_runtime.native.build                       # host library + runner executable
-    .venv/bin/python -m device_runtime.native.build --arch aarch64 --et-root DIR   # cross build (unpacked wheel)
+    .venv/bin/python -m device_runtime.native.build --fetch-aarch64-wheel  # pip-download + unpack the ARM wheel
+    .venv/bin/python -m device_runtime.native.build --arch aarch64         # cross build against it
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ CXXFLAGS = (
     "-DC10_USING_CUSTOM_GENERATED_MACROS",
 )
 COMPILERS = {"x86_64": "g++", "aarch64": "aarch64-linux-gnu-g++"}
+AARCH64_WHEEL_DIR = BUILD_ROOT / "et-aarch64"  # the unpacked aarch64 executorch wheel (headers + ARM .so files)
+AARCH64_PLATFORM = "manylinux_2_28_aarch64"
 
 
 class NativeBuildError(RuntimeError):
@@ -63,6 +66,54 @@ def executorch_root() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise NativeBuildError("the executorch wheel is not installed: pip install executorch==1.5.1 (see README)")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def default_root(arch: str) -> Path:
+    """The executorch package folder to build against: the installed wheel, or the unpacked ARM one."""
+    if arch == "aarch64":
+        root = Path(os.environ.get("COOPERLLM_ET_AARCH64", AARCH64_WHEEL_DIR / "executorch"))
+        if not root.is_dir():
+            raise NativeBuildError(
+                f"no aarch64 executorch wheel at {root}: run `python -m device_runtime.native.build "
+                "--fetch-aarch64-wheel` (or set COOPERLLM_ET_AARCH64 to an unpacked wheel's executorch folder)"
+            )
+        return root
+    return executorch_root()
+
+
+def fetch_aarch64_wheel(dest: Path = AARCH64_WHEEL_DIR) -> Path:
+    """pip-download the executorch wheel of the installed version for aarch64 and unpack it; returns its package dir."""
+    import zipfile
+    from importlib.metadata import version
+
+    ver = version("executorch")
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--platform",
+        AARCH64_PLATFORM,
+        "--python-version",
+        py,
+        f"executorch=={ver}",
+        "-d",
+        str(dest),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wheels = sorted(dest.glob(f"executorch-{ver}-*aarch64*.whl"))
+    if res.returncode != 0 or not wheels:
+        raise NativeBuildError(
+            f"cannot download the aarch64 executorch wheel:\n$ {' '.join(cmd)}\n{res.stderr[-2000:]}"
+        )
+    with zipfile.ZipFile(wheels[-1]) as z:
+        members = [m for m in z.namelist() if m.startswith(("executorch/include/", "executorch/lib/"))]
+        z.extractall(dest, members)
+    return dest / "executorch"
 
 
 def check_wheel(root: Path) -> tuple[Path, Path]:
@@ -106,7 +157,7 @@ def _build_key(cxx: str, inc: Path, lib: Path, arch: str) -> str:
 
 def build(arch: str = "x86_64", et_root: Path | None = None, force: bool = False) -> Built:
     """Compile (or reuse) the shared library and the runner executable for ``arch``; returns their paths."""
-    root = Path(et_root) if et_root else executorch_root()
+    root = Path(et_root) if et_root else default_root(arch)
     inc, lib = check_wheel(root)
     cxx = find_compiler(arch)
     out = BUILD_ROOT / f"{arch}-{_build_key(cxx, inc, lib, arch)}"
@@ -144,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="x86_64", choices=sorted(COMPILERS), help="target architecture")
     p.add_argument("--et-root", type=Path, help="executorch package folder (default: the installed wheel)")
     p.add_argument("--force", action="store_true", help="rebuild even when a cached build exists")
+    p.add_argument("--fetch-aarch64-wheel", action="store_true", help=f"download + unpack into {AARCH64_WHEEL_DIR}")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.fetch_aarch64_wheel:
+            print(fetch_aarch64_wheel())
+            return 0
         built = build(args.arch, args.et_root, args.force)
     except NativeBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)

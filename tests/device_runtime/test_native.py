@@ -39,12 +39,19 @@ def export_tiny_ptes(model_dir: Path, out: Path, combos=EXPORTED_HERE) -> dict[t
     task = TaskSpec()
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, SEQ)
     paths = {}
-    for quant in dict.fromkeys(q for _, q in combos):
+    # one quantized module per weight format: plain-op int8/fp32, or int8 kept whole for XNNPACK f32-qc8w
+    groups = dict.fromkeys((q, b == "xnnpack-qc8w") for b, q in combos)
+    for quant, qc8w in groups:
         lm = load_causal_lm(model_dir)
         module, layout = build_task_model(lm, task, encoder.label_token_ids, AdapterSpec())
-        quantize_frozen(module, quant, skip=(lm.get_output_embeddings(),))
+        if qc8w:
+            from exporters.int8_xnnpack import quantize_qc8w
+
+            quantize_qc8w(module, skip=(lm.get_output_embeddings(),))
+        else:
+            quantize_frozen(module, quant, skip=(lm.get_output_embeddings(),))
         theta = {n: p.detach() for n, p in module.named_parameters() if n in layout.names}
-        for backend in (b for b, q in combos if q == quant):
+        for backend in (b for b, q in combos if q == quant and (b == "xnnpack-qc8w") == qc8w):
             args = example_inputs(layout, theta, BATCH, SEQ, lm.config.vocab_size, task.num_classes)
             with torch.no_grad():
                 program = export_program(ThetaInputs(module, layout.names), args)
