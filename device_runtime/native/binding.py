@@ -130,6 +130,18 @@ class NativeRunner:
         return self.run(inputs)
 
     def run(self, inputs: Sequence[np.ndarray]) -> tuple[float, np.ndarray]:
+        """(loss, label_logits (B, C)) of a plain loss graph."""
+        outs = self.run_all(inputs)
+        if len(outs) < 2:
+            raise NativeRunnerError(f"{self.path.name} returned {len(outs)} outputs, expected loss and label_logits")
+        loss, logits = outs[0], outs[1]
+        if loss.size != 1:
+            raise NativeRunnerError(f"{self.path.name}: loss has {loss.size} elements (a paired graph? use run_all)")
+        batch = self.input_specs[0][1][0] if self.input_specs and self.input_specs[0][1] else 1
+        return float(loss[0]), logits.reshape(batch, -1)
+
+    def run_all(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every output of one call, flattened float32 (e.g. a paired graph's [L₊, L₋] and its stacked logits)."""
         if self._handle is None:
             raise NativeRunnerError("runner is closed")
         n = len(self.input_specs)
@@ -145,14 +157,7 @@ class NativeRunner:
         sizes = (ctypes.c_uint64 * n)(*(a.nbytes for a in arrays))
         if self._lib.cl_runner_run(self._handle, ptrs, sizes, n, self._err, _ERR_LEN) != 0:
             raise NativeRunnerError(f"{self.path.name}: {self._err.value.decode(errors='replace')}")
-        outs = [self._output(k) for k in range(min(2, self._lib.cl_runner_num_outputs(self._handle)))]
-        if len(outs) < 2:
-            raise NativeRunnerError(f"{self.path.name} returned {len(outs)} outputs, expected loss and label_logits")
-        loss, logits = outs
-        if loss.size != 1:
-            raise NativeRunnerError(f"{self.path.name}: loss output has {loss.size} elements")
-        batch = self.input_specs[0][1][0] if self.input_specs and self.input_specs[0][1] else 1
-        return float(loss[0]), logits.reshape(batch, -1)
+        return [self._output(k) for k in range(self._lib.cl_runner_num_outputs(self._handle))]
 
     def _output(self, index: int) -> np.ndarray:
         numel = ctypes.c_int64()
