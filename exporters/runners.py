@@ -21,6 +21,10 @@ class OrtRunner:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        # no arena and no memory-pattern planning: SmolLM2 int8 peaks at ~506 MB instead of ~814 MB, same speed
+        # (the arena keeps the per-call dequantized fp32 weights around)
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
