@@ -4,8 +4,8 @@
 (b) MeZO in eager PyTorch fp32 — the ZO reference;
 (c) the device's ZO loop on the exported artifact over each backend (ONNX Runtime: torch-free; ExecuTorch: its
     Python runtime, which loads libtorch until the native runner replaces it).
-Each configuration runs in its own process (``python -m device_runtime.bench_memory WORKER``); the parent reads the
-child's peak RSS from ``wait4`` and prints each peak and the reduction against (a).
+Each configuration runs in its own process (``python -m device_runtime.bench_memory WORKER``) and reports its peak
+resident set (VmHWM of its own address space); the parent prints each peak and the reduction against (a).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _spawn(worker: str, cfg: dict, timeout: float) -> dict:
-    """Run one worker in a fresh process; its peak RSS comes from wait4's rusage of that child alone."""
+    """Run one worker in a fresh process; it reports its own peak RSS (VmHWM) on its last stdout line."""
     import tempfile
     import threading
 
@@ -76,8 +76,9 @@ def _spawn(worker: str, cfg: dict, timeout: float) -> dict:
         tail = stderr.strip().splitlines()[-3:]
         return {"error": f"exit {proc.returncode}: {' | '.join(tail)}"}
     result = json.loads(stdout.strip().splitlines()[-1])
-    result["self_peak_rss_mb"] = result.pop("peak_rss_mb")
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # kilobytes on Linux
+    # The worker's own VmHWM is the figure: wait4's ru_maxrss also counts the pre-exec high-water mark, i.e. this
+    # (torch-loaded) parent's peak when the child was spawned; it is kept for reference only.
+    result["rusage_maxrss_mb"] = round(usage.ru_maxrss / 1024, 1)  # kilobytes on Linux
     result["wall_s"] = round(wall, 1)
     return result
 
@@ -139,9 +140,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _peak_mb() -> float:
-    import resource
+    from device_runtime.budget import peak_rss_mb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def _eager_setup(cfg: dict, manifest):

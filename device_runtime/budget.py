@@ -37,7 +37,12 @@ def mapped_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set of this process's own address space (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries the pre-exec high-water mark into it, so a process spawned by a big parent
+    (pytest or a CLI with torch loaded) would report the parent's peak.
+    """
+    return _status_kb("VmHWM") / 1024
 
 
 def graph_bytes(folder: Path, files: list[str]) -> int:
