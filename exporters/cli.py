@@ -25,9 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="pte", help="pte, onnx, all, or a comma-separated list (default pte)")
     p.add_argument(
         "--backend",
-        default="xnnpack",
-        choices=["xnnpack", "portable", "xnnpack-qc8w"],
-        help="ExecuTorch backend for pte",
+        default="auto",
+        choices=["auto", "xnnpack", "portable", "xnnpack-qc8w"],
+        help="ExecuTorch backend for pte; auto (default) picks xnnpack-qc8w (fp32 activations × int8 weights in "
+        "XNNPACK, the fast path) for an int8 pte-only export, else xnnpack",
     )
     p.add_argument(
         "--quant",
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cooperllm.adapter import AdapterSpec
     from exporters import ExportError, export_artifacts
+    from exporters.api import resolve_backend
 
     task = task_from_args(args)
     adapter = None
@@ -69,14 +71,15 @@ def run(args: argparse.Namespace) -> int:
         from cooperllm.data import load_dataset
 
         texts = load_dataset(args.data, args.text_column, "label", task.label_names).texts[: args.batch]
+    formats = [f.strip() for f in args.format.split(",")]
     try:
         manifest = export_artifacts(
             args.model,
             args.out,
             task=task,
             adapter=adapter,
-            formats=[f.strip() for f in args.format.split(",")],
-            backend=args.backend,
+            formats=formats,
+            backend=resolve_backend(args.backend, formats, args.quant),
             quant=args.quant,
             batch_size=args.batch,
             seq_len=args.seq_len,

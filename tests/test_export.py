@@ -353,3 +353,14 @@ def test_paired_graph_returns_both_losses_in_one_call(tiny_model_dir: Path, tmp_
     np.testing.assert_allclose(losses, [plus, minus], atol=1e-5)
     np.testing.assert_allclose(logits[0], logits_plus, atol=1e-5)
     assert plus != minus
+
+
+@pytest.mark.parametrize(
+    ("formats", "quant", "expected"),
+    [(["pte"], "int8", "xnnpack-qc8w"), (["pte", "onnx"], "int8", "xnnpack"), (["pte"], "none", "xnnpack")],
+)
+def test_cli_auto_backend_picks_the_fast_int8_path_only_where_it_applies(formats, quant, expected):
+    from exporters.api import resolve_backend
+
+    assert resolve_backend("auto", formats, quant) == expected
+    assert resolve_backend("portable", formats, quant) == "portable"
