@@ -119,7 +119,7 @@ def _start_server(tmp: Path, model: str | None, env: dict) -> tuple[subprocess.P
 
         model = str(make_tiny_llama(tmp / "tiny-llama", seed=0))
     public = tmp / "public.tsv"
-    public.write_text("\n".join((shared_data_dir() / "sst2" / "train.tsv").read_text().splitlines()[:201]) + "\n")
+    public.write_text("\n".join((shared_data_dir() / "sst2" / "dev.tsv").read_text().splitlines()[:201]) + "\n")
     run_cfg = {
         "strategy": "zo",
         "rounds": 1,

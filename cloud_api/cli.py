@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="'smollm2' or a local HF causal-LM folder (default smollm2)")
     p.add_argument("--artifacts", help="exported artifact folder (manifest.json): layout, θ₀ and hashes to advertise")
     p.add_argument(
-        "--public-data", help="public labelled data for the rectifier (default ../shared/data/sst2/train.tsv)"
+        "--public-data",
+        help="public labelled data for the rectifier (default ../shared/data/sst2/dev.tsv, the public split; "
+        "train.tsv is the devices' private data)",
     )
     p.add_argument("--public-n", type=int, help="public examples to sample (default 2000)")
     p.add_argument("--db", dest="db_url", help="SQLAlchemy URL (default sqlite:///runs/cloud/cooperllm.db)")

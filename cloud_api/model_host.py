@@ -135,7 +135,7 @@ def load_model_host(settings: Settings) -> ModelHost:
         hashes[MANIFEST_FILE] = sha256_file(Path(settings.artifacts) / MANIFEST_FILE)
     else:
         hashes["tokenizer.json"] = sha256_file(model_dir / TOKENIZER_FILE)
-    data_path = settings.public_data or shared_data_dir() / "sst2" / "train.tsv"
+    data_path = settings.public_data or shared_data_dir() / "sst2" / "dev.tsv"
     data = load_dataset(data_path, settings.text_column, settings.label_column, task.label_names)
     public = public_split(data, settings.public_n, seed=0)
     enc = encoder.encode(public.texts, public.labels)

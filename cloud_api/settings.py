@@ -32,7 +32,7 @@ class Settings(BaseSettings):
 
     model: str = "smollm2"
     artifacts: Path | None = None
-    public_data: Path | None = None  # default: ../shared/data/sst2/train.tsv
+    public_data: Path | None = None  # default: ../shared/data/sst2/dev.tsv (public; train.tsv is private to devices)
     public_n: int = Field(default=2000, ge=1)
     text_column: str | None = None
     label_column: str = "label"
