@@ -382,45 +382,26 @@ ENROL = "android-test-enrolment-key-0123456789"
 @pytest.fixture(scope="module")
 def live_cloud(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, sst2_dir: Path):
     """The real cloud: uvicorn on 127.0.0.1 (ephemeral port), tiny model, SQLite file, small public split."""
-    import socket
-    import threading
-    import time
 
-    import uvicorn
 
-    from cloud_api.app import create_app
-    from cloud_api.settings import Settings
+    from live_cloud import start_server
 
     tmp = tmp_path_factory.mktemp("android-cloud")
     public = tmp / "public.tsv"
-    public.write_text("\n".join((sst2_dir / "train.tsv").read_text().splitlines()[:101]) + "\n")
-    settings = Settings(
-        env="test",
+    public.write_text("\n".join((sst2_dir / "dev.tsv").read_text().splitlines()[:101]) + "\n")
+    server = start_server(
+        tmp,
+        tiny_model_dir,
+        public,
         admin_token=ADMIN,
         enrolment_key=ENROL,
-        db_url=f"sqlite:///{tmp}/cloud.db",
-        state_dir=tmp,
-        model=str(tiny_model_dir),
-        public_data=public,
         public_n=16,
         seq_len=24,
-        tick_s=0.02,
         rate_burst=1000,
         rate_limit_per_s=1000.0,
     )
-    app = create_app(settings)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    server.should_exit = True
-    thread.join(timeout=30)
+    yield server.url, server.app
+    server.stop()
 
 
 def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_path: Path) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 
 import httpx
 import numpy as np
@@ -25,40 +23,22 @@ ENROL = "device-test-enrolment-key-0123456789"
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory, tiny_model_dir, tiny_artifacts, toy_tsv):
-    import uvicorn
+    from live_cloud import start_server
 
-    from cloud_api.app import create_app
-    from cloud_api.settings import Settings
-
-    tmp = tmp_path_factory.mktemp("device-cloud")
-    settings = Settings(
-        env="test",
+    server = start_server(
+        tmp_path_factory.mktemp("device-cloud"),
+        tiny_model_dir,
+        toy_tsv,
         admin_token=ADMIN,
         enrolment_key=ENROL,
-        db_url=f"sqlite:///{tmp}/cloud.db",
-        state_dir=tmp,
-        model=str(tiny_model_dir),
         artifacts=tiny_artifacts,
-        public_data=toy_tsv,
         public_n=8,
         seq_len=32,
-        tick_s=0.02,
         rate_burst=1000,
         rate_limit_per_s=1000.0,
     )
-    app = create_app(settings)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="module")
