@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 EXIT_BUDGET = 3
 EXIT_BACKEND = 4
+EXIT_REFUSED = 5  # the client refuses to train (artifact mismatch, unsupported strategy, failed run)
+EXIT_UNREACHABLE = 6
+EXIT_REJECTED = 7  # the cloud answered with an error
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,17 +106,14 @@ def parse_blocks(spec: str | None, layout) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from cooperllm.checkpoint import save_theta
-    from cooperllm.data import load_dataset
+def open_session_or_report(args: argparse.Namespace):
+    """The session from the shared device options, or the exit code after a one-line error (budget, backend)."""
     from device_runtime.backends.base import BackendError
     from device_runtime.budget import MemoryBudgetError
-    from device_runtime.engine import ZOConfig
     from device_runtime.session import open_session
-    from device_runtime.train import TrainConfig, train
 
     try:
-        session = open_session(
+        return open_session(
             args.artifacts,
             args.backend,
             memory_budget_mb=args.memory_budget,
@@ -126,6 +126,17 @@ def run_train(args: argparse.Namespace) -> int:
     except BackendError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BACKEND
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cooperllm.checkpoint import save_theta
+    from cooperllm.data import load_dataset
+    from device_runtime.engine import ZOConfig
+    from device_runtime.train import TrainConfig, train
+
+    session = open_session_or_report(args)
+    if isinstance(session, int):
+        return session
     task = session.manifest.task
     data = load_dataset(args.data, args.text_column, args.label_column, task.label_names)
     eval_data = None

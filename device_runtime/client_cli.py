@@ -38,23 +38,13 @@ def run_client(args: argparse.Namespace) -> int:
     from cooperllm.api_client import ApiError, CooperClient
     from cooperllm.data import load_dataset
     from cooperllm.models import cache_dir
-    from device_runtime.backends.base import BackendError
-    from device_runtime.budget import MemoryBudgetError
+    from device_runtime.cli import EXIT_REFUSED, EXIT_REJECTED, EXIT_UNREACHABLE, open_session_or_report
     from device_runtime.client import ClientConfig, ClientError, DeviceClient
-    from device_runtime.session import open_session
     from device_runtime.transfer import Backoff, CloudUnavailableError, Transfers
 
-    try:
-        session = open_session(
-            args.artifacts,
-            args.backend,
-            memory_budget_mb=args.memory_budget,
-            model_dir=args.model_dir,
-            threads=args.threads,
-        )
-    except (MemoryBudgetError, BackendError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3 if isinstance(exc, MemoryBudgetError) else 4
+    session = open_session_or_report(args)
+    if isinstance(session, int):
+        return session
     data = load_dataset(args.data, args.text_column, args.label_column, session.manifest.task.label_names)
     state_dir = args.state or str(cache_dir() / "devices" / args.device_name)
     cfg = ClientConfig(
@@ -73,13 +63,13 @@ def run_client(args: argparse.Namespace) -> int:
             stats = client.run()
         except ClientError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 5
+            return EXIT_REFUSED
         except CloudUnavailableError as exc:
             print(f"error: {exc}; the device state (with any unsent reports) is kept in {state_dir}", file=sys.stderr)
-            return 6
+            return EXIT_UNREACHABLE
         except ApiError as exc:
             print(f"error: the cloud refused: {exc}", file=sys.stderr)
-            return 7
+            return EXIT_REJECTED
     summary = {
         "rounds": stats.rounds,
         "replays": stats.replays,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.quantize import Int8Embedding, _is_frozen_target
+from exporters.quantize import new_summary, replace_frozen
 
 log = logging.getLogger(__name__)
 
@@ -61,33 +61,8 @@ class QC8WLinear(nn.Module):
 
 def quantize_qc8w(module: nn.Module, embeddings: bool = True, skip: tuple[nn.Module, ...] = ()) -> dict:
     """Replace frozen nn.Linear by QC8WLinear (and embeddings by row-wise int8); LoRA and heads stay fp32."""
-    summary = {
-        "scheme": "int8",
-        "kernel": "xnnpack f32-qc8w (fp32 activations, int8 per-channel weights)",
-        "weights": "frozen only",
-        "activations": "fp32",
-        "group_size": None,
-        "embeddings": False,
-        "quantized_linear": 0,
-        "fp32_bytes": 0,
-        "quantized_bytes": 0,
-    }
-    for name, child in list(module.named_modules()):
-        if not _is_frozen_target(name, child) or any(child is s for s in skip):
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        if isinstance(child, nn.Embedding):
-            if not embeddings:
-                continue
-            new: nn.Module = Int8Embedding(child)
-            summary["embeddings"] = True
-        else:
-            new = QC8WLinear(child)
-            summary["quantized_linear"] += 1
-        summary["fp32_bytes"] += child.weight.numel() * 4
-        summary["quantized_bytes"] += sum(b.numel() * b.element_size() for b in new.buffers() if b is not None)
-        setattr(parent, attr, new)
+    summary = new_summary("int8", kernel="xnnpack f32-qc8w (fp32 activations, int8 per-channel weights)")
+    replace_frozen(module, QC8WLinear, summary, embeddings, skip)
     log.info("quantized %d linear layers for XNNPACK f32-qc8w", summary["quantized_linear"])
     return summary
 

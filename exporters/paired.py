@@ -111,17 +111,7 @@ def validate_paired(runner, eager32, eager64, batch: EncodedBatch, theta: np.nda
             g_rt = (float(pair[0]) - float(pair[1])) / (2 * eps)
             t64, z64 = theta.astype(np.float64), z.astype(np.float64)
             g_ref = (eager64(batch, t64 + eps * z64)[0] - eager64(batch, t64 - eps * z64)[0]) / (2 * eps)
-            rel = abs(g_rt - g_ref) / max(abs(g_ref), 1e-30)
-            fidelity.append(
-                {
-                    "seed": seed,
-                    "eps": eps,
-                    "projected_grad": g_rt,
-                    "fp64_projected_grad": g_ref,
-                    "rel_err": rel,
-                    "passed": bool(rel <= v.FIDELITY_RTOL),
-                }
-            )
+            fidelity.append(v.fidelity_entry(seed, eps, g_rt, g_ref))
     return {
         "parity": parity,
         "fidelity": fidelity,

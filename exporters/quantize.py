@@ -9,6 +9,7 @@ so ``module.double()`` gives the fp64 reference of exactly the same quantized fu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -99,8 +100,32 @@ def quantize_frozen(module: nn.Module, scheme: str, embeddings: bool = True, ski
     Returns a summary for the manifest (scheme, group size, counts, bytes before and after).
     """
     scheme = check_scheme(scheme)
-    summary = {
+    summary = new_summary(scheme)
+    if scheme == "none":
+        return summary
+    if scheme == "int4":
+        summary["group_size"] = INT4_GROUP_SIZE
+
+    def make_linear(linear: nn.Linear) -> nn.Module:
+        if scheme == "int4" and linear.in_features % INT4_GROUP_SIZE == 0:
+            return Int4Linear(linear)
+        return Int8Linear(linear)
+
+    replace_frozen(module, make_linear, summary, embeddings, skip)
+    log.info(
+        "quantized %d linear layers (%s)%s",
+        summary["quantized_linear"],
+        scheme,
+        " and the embedding table (int8)" if summary["embeddings"] else "",
+    )
+    return summary
+
+
+def new_summary(scheme: str, **extra: str) -> dict:
+    """The manifest's quantization record before any module is replaced."""
+    return {
         "scheme": scheme,
+        **extra,
         "weights": "frozen only",
         "activations": "fp32",
         "group_size": None,
@@ -109,37 +134,32 @@ def quantize_frozen(module: nn.Module, scheme: str, embeddings: bool = True, ski
         "fp32_bytes": 0,
         "quantized_bytes": 0,
     }
-    if scheme == "none":
-        return summary
-    if scheme == "int4":
-        summary["group_size"] = INT4_GROUP_SIZE
+
+
+def replace_frozen(
+    module: nn.Module,
+    make_linear: Callable[[nn.Linear], nn.Module],
+    summary: dict,
+    embeddings: bool = True,
+    skip: tuple[nn.Module, ...] = (),
+) -> None:
+    """Swap every frozen linear for ``make_linear(linear)`` (and embeddings for row-wise int8), counting bytes."""
     for name, child in list(module.named_modules()):
         if not _is_frozen_target(name, child) or any(child is s for s in skip):
             continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        before = child.weight.numel() * 4
         if isinstance(child, nn.Embedding):
             if not embeddings:
                 continue
             new: nn.Module = Int8Embedding(child)
             summary["embeddings"] = True
-        elif scheme == "int4" and child.in_features % INT4_GROUP_SIZE == 0:
-            new = Int4Linear(child)
-            summary["quantized_linear"] += 1
         else:
-            new = Int8Linear(child)
+            new = make_linear(child)
             summary["quantized_linear"] += 1
-        setattr(parent, attr, new)
-        summary["fp32_bytes"] += before
+        summary["fp32_bytes"] += child.weight.numel() * 4
         summary["quantized_bytes"] += sum(b.numel() * b.element_size() for b in new.buffers() if b is not None)
-    log.info(
-        "quantized %d linear layers (%s)%s",
-        summary["quantized_linear"],
-        scheme,
-        " and the embedding table (int8)" if summary["embeddings"] else "",
-    )
-    return summary
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, new)
 
 
 def _is_frozen_target(name: str, child: nn.Module) -> bool:

@@ -87,17 +87,7 @@ def validate_graph(
             p64 = eager64(batch, theta.astype(np.float64) + eps * z64)[0]
             m64 = eager64(batch, theta.astype(np.float64) - eps * z64)[0]
             g_ref = (p64 - m64) / (2 * eps)
-            rel = abs(g_rt - g_ref) / max(abs(g_ref), 1e-30)
-            fidelity.append(
-                {
-                    "seed": seed,
-                    "eps": eps,
-                    "projected_grad": g_rt,
-                    "fp64_projected_grad": g_ref,
-                    "rel_err": rel,
-                    "passed": bool(rel <= FIDELITY_RTOL),
-                }
-            )
+            fidelity.append(fidelity_entry(seed, eps, g_rt, g_ref))
     result = {
         "parity": parity,
         "fidelity": fidelity,
@@ -137,3 +127,16 @@ def format_table(results: dict[str, dict]) -> str:
             ops = ", ".join(f"{op}×{n}" for op, n in deleg["non_delegated_by_op"].items())
             lines.append(f"{name}: outside the XNNPACK delegate: {ops}")
     return "\n".join(lines)
+
+
+def fidelity_entry(seed: int, eps: float, g_runtime: float, g_fp64: float) -> dict:
+    """One ZO-fidelity check: the runtime's projected gradient vs eager fp64's, within ``FIDELITY_RTOL``."""
+    rel = abs(g_runtime - g_fp64) / max(abs(g_fp64), 1e-30)
+    return {
+        "seed": seed,
+        "eps": eps,
+        "projected_grad": g_runtime,
+        "fp64_projected_grad": g_fp64,
+        "rel_err": rel,
+        "passed": bool(rel <= FIDELITY_RTOL),
+    }
