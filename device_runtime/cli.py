@@ -106,8 +106,18 @@ def parse_blocks(spec: str | None, layout) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def open_session_or_report(args: argparse.Namespace):
-    """The session from the shared device options, or the exit code after a one-line error (budget, backend)."""
+def corpus_source(args: argparse.Namespace, path: str, limit: int | None = None):
+    """``path`` read with the shared column options (first ``limit`` rows), for ``open_session(data=...)``."""
+    from device_runtime.corpus import CorpusSource
+
+    return CorpusSource(path, args.text_column, args.label_column, limit)
+
+
+def open_session_or_report(args: argparse.Namespace, data: dict | None = None):
+    """The session from the shared device options, or the exit code after a one-line error (budget, backend).
+
+    ``data`` maps names to data sources, which the session turns into token-id corpora (``session.corpora``).
+    """
     from device_runtime.backends.base import BackendError
     from device_runtime.budget import MemoryBudgetError
     from device_runtime.session import open_session
@@ -116,6 +126,7 @@ def open_session_or_report(args: argparse.Namespace):
         return open_session(
             args.artifacts,
             args.backend,
+            data=data,
             memory_budget_mb=args.memory_budget,
             model_dir=args.model_dir,
             threads=args.threads,
@@ -130,20 +141,16 @@ def open_session_or_report(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from cooperllm.checkpoint import save_theta
-    from cooperllm.data import load_dataset
     from device_runtime.engine import ZOConfig
     from device_runtime.train import TrainConfig, train
 
-    session = open_session_or_report(args)
+    loaders = {"train": corpus_source(args, args.data)}
+    if args.eval_data:
+        loaders["eval"] = corpus_source(args, args.eval_data, args.eval_limit)
+    session = open_session_or_report(args, loaders)
     if isinstance(session, int):
         return session
-    task = session.manifest.task
-    data = load_dataset(args.data, args.text_column, args.label_column, task.label_names)
-    eval_data = None
-    if args.eval_data:
-        eval_data = load_dataset(args.eval_data, args.text_column, args.label_column, task.label_names)
-        if args.eval_limit is not None:
-            eval_data = eval_data.subset(range(min(args.eval_limit, len(eval_data))))
+    data, eval_data = session.corpora["train"], session.corpora.get("eval")
     cfg = TrainConfig(
         steps=args.steps,
         zo=ZOConfig(
@@ -166,7 +173,6 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         result = train(
             backend,
-            session.encoder,
             data,
             cfg,
             eval_data=eval_data,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cooperllm.data import Dataset
 from cooperllm.layout import theta_checksum
 from cooperllm.manifest import MANIFEST_FILE, sha256_file
 from cooperllm.protocol import decode_tensor_frame, reports_from, sync_guidance, sync_reports
+from cooperllm.tokenization import TokenizedCorpus
 from cooperllm.zgr import BlockGuidance, apply_round
 from device_runtime.batches import BatchSchedule
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
@@ -65,7 +65,7 @@ class DeviceClient:
         self,
         session: DeviceSession,
         api,
-        data: Dataset,
+        data: TokenizedCorpus,
         state_dir: str | Path,
         cfg: ClientConfig,
         transfers: Transfers | None = None,
@@ -78,7 +78,7 @@ class DeviceClient:
         self.cfg = cfg
         self.transfers = transfers or Transfers()
         self.stats = ClientStats()
-        self.schedule = BatchSchedule(data, session.encoder, session.backend.batch_size, cfg.data_seed)
+        self.schedule = BatchSchedule(data, session.backend.batch_size, cfg.data_seed)
         self._bases: dict[tuple[int, int], np.ndarray] = {}
         self.state = load_state(self.state_dir, self.layout) or DeviceState(
             theta=self._initial_theta(), artifact=self._artifact_id()

@@ -36,16 +36,14 @@ def register_run(dsub: argparse._SubParsersAction) -> None:
 
 def run_client(args: argparse.Namespace) -> int:
     from cooperllm.api_client import ApiError, CooperClient
-    from cooperllm.data import load_dataset
     from cooperllm.models import cache_dir
-    from device_runtime.cli import EXIT_REFUSED, EXIT_REJECTED, EXIT_UNREACHABLE, open_session_or_report
+    from device_runtime.cli import EXIT_REFUSED, EXIT_REJECTED, EXIT_UNREACHABLE, corpus_source, open_session_or_report
     from device_runtime.client import ClientConfig, ClientError, DeviceClient
     from device_runtime.transfer import Backoff, CloudUnavailableError, Transfers
 
-    session = open_session_or_report(args)
+    session = open_session_or_report(args, {"train": corpus_source(args, args.data)})
     if isinstance(session, int):
         return session
-    data = load_dataset(args.data, args.text_column, args.label_column, session.manifest.task.label_names)
     state_dir = args.state or str(cache_dir() / "devices" / args.device_name)
     cfg = ClientConfig(
         enrol_key=args.enrol_key,
@@ -59,7 +57,7 @@ def run_client(args: argparse.Namespace) -> int:
     transfers = Transfers(Backoff(give_up_after_s=args.give_up_after))
     with CooperClient(args.cloud) as api:
         try:
-            client = DeviceClient(session, api, data, state_dir, cfg, transfers)
+            client = DeviceClient(session, api, session.corpora["train"], state_dir, cfg, transfers)
             stats = client.run()
         except ClientError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -17,8 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cooperllm.checkpoint import load_theta
-from cooperllm.data import Dataset
-from cooperllm.tokenization import PromptEncoder
+from cooperllm.tokenization import TokenizedCorpus
 from device_runtime.backends.base import GraphBackend
 from device_runtime.batches import BatchSchedule, EvalResult, evaluate
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
@@ -63,21 +62,20 @@ def artifact_id(backend: GraphBackend) -> str:
     return "eager:" + m.files[m.initial_adapter_file]
 
 
-def fingerprint(cfg: TrainConfig, data: Dataset, batch_size: int) -> str:
+def fingerprint(cfg: TrainConfig, data: TokenizedCorpus, batch_size: int) -> str:
     """What must be equal for a resumed run to continue the same trajectory (the step budget may grow)."""
     doc = {"zo": cfg.zo.to_dict(), "data_seed": cfg.data_seed, "batch": batch_size, "n": len(data)}
     h = hashlib.sha256(json.dumps(doc, sort_keys=True).encode())
-    h.update("\x00".join(data.texts[:64]).encode())
+    h.update(data.fingerprint_ids())
     return h.hexdigest()
 
 
 def train(
     backend: GraphBackend,
-    encoder: PromptEncoder,
-    train_data: Dataset,
+    train_data: TokenizedCorpus,
     cfg: TrainConfig,
     *,
-    eval_data: Dataset | None = None,
+    eval_data: TokenizedCorpus | None = None,
     state_dir: str | Path | None = None,
     progress: bool = True,
     on_eval: Callable[[int, EvalResult], None] | None = None,
@@ -95,7 +93,7 @@ def train(
         state = DeviceState(theta=initial_theta(backend), artifact=artifact_id(backend), fingerprint=fp)
     resumed_from = state.step
     engine = ZOEngine(state.theta, layout, backend.run, cfg.zo)
-    schedule = BatchSchedule(train_data, encoder, backend.batch_size, cfg.data_seed)
+    schedule = BatchSchedule(train_data, backend.batch_size, cfg.data_seed)
     losses: list[tuple[int, float]] = []
     evals: list[tuple[int, EvalResult]] = []
     skipped = 0
@@ -103,7 +101,7 @@ def train(
     def do_eval(step: int) -> None:
         if eval_data is None:
             return
-        result = evaluate(backend.run, engine.theta, encoder, eval_data, backend.batch_size, progress)
+        result = evaluate(backend.run, engine.theta, eval_data, backend.batch_size, progress)
         evals.append((step, result))
         log.info("step %d: eval accuracy %.4f loss %.4f", step, result.accuracy, result.loss)
         if on_eval:

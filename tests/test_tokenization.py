@@ -35,3 +35,21 @@ def test_bad_settings_are_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="mode"):
         TaskSpec(mode="regression")
     assert TaskSpec(mode=SEQ_CLS).num_classes == 2
+
+
+def test_tokenized_corpus_gives_the_batches_encode_gives(tiny_model_dir):
+    import numpy as np
+
+    from cooperllm.data import Dataset
+
+    enc = PromptEncoder(tiny_model_dir / TOKENIZER_FILE, TaskSpec(), seq_len=16)
+    texts = ["a fine film", "", "word " * 40, "ünïcödé ✓ and more", "short"]
+    data = Dataset(texts, np.array([1, 0, 1, 0, 1]), ("negative", "positive"))
+    corpus = enc.tokenize(data, chunk=2)  # chunk boundaries inside the data
+    assert corpus.ids.dtype == np.int32 and len(corpus) == 5
+    for idx in ([0, 1, 2, 3, 4], [4, 2, 2, 0]):
+        want = enc.encode([texts[i] for i in idx], data.labels[idx])
+        got = corpus.batch(idx)
+        np.testing.assert_array_equal(got.input_ids, want.input_ids)
+        np.testing.assert_array_equal(got.attention_mask, want.attention_mask)
+        np.testing.assert_array_equal(got.labels, want.labels)

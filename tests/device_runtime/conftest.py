@@ -53,3 +53,13 @@ def toy_dataset(toy_tsv: Path):
     from cooperllm.data import load_dataset
 
     return load_dataset(toy_tsv, label_names=("negative", "positive"))
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tiny_artifacts: Path, toy_dataset):
+    """The toy data as token ids, tokenized in process by the artifact's own tokenizer."""
+    from cooperllm.manifest import read_manifest
+    from cooperllm.tokenization import PromptEncoder
+
+    m = read_manifest(tiny_artifacts)
+    return PromptEncoder(tiny_artifacts / m.tokenizer_file, m.task, m.graphs[0].seq_len).tokenize(toy_dataset)

@@ -33,11 +33,10 @@ def test_backends_match_the_eager_reference(sessions, tiny_artifacts, tiny_model
     assert onnx_loss == pytest.approx(et_loss, abs=1e-4)  # the same int8 graph on two runtimes
 
 
-def test_zo_lowers_loss_on_both_backends_along_the_same_trajectory(sessions, toy_dataset):
+def test_zo_lowers_loss_on_both_backends_along_the_same_trajectory(sessions, toy_corpus):
     cfg = TrainConfig(steps=60, zo=ZOConfig(lr=5e-2, eps=1e-3, seed=0), data_seed=0)
     results = {
-        name: train(s.backend, s.encoder, toy_dataset, cfg, eval_data=toy_dataset, progress=False)
-        for name, s in sessions.items()
+        name: train(s.backend, toy_corpus, cfg, eval_data=toy_corpus, progress=False) for name, s in sessions.items()
     }
     for name, r in results.items():
         (s0, before), (s1, after) = r.evals[0], r.evals[-1]

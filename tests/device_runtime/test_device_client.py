@@ -71,12 +71,12 @@ def _fast() -> Transfers:
     return Transfers(Backoff(initial_s=0.01, max_s=0.05, give_up_after_s=0.5))
 
 
-def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, toy_dataset, tmp_path):
+def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, toy_corpus, tmp_path):
     with CooperClient(cloud, ADMIN) as admin:
         run = admin.create_run(_run_config())
     with CooperClient(cloud) as api:
         client = DeviceClient(
-            session, api, toy_dataset, tmp_path / "dev", ClientConfig(ENROL, poll_s=0.02, progress=False)
+            session, api, toy_corpus, tmp_path / "dev", ClientConfig(ENROL, poll_s=0.02, progress=False)
         )
         stats = client.run()
         final = load_theta_bytes(api.adapter(), session)
@@ -111,7 +111,7 @@ class _DropUploads:
         return self.api.upload_reports(*args, **kwargs)
 
 
-def test_reports_survive_a_dead_network_and_a_restart(cloud, session, toy_dataset, tmp_path):
+def test_reports_survive_a_dead_network_and_a_restart(cloud, session, toy_corpus, tmp_path):
     with CooperClient(cloud, ADMIN) as admin:
         run = admin.create_run(_run_config(rounds=2, strategy="zo", blocks=[-1], local_steps=3))
     state_dir = tmp_path / "dev"
@@ -119,13 +119,13 @@ def test_reports_survive_a_dead_network_and_a_restart(cloud, session, toy_datase
         flaky = _DropUploads(real)
         cfg = ClientConfig(ENROL, poll_s=0.02, progress=False, max_rounds=1)
         with pytest.raises(CloudUnavailableError):
-            DeviceClient(session, flaky, toy_dataset, state_dir, cfg, _fast()).run()
+            DeviceClient(session, flaky, toy_corpus, state_dir, cfg, _fast()).run()
         saved = load_state(state_dir, session.manifest.layout)
         assert len(saved.pending) == 3 and saved.round_id == 0  # computed, unsent, and on disk
         # "Restart" the app with the network back: the pending reports go first, then the device goes on.
         flaky.down = False
         restarted = DeviceClient(
-            session, flaky, toy_dataset, state_dir, ClientConfig(ENROL, poll_s=0.02, progress=False)
+            session, flaky, toy_corpus, state_dir, ClientConfig(ENROL, poll_s=0.02, progress=False)
         )
         restarted.run()
     with CooperClient(cloud, ADMIN) as admin:
@@ -133,22 +133,22 @@ def test_reports_survive_a_dead_network_and_a_restart(cloud, session, toy_datase
     assert [r.n_reports for r in rounds] == [3, 3]  # round 0's reports counted once, none lost
 
 
-def test_artifact_mismatch_refuses_to_train(cloud, session, toy_dataset, tmp_path):
+def test_artifact_mismatch_refuses_to_train(cloud, session, toy_corpus, tmp_path):
     with CooperClient(cloud) as api:
-        client = DeviceClient(session, api, toy_dataset, tmp_path / "dev", ClientConfig(ENROL, progress=False))
+        client = DeviceClient(session, api, toy_corpus, tmp_path / "dev", ClientConfig(ENROL, progress=False))
         graph = session.backend.graph.file
         with pytest.raises(ClientError, match="refusing to train"):
             client.check_artifacts({graph: "0" * 64})
         client.check_artifacts(dict(session.manifest.files))  # the same files pass
 
 
-def test_unreachable_cloud_gives_up_cleanly_when_told_to(session, toy_dataset, tmp_path):
+def test_unreachable_cloud_gives_up_cleanly_when_told_to(session, toy_corpus, tmp_path):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens here
     with CooperClient(f"http://127.0.0.1:{port}", timeout=0.5) as api:
-        client = DeviceClient(session, api, toy_dataset, tmp_path / "dev", ClientConfig(ENROL, progress=False), _fast())
+        client = DeviceClient(session, api, toy_corpus, tmp_path / "dev", ClientConfig(ENROL, progress=False), _fast())
         with pytest.raises(CloudUnavailableError, match="unreachable"):
             client.run()
     assert client.transfers.retries >= 2
