@@ -116,7 +116,7 @@ def load_model_host(settings: Settings) -> ModelHost:
     model_dir = resolve_model(settings.model)
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, seq_len)
     lm = load_causal_lm(model_dir)
-    module, layout = build_task_model(lm, task, encoder.label_token_ids, adapter)
+    module, layout = build_task_model(lm, encoder, adapter)
     theta0 = theta_from_module(module, layout)
     hashes: dict[str, str] = {}
     if manifest is not None:

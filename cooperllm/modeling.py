@@ -16,6 +16,20 @@ from torch import nn
 from cooperllm.adapter import HEAD_PREFIX, AdapterSpec, layout_for
 from cooperllm.layout import ParamLayout
 from cooperllm.tasks import SEQ_CLS, TaskSpec
+from cooperllm.tokenization import PromptEncoder
+
+# Neutral sentences whose prompts' mean last hidden state centres the seq-cls head's input (see ClassifierLoss).
+# Fixed here, not drawn from anyone's data, so the exporter, the cloud and the eager reference compute the same centre.
+CENTERING_TEXTS = (
+    "the weather was mild for most of the week .",
+    "she opened the door and walked into the kitchen .",
+    "prices rose slowly over the last quarter .",
+    "the committee will meet again on tuesday .",
+    "a small boat drifted along the quiet river .",
+    "he read the letter twice before answering .",
+    "the software update fixed several minor bugs .",
+    "children played in the park until sunset .",
+)
 
 
 class LoRALinear(nn.Module):
@@ -66,19 +80,26 @@ class ClassifierLoss(nn.Module):
     """(mean CE loss, label logits) from the last position's hidden state.
 
     ``causal-lm-cls`` scores the label words with the (frozen) output embedding rows; ``seq-cls`` uses a trainable
-    linear head named ``score``.
+    linear head named ``score`` (zero-initialised: chance at start) on the last hidden state minus a fixed centre.
+
+    Why the centre: the last position is the template's last token, so its hidden state is dominated by one
+    input-independent vector (for SmolLM2 its norm is ~42 of ~44). An uncentred head is then so ill-conditioned
+    that zeroth-order steps barely move it (measured: chance after 1,000 simulated SPSA steps, ~72 % centred).
     """
 
-    def __init__(self, lm: nn.Module, task: TaskSpec, label_token_ids: list[int]):
+    def __init__(self, lm: nn.Module, task: TaskSpec, label_token_ids: list[int], head_center=None):
         super().__init__()
         self.lm = lm
         self.task = task
         self.label_token_ids = list(label_token_ids)
         hidden = lm.config.hidden_size
         if task.mode == SEQ_CLS:
+            if head_center is None or tuple(head_center.shape) != (hidden,):
+                raise ValueError(f"a seq-cls head needs a centre of shape ({hidden},)")
             setattr(self, HEAD_PREFIX, nn.Linear(hidden, task.num_classes))
             nn.init.zeros_(self.score.weight)
             nn.init.zeros_(self.score.bias)
+            self.register_buffer("head_center", head_center.detach().clone(), persistent=False)
         else:
             out = lm.get_output_embeddings()
             rows = out.weight.detach()[self.label_token_ids].clone()
@@ -92,7 +113,7 @@ class ClassifierLoss(nn.Module):
         out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         last = out.last_hidden_state[:, -1, :]
         if self.task.mode == SEQ_CLS:
-            logits = self.score(last)
+            logits = self.score(last - self.head_center)
         else:
             logits = last @ self.label_rows.T
             if self.label_bias is not None:
@@ -100,16 +121,30 @@ class ClassifierLoss(nn.Module):
         return F.cross_entropy(logits, labels), logits
 
 
+def head_center(lm: nn.Module, encoder: PromptEncoder) -> torch.Tensor:
+    """Mean last hidden state of the CENTERING_TEXTS prompts (the LM frozen, LoRA at its B = 0 start)."""
+    batch = encoder.encode(list(CENTERING_TEXTS), np.zeros(len(CENTERING_TEXTS), dtype=np.int64))
+    with torch.inference_mode():
+        out = lm.base_model(
+            input_ids=torch.from_numpy(batch.input_ids),
+            attention_mask=torch.from_numpy(batch.attention_mask),
+            use_cache=False,
+        )
+    return out.last_hidden_state[:, -1, :].float().mean(0).clone()
+
+
 def build_task_model(
-    lm: nn.Module, task: TaskSpec, label_token_ids: list[int], adapter: AdapterSpec | None
+    lm: nn.Module, encoder: PromptEncoder, adapter: AdapterSpec | None
 ) -> tuple[ClassifierLoss, ParamLayout]:
     """Freeze the LM, add LoRA (if any) and the task head; return the loss module and the θ layout."""
+    task = encoder.task
     for p in lm.parameters():
         p.requires_grad_(False)
     if adapter is not None:
         inject_lora(lm, adapter)
         init_lora(lm, adapter.init_seed)
-    module = ClassifierLoss(lm, task, label_token_ids)
+    center = head_center(lm, encoder) if task.mode == SEQ_CLS else None
+    module = ClassifierLoss(lm, task, encoder.label_token_ids, center)
     trainable = [(n, tuple(p.shape)) for n, p in module.named_parameters() if _is_trainable(n)]
     for n, p in module.named_parameters():
         p.requires_grad_(_is_trainable(n))

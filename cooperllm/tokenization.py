@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +19,7 @@ from cooperllm.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from cooperllm.data import Dataset
+    from cooperllm.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ class PromptEncoder:
             )
         self.pad_id = self._pad_id()
         self.label_token_ids = self._label_token_ids()
+
+    @classmethod
+    def for_artifacts(cls, folder: str | os.PathLike, manifest: Manifest) -> PromptEncoder:
+        """The encoder an artifact folder was exported with (its tokenizer, task and graph length)."""
+        return cls(Path(folder) / manifest.tokenizer_file, manifest.task, manifest.graphs[0].seq_len)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []

@@ -164,9 +164,7 @@ def _eager_setup(cfg: dict, manifest):
     model_dir = resolve_model(cfg["model"])
     encoder = PromptEncoder(model_dir / "tokenizer.json", manifest.task, g.seq_len)
     corpus = encoder.tokenize(load_dataset(cfg["data"], label_names=manifest.task.label_names))
-    module, layout = build_task_model(
-        load_causal_lm(model_dir), manifest.task, encoder.label_token_ids, manifest.adapter
-    )
+    module, layout = build_task_model(load_causal_lm(model_dir), encoder, manifest.adapter)
     return module, layout, BatchSchedule(corpus, g.batch_size, 0)
 
 

@@ -218,7 +218,7 @@ def _export(
         raise ExportError(str(exc)) from exc
     lm = load_causal_lm(model_dir)
     try:
-        module, layout = build_task_model(lm, task, encoder.label_token_ids, adapter)
+        module, layout = build_task_model(lm, encoder, adapter)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
     if not layout.names:

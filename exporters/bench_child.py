@@ -81,10 +81,10 @@ def run_eager(model: str, folder: Path, repeats: int) -> dict:
     from cooperllm.checkpoint import load_theta
     from cooperllm.modeling import build_task_model, theta_to_tensors
     from cooperllm.models import load_causal_lm, resolve_model
+    from cooperllm.tokenization import PromptEncoder
 
-    module, layout = build_task_model(
-        load_causal_lm(resolve_model(model)), manifest.task, manifest.label_token_ids, manifest.adapter
-    )
+    encoder = PromptEncoder.for_artifacts(folder, manifest)
+    module, layout = build_task_model(load_causal_lm(resolve_model(model)), encoder, manifest.adapter)
     params = theta_to_tensors(load_theta(folder / manifest.initial_adapter_file, layout), layout)
     args = tuple(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.labels))
     load_s = time.perf_counter() - t0

@@ -62,11 +62,14 @@ def _eager(tiny_model_dir: Path, manifest, quant: str):
 
     from cooperllm.modeling import build_task_model
     from cooperllm.models import load_causal_lm
+    from cooperllm.tokenization import PromptEncoder
     from exporters.quantize import quantize_frozen
     from exporters.validate import EagerFunction
 
     lm = load_causal_lm(tiny_model_dir)
-    module, layout = build_task_model(lm, manifest.task, manifest.label_token_ids, manifest.adapter)
+    module, layout = build_task_model(
+        lm, PromptEncoder(tiny_model_dir / "tokenizer.json", manifest.task, SEQ), manifest.adapter
+    )
     quantize_frozen(module, quant, skip=(lm.get_output_embeddings(),))
     assert layout.to_dict() == manifest.layout.to_dict()
     return EagerFunction(module, layout, torch.float32)

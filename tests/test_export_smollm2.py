@@ -43,7 +43,7 @@ def test_smollm2_onnx_int8_export_matches_eager(tmp_path: Path) -> None:
 
     # independent eager rebuild, fresh texts, a θ the export never saw
     lm = load_causal_lm(model_dir)
-    module, layout = build_task_model(lm, manifest.task, manifest.label_token_ids, AdapterSpec())
+    module, layout = build_task_model(lm, PromptEncoder.for_artifacts(tmp_path, manifest), AdapterSpec())
     quantize_frozen(module, "int8", skip=(lm.get_output_embeddings(),))
     import torch
 

@@ -63,8 +63,8 @@ def test_conversion_runs_once_when_processes_race(tmp_path, monkeypatch):
 def test_lora_with_zero_b_matches_the_base_model(tiny_model_dir):
     task = TaskSpec()
     enc, batch = _batch(tiny_model_dir, task)
-    base, _ = build_task_model(load_causal_lm(tiny_model_dir), task, enc.label_token_ids, adapter=None)
-    lora, layout = build_task_model(load_causal_lm(tiny_model_dir), task, enc.label_token_ids, AdapterSpec(rank=4))
+    base, _ = build_task_model(load_causal_lm(tiny_model_dir), enc, adapter=None)
+    lora, layout = build_task_model(load_causal_lm(tiny_model_dir), enc, AdapterSpec(rank=4))
     with torch.no_grad():
         l0, g0 = base(*batch)
         l1, g1 = lora(*batch)
@@ -77,7 +77,7 @@ def test_lora_with_zero_b_matches_the_base_model(tiny_model_dir):
 def test_seq_cls_head_is_trainable_and_starts_at_chance(tiny_model_dir):
     task = TaskSpec(mode=SEQ_CLS)
     enc, batch = _batch(tiny_model_dir, task)
-    module, layout = build_task_model(load_causal_lm(tiny_model_dir), task, enc.label_token_ids, AdapterSpec())
+    module, layout = build_task_model(load_causal_lm(tiny_model_dir), enc, AdapterSpec())
     assert layout.blocks[-1].name == "head" and layout["score.weight"].shape == (2, 64)
     loss, logits = module(*batch)
     assert abs(loss.item() - np.log(2)) < 1e-6
@@ -85,10 +85,34 @@ def test_seq_cls_head_is_trainable_and_starts_at_chance(tiny_model_dir):
     assert module.score.weight.grad.abs().sum() > 0
 
 
+def test_seq_cls_head_reads_the_hidden_state_minus_a_reproducible_centre(tiny_model_dir):
+    from cooperllm.modeling import CENTERING_TEXTS, ClassifierLoss
+
+    task = TaskSpec(mode=SEQ_CLS)
+    enc, batch = _batch(tiny_model_dir, task)
+    module, _ = build_task_model(load_causal_lm(tiny_model_dir), enc, AdapterSpec())
+    again, _ = build_task_model(load_causal_lm(tiny_model_dir), enc, AdapterSpec())
+    assert torch.equal(module.head_center, again.head_center)  # exporter, cloud and eager agree bit for bit
+    prompts = enc.encode(list(CENTERING_TEXTS), np.zeros(len(CENTERING_TEXTS), dtype=np.int64))
+    with torch.no_grad():
+        hidden = module.lm.base_model(
+            input_ids=torch.from_numpy(prompts.input_ids), attention_mask=torch.from_numpy(prompts.attention_mask)
+        ).last_hidden_state
+        assert torch.allclose(module.head_center, hidden[:, -1].mean(0), atol=1e-6)
+        module.score.weight.normal_()
+        module.score.bias.normal_()
+        _, logits = module(*batch)
+        last = module.lm.base_model(input_ids=batch[0], attention_mask=batch[1]).last_hidden_state[:, -1]
+    assert torch.allclose(logits, module.score(last - module.head_center), atol=1e-5)
+    assert "head_center" not in module.state_dict()  # derived from the model, not saved with θ
+    with pytest.raises(ValueError, match="centre"):
+        ClassifierLoss(module.lm, task, enc.label_token_ids)
+
+
 def test_theta_roundtrip_through_safetensors(tiny_model_dir, tmp_path):
     task = TaskSpec()
     enc, batch = _batch(tiny_model_dir, task)
-    module, layout = build_task_model(load_causal_lm(tiny_model_dir), task, enc.label_token_ids, AdapterSpec())
+    module, layout = build_task_model(load_causal_lm(tiny_model_dir), enc, AdapterSpec())
     theta = theta_from_module(module, layout) + np.float32(0.01)
     save_theta(tmp_path / "a.safetensors", theta, layout)
     assert np.array_equal(load_theta(tmp_path / "a.safetensors", layout), theta)
@@ -102,7 +126,7 @@ def test_theta_roundtrip_through_safetensors(tiny_model_dir, tmp_path):
 def test_unknown_lora_target_lists_the_real_modules(tiny_model_dir):
     enc, _ = _batch(tiny_model_dir, TaskSpec())
     with pytest.raises(ValueError, match="q_proj"):
-        build_task_model(load_causal_lm(tiny_model_dir), TaskSpec(), enc.label_token_ids, AdapterSpec(targets=("qkv",)))
+        build_task_model(load_causal_lm(tiny_model_dir), enc, AdapterSpec(targets=("qkv",)))
 
 
 def test_torch_free_modules_do_not_import_torch():

@@ -17,7 +17,7 @@ def test_smollm2_converts_offline_and_beats_chance_zero_shot(sst2_dir):
     task = TaskSpec()
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, seq_len=64)
     assert len(encoder.label_token_ids) == 2
-    module, layout = build_task_model(load_causal_lm(model_dir), task, encoder.label_token_ids, adapter=None)
+    module, layout = build_task_model(load_causal_lm(model_dir), encoder, adapter=None)
     assert layout.total == 0
     data = load_dataset(sst2_dir / "test.tsv", label_names=task.label_names).subset(range(160))
     result = evaluate(module, encoder, data, batch_size=16, progress=False)
@@ -29,7 +29,9 @@ def test_smollm2_lora_layout_matches_the_design():
     from cooperllm.modeling import build_task_model
     from cooperllm.models import load_causal_lm, resolve_model
     from cooperllm.tasks import TaskSpec
+    from cooperllm.tokenization import PromptEncoder
 
-    lm = load_causal_lm(resolve_model("smollm2"))
-    _, layout = build_task_model(lm, TaskSpec(), [1, 2], AdapterSpec())
+    model_dir = resolve_model("smollm2")
+    encoder = PromptEncoder(model_dir / "tokenizer.json", TaskSpec(), seq_len=64)
+    _, layout = build_task_model(load_causal_lm(model_dir), encoder, AdapterSpec())
     assert layout.total == 460_800 and len(layout.blocks) == 30

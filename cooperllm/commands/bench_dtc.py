@@ -71,7 +71,7 @@ def collect_guidance(args: argparse.Namespace) -> dict[str, object]:
     model_dir = resolve_model(args.model)
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, args.seq_len)
     dataset = load_dataset(args.data, args.text_column, args.label_column, task.label_names)
-    module, layout = build_task_model(load_causal_lm(model_dir), task, encoder.label_token_ids, AdapterSpec())
+    module, layout = build_task_model(load_causal_lm(model_dir), encoder, AdapterSpec())
     params = dict(module.named_parameters())
     trainable = [params[n] for n in layout.names]
     opt = torch.optim.AdamW(trainable, lr=args.lr)

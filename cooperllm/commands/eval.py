@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = dataset.subset(range(min(args.limit, len(dataset))))
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, args.seq_len)
     adapter = AdapterSpec() if args.adapter else None
-    module, layout = build_task_model(load_causal_lm(model_dir), task, encoder.label_token_ids, adapter)
+    module, layout = build_task_model(load_causal_lm(model_dir), encoder, adapter)
     if args.adapter:
         load_theta_into(module, layout, args.adapter)
     result = evaluate(module, encoder, dataset, args.batch_size)

@@ -23,11 +23,13 @@ class EagerBackend(GraphBackend):
 
         from cooperllm.modeling import build_task_model
         from cooperllm.models import load_causal_lm, resolve_model
+        from cooperllm.tokenization import PromptEncoder
 
         self._torch = torch
         self.batch_size, self.seq_len = batch_size, seq_len
         lm = load_causal_lm(resolve_model(model_dir))
-        self.module, layout = build_task_model(lm, manifest.task, manifest.label_token_ids, manifest.adapter)
+        encoder = PromptEncoder.for_artifacts(folder, manifest)
+        self.module, layout = build_task_model(lm, encoder, manifest.adapter)
         if layout.to_dict() != manifest.layout.to_dict():
             raise BackendError(f"model {model_dir} does not produce the manifest's θ layout")
 

@@ -25,9 +25,7 @@ def _artifacts(folder: Path, model_dir: Path, layout_targets: tuple[str, ...]) -
     folder.mkdir()
     task = TaskSpec()
     enc = PromptEncoder(model_dir / "tokenizer.json", task, SEQ_LEN)
-    module, layout = build_task_model(
-        load_causal_lm(model_dir), task, enc.label_token_ids, AdapterSpec(targets=layout_targets)
-    )
+    module, layout = build_task_model(load_causal_lm(model_dir), enc, AdapterSpec(targets=layout_targets))
     theta = theta_from_module(module, layout) + np.float32(0.01)
     shutil.copy(model_dir / "tokenizer.json", folder / "tokenizer.json")
     (folder / "model.onnx").write_bytes(b"placeholder graph")

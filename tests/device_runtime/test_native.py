@@ -43,7 +43,7 @@ def export_tiny_ptes(model_dir: Path, out: Path, combos=EXPORTED_HERE) -> dict[t
     groups = dict.fromkeys((q, b == "xnnpack-qc8w") for b, q in combos)
     for quant, qc8w in groups:
         lm = load_causal_lm(model_dir)
-        module, layout = build_task_model(lm, task, encoder.label_token_ids, AdapterSpec())
+        module, layout = build_task_model(lm, encoder, AdapterSpec())
         if qc8w:
             from exporters.int8_xnnpack import quantize_qc8w
 
