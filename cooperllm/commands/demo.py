@@ -74,7 +74,8 @@ def ensure_export(folder: Path, progress: bool) -> tuple[float, bool]:
 def run(args: argparse.Namespace) -> int:
     from cooperllm.commands.simulate import stop_on_sigterm
     from cooperllm.simulation.config import SimConfig, command_line
-    from cooperllm.simulation.runner import fmt_bytes, simulate
+    from cooperllm.simulation.metrics import fmt_bytes
+    from cooperllm.simulation.runner import simulate
 
     stop_on_sigterm()
     t_start = time.perf_counter()
@@ -112,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     rss = max(m["device_peak_rss_mb"] for m in rounds if m["device_peak_rss_mb"] is not None)
     up = sum(m["bytes_up_mean"] for m in rounds) / len(rounds)
     down = sum(m["bytes_down_mean"] for m in rounds) / len(rounds)
+    if result.ran == 0:
+        print(f"    {args.out} holds this finished run: shown as recorded (--fresh runs it again)")
     print("3/3 results")
     print(f"    accuracy before  {base['accuracy'] * 100:.2f} %  (loss {base['loss']:.4f}, {base['n_eval']} examples)")
     print(f"    accuracy after   {last['accuracy'] * 100:.2f} %  (loss {last['loss']:.4f}) after {len(rounds)} rounds")

@@ -121,7 +121,8 @@ def stop_on_sigterm() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cooperllm.simulation.launcher import SimulationError
-    from cooperllm.simulation.runner import fmt_bytes, simulate
+    from cooperllm.simulation.metrics import fmt_bytes
+    from cooperllm.simulation.runner import simulate
 
     stop_on_sigterm()
     cfg = config_from_args(args, "")

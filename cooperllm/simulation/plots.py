@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cooperllm.simulation.config import CONFIG_FILE
-from cooperllm.simulation.metrics import METRICS_FILE, read_lines
+from cooperllm.simulation.metrics import METRICS_FILE, fmt_bytes, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,6 @@ def _mean(values: list[float]) -> float | None:
 
 
 def summary_row(run: Run) -> dict[str, str]:
-    from cooperllm.simulation.runner import fmt_bytes
-
     c, rounds = run.config, run.rounds
     scored = [m for m in rounds if m.get("accuracy") is not None]
     last = rounds[-1] if rounds else None

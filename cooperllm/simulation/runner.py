@@ -21,7 +21,7 @@ from cooperllm.manifest import read_manifest
 from cooperllm.protocol import RoundSummary, RunConfig, RunInfo
 from cooperllm.simulation.config import SimConfig, command_line, save_or_check_config
 from cooperllm.simulation.launcher import Cloud, SimulationError, Worker, WorkerPool, start_cloud
-from cooperllm.simulation.metrics import RunRecord, round_line
+from cooperllm.simulation.metrics import RunRecord, fmt_bytes, round_line
 from cooperllm.simulation.resume import RunLock, ensure_partition, public_data_file, select_devices
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,7 @@ class SimulationResult:
     baseline: dict | None
     rounds: list[dict]
     resumed_at: int | None  # the first round this invocation ran, when it continued an earlier one
-    worker_info: dict
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+    ran: int  # rounds this invocation ran (0: the folder held a finished run)
 
 
 def simulate(cfg: SimConfig, run_dir: str | os.PathLike, *, progress: bool = True) -> SimulationResult:
@@ -183,7 +173,7 @@ class _Simulation:
         record = RunRecord(self.run_dir)
         if record.baseline is not None and record.done() >= set(range(cfg.rounds)):
             log.info("%s: all %d rounds are done already", self.run_dir, cfg.rounds)
-            return SimulationResult(self.run_dir, cfg, record.baseline, record.rounds, None, {})
+            return SimulationResult(self.run_dir, cfg, record.baseline, record.rounds, None, 0)
         batch, public = self._prepare()
         try:
             self._start(public)
@@ -229,8 +219,7 @@ class _Simulation:
                 say(describe_round(line))
         finally:
             bar.close()
-        info = self.workers[0].info if self.workers else {}
-        return SimulationResult(self.run_dir, cfg, record.baseline, record.rounds, resumed_at, info)
+        return SimulationResult(self.run_dir, cfg, record.baseline, record.rounds, resumed_at, cfg.rounds - len(done))
 
     def _one_round(
         self, admin: CooperClient, run_id: int, r: int, record: RunRecord, token: str, resumed: bool
