@@ -74,7 +74,7 @@ def ensure_export(folder: Path, progress: bool) -> tuple[float, bool]:
 def run(args: argparse.Namespace) -> int:
     from cooperllm.commands.simulate import stop_on_sigterm
     from cooperllm.simulation.config import SimConfig, command_line
-    from cooperllm.simulation.metrics import fmt_bytes
+    from cooperllm.simulation.metrics import fmt_bytes, mean_of
     from cooperllm.simulation.runner import simulate
 
     stop_on_sigterm()
@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
     rounds, base = result.rounds, result.baseline
     last = rounds[-1]
     rss = max(m["device_peak_rss_mb"] for m in rounds if m["device_peak_rss_mb"] is not None)
-    up = sum(m["bytes_up_mean"] for m in rounds) / len(rounds)
-    down = sum(m["bytes_down_mean"] for m in rounds) / len(rounds)
+    up = mean_of([m["bytes_up_mean"] for m in rounds])
+    down = mean_of([m["bytes_down_mean"] for m in rounds])
     if result.ran == 0:
         print(f"    {args.out} holds this finished run: shown as recorded (--fresh runs it again)")
     print("3/3 results")

@@ -269,8 +269,11 @@ class WorkerPool:
     def __init__(self, workers: list[Worker]):
         self.workers = workers
         self.answers: queue.Queue[tuple[Worker, dict | None]] = queue.Queue()
-        for w in workers:
-            threading.Thread(target=self._forward, args=(w,), name=f"{w.name}-fwd", daemon=True).start()
+        self._forwarders = [
+            threading.Thread(target=self._forward, args=(w,), name=f"{w.name}-fwd", daemon=True) for w in workers
+        ]
+        for t in self._forwarders:
+            t.start()
 
     def _forward(self, w: Worker) -> None:
         while True:
@@ -299,6 +302,15 @@ class WorkerPool:
             idle.append(w)
             yield task, result
 
-    def stop(self) -> None:
-        for w in self.workers:
-            w.stop()
+    def drain(self) -> list[dict]:
+        """Results that arrived after the last ``run`` stopped listening (call once the workers have stopped)."""
+        for t in self._forwarders:
+            t.join(timeout=5.0)  # a stopped worker's last lines are forwarded, then its EOF ends the thread
+        out = []
+        while True:
+            try:
+                _, msg = self.answers.get_nowait()
+            except queue.Empty:
+                return out
+            if msg is not None and msg.get("ok") and isinstance(msg.get("result"), dict):
+                out.append(msg["result"])

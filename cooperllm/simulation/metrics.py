@@ -42,6 +42,12 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n:.1f} GB"
 
 
+def mean_of(values: list[float | None]) -> float | None:
+    """Mean of the known values (None where nothing was recorded)."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def append_line(path: Path, obj: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(obj, sort_keys=True) + "\n")
@@ -125,7 +131,7 @@ def round_line(
     """One metrics line: test accuracy/loss of θ_{r+1}, bytes per device, wall-clock, peak RSS, λ, guidance bits."""
     up = {str(d): results[d]["bytes_up"] for d in devices if d in results}
     down = {str(d): results[d]["bytes_down"] for d in devices if d in results}
-    n = max(1, len(up))
+    n = len(up)  # devices whose figures were recorded (none when every one finished while the simulation was down)
     g_bytes = sum(r.get("guidance_bytes", 0) for r in results.values())
     g_values = sum(r.get("guidance_values", 0) for r in results.values())
     prev_wall = previous["wall_s"] if previous else 0.0
@@ -141,12 +147,12 @@ def round_line(
         "eval_s": None if evaluation is None else evaluation["eval_s"],
         "bytes_up": up,
         "bytes_down": down,
-        "bytes_up_mean": sum(up.values()) / n,
-        "bytes_down_mean": sum(down.values()) / n,
+        "bytes_up_mean": sum(up.values()) / n if n else None,
+        "bytes_down_mean": sum(down.values()) / n if n else None,
         "cum_bytes": prev_bytes + round_bytes,
         "round_s": round(round_s, 3),
         "wall_s": round(prev_wall + round_s, 3),
-        "device_s_mean": round(sum(r["seconds"] for r in results.values()) / max(1, len(results)), 3),
+        "device_s_mean": round(sum(r["seconds"] for r in results.values()) / n, 3) if n else None,
         "device_peak_rss_mb": max((r["peak_rss_mb"] for r in results.values()), default=None),
         "device_torch": any(r.get("torch_loaded") for r in results.values()),
         "reports": summary.n_reports,

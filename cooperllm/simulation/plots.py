@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cooperllm.simulation.config import CONFIG_FILE
-from cooperllm.simulation.metrics import METRICS_FILE, fmt_bytes, read_lines
+from cooperllm.simulation.metrics import METRICS_FILE, fmt_bytes, mean_of, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,6 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v * 100:.2f}"
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def summary_row(run: Run) -> dict[str, str]:
     c, rounds = run.config, run.rounds
     scored = [m for m in rounds if m.get("accuracy") is not None]
@@ -115,12 +111,12 @@ def summary_row(run: Run) -> dict[str, str]:
         "acc final %": _pct(scored[-1]["accuracy"] if scored else None),
         "acc best %": _pct(max(m["accuracy"] for m in scored) if scored else None),
         "wall-clock s": "–" if last is None else f"{last['wall_s']:.0f}",
-        "up/device/round": fmt_bytes(_mean([m["bytes_up_mean"] for m in rounds])),
-        "down/device/round": fmt_bytes(_mean([m["bytes_down_mean"] for m in rounds])),
+        "up/device/round": fmt_bytes(mean_of([m["bytes_up_mean"] for m in rounds])),
+        "down/device/round": fmt_bytes(mean_of([m["bytes_down_mean"] for m in rounds])),
         "bytes total": "–" if last is None else fmt_bytes(last["cum_bytes"]),
         "device peak RSS MB": "–" if not rss else f"{max(rss):.0f}",
-        "mean λ": "–" if not lams else f"{_mean(lams):.3f}",
-        "guidance bits/value": "–" if not bits else f"{_mean(bits):.2f}",
+        "mean λ": "–" if not lams else f"{mean_of(lams):.3f}",
+        "guidance bits/value": "–" if not bits else f"{mean_of(bits):.2f}",
     }
 
 

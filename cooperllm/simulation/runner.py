@@ -110,9 +110,12 @@ class _Simulation:
             threads,
         )
 
-    def _stop(self) -> None:
+    def _stop(self, record: RunRecord | None = None) -> None:
         for w in [*self.workers, *([self.evaluator] if self.evaluator else [])]:
             w.stop()
+        if self.pool is not None and record is not None:  # rounds devices finished while we were stopping
+            for result in self.pool.drain():
+                record.add_device_result(result)
         if self.cloud is not None:
             self.cloud.stop()
 
@@ -180,7 +183,7 @@ class _Simulation:
             with self.cloud.admin() as admin:
                 return self._rounds(admin, record, batch)
         finally:
-            self._stop()
+            self._stop(record)
 
     def _rounds(self, admin: CooperClient, record: RunRecord, batch: int) -> SimulationResult:
         from tqdm import tqdm

@@ -87,7 +87,10 @@ def test_zgr_simulation_writes_a_complete_metrics_line_per_round(zgr_run):
     assert all(before != after for *_, before, after in cloud)
 
 
-def test_a_killed_simulation_resumes_without_repeating_a_round(tmp_path, tiny_artifacts, tiny_model_dir):
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.integration)], ids=["kill", "term"]
+)
+def test_a_killed_simulation_resumes_without_repeating_a_round(sig, tmp_path, tiny_artifacts, tiny_model_dir):
     out = tmp_path / "run"
     opts = _options(tiny_artifacts, tiny_model_dir, rounds=3, guidance_codec="plain")  # the DTC-off arm
     cmd = [sys.executable, "-m", "cooperllm.cli", *_argv(opts, out)]
@@ -99,7 +102,8 @@ def test_a_killed_simulation_resumes_without_repeating_a_round(tmp_path, tiny_ar
             assert first.poll() is None, "the simulation ended before it could be killed"
             assert time.monotonic() < deadline, "no round finished in 120 s"
             time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)  # right after round 0's line: round 1 is usually under way
+        first.send_signal(sig)  # right after round 0's line: round 1 is usually under way
+        assert first.wait(60) == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
     finally:
         first.kill()
         first.wait()
