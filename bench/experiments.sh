@@ -6,12 +6,15 @@
 #   bench/experiments.sh            # everything (exports first); re-run it to continue: every step is resumable
 #   ONLY=main bench/experiments.sh  # main | ablations | report
 #
-# Sizing (2 shared CPU cores): each run is ROUNDS=20 rounds of K=5 devices × LOCAL_STEPS=4 ZO reports over all
-# blocks (BLOCKS=all), scored on the first EVAL_LIMIT=400 test examples every EVAL_EVERY=5 rounds: about 10–15 min
-# a run, 14 runs plus two exports (~10 min each) ≈ 3.5–4 h. To scale up: ROUNDS=200 EVAL_EVERY=10 EVAL_LIMIT=872
-# BLOCKS=each LOCAL_STEPS=1 (one report per transformer block, the paper's per-block guidance; ~30× the forward
-# passes per round) — run time grows linearly in ROUNDS × K × LOCAL_STEPS × (blocks per step); more cores: raise
-# WORKERS (device processes running at once; default min(K, cores)).
+# Sizing (2 shared CPU cores; estimated from the demo's measured rates, not run end to end): each run is ROUNDS=20
+# rounds of K=5 devices × LOCAL_STEPS=2 ZO reports over all blocks (BLOCKS=all), i.e. 20 forward passes of batch
+# 8 × 64 per round shared by 2 device processes (~4 s per forward per process in the demo, under other jobs' load;
+# docs/EXPORT.md's 0.84 s at 2 threads suggests ~1.7 s on an idle machine), scored on the first EVAL_LIMIT=300 test examples every EVAL_EVERY=5 rounds (~40–75 s
+# a scoring): about 10 min a run on an idle machine, ~20 min under the load the demo saw; 14 runs plus two exports
+# (~6 min each) ≈ 2.5–4.5 h. To scale up: ROUNDS=200 EVAL_EVERY=10 EVAL_LIMIT=872 LOCAL_STEPS=1 BLOCKS=each (one
+# report per transformer block: the paper's per-block guidance, 30 reports per device per round, ~15× the forward
+# passes of the default); run time grows linearly in ROUNDS × K × LOCAL_STEPS × (blocks per step); with more cores
+# raise WORKERS (device processes running at once; default min(K, cores)).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +26,10 @@ CLIENTS=${CLIENTS:-20}
 K=${K:-5}
 PARTITION=${PARTITION:-dirichlet:0.5}
 ROUNDS=${ROUNDS:-20}
-LOCAL_STEPS=${LOCAL_STEPS:-4}
+LOCAL_STEPS=${LOCAL_STEPS:-2}
 BLOCKS=${BLOCKS:-all}
 ETA=${ETA:-1e-3}                       # server learning rate of the ZO strategies (bp uses FedAvg, η = 1)
-EVAL_LIMIT=${EVAL_LIMIT:-400}
+EVAL_LIMIT=${EVAL_LIMIT:-300}
 EVAL_EVERY=${EVAL_EVERY:-5}
 LINK=${LINK:-10mbit:50ms}
 WORKERS=${WORKERS:-}
