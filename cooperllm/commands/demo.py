@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -106,7 +107,13 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"    {command_line(cfg, args.out)}")
     t_sim = time.perf_counter()
-    result = simulate(cfg, args.out, progress=not args.no_progress)
+    try:
+        result = simulate(cfg, args.out, progress=not args.no_progress)
+    except ValueError as exc:
+        if "holds another simulation" not in str(exc):
+            raise
+        print(f"error: {exc}\n`cooperllm demo --fresh` starts the demo's run over", file=sys.stderr)
+        return 2
     sim_s = time.perf_counter() - t_sim
     rounds, base = result.rounds, result.baseline
     last = rounds[-1]

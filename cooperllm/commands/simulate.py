@@ -56,7 +56,9 @@ def add_simulation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-batch-size", type=int, default=8, help="public examples per backward pass (default 8)")
     p.add_argument("--local-lr", type=float, help="device learning rate (default 0 for ZO; bp: AdamW 1e-3)")
     p.add_argument("--guidance-codec", choices=["dtc", "plain"], default="dtc", help="dtc (default) or plain f32")
-    p.add_argument("--deadline", dest="deadline_s", type=float, default=3600.0, help="round deadline, s")
+    p.add_argument(
+        "--deadline", dest="deadline_s", type=float, default=21600.0, help="round deadline, s (a safety net; 6 h)"
+    )
     p.add_argument("--workers", type=int, help="device worker processes (default min(K, CPU cores))")
 
 
