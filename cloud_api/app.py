@@ -31,7 +31,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         db_engine = make_engine(settings.db_url, settings.sqlite_synchronous)
         host = load_model_host(settings)
-        engine = RoundEngine(host, db_engine, settings.state_dir, settings.tick_s)
+        engine = RoundEngine(
+            host, db_engine, settings.state_dir, settings.tick_s, lossless_guidance=settings.guidance_codec == "plain"
+        )
         engine.start()
         app.state.cooper = AppState(
             settings,

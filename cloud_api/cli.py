@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seq-len", type=int, help="tokens per public example (default 64; the manifest's with --artifacts)"
     )
     p.add_argument("--torch-threads", type=int, help="threads for the rectifier's backprop (default 1)")
+    p.add_argument(
+        "--guidance-codec",
+        choices=["dtc", "plain"],
+        help="wire format of guidance frames: dtc (adaptive quantization, default) or plain lossless float32",
+    )
     p.add_argument("--max-body-bytes", type=int, help="request body cap, compressed and decompressed (default 8 MiB)")
     p.add_argument("--rate-limit", dest="rate_limit_per_s", type=float, help="requests/s per device (default 50)")
     p.add_argument("--rate-burst", type=int, help="burst per device (default 100)")
@@ -68,6 +73,7 @@ _SETTING_ARGS = (
     "env",
     "seq_len",
     "torch_threads",
+    "guidance_codec",
     "max_body_bytes",
     "rate_limit_per_s",
     "rate_burst",

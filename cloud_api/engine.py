@@ -102,7 +102,9 @@ class RoundState:
 
 
 class RoundEngine:
-    def __init__(self, host: ModelHost, engine: Engine, state_dir: Path, tick_s: float = 0.05):
+    def __init__(
+        self, host: ModelHost, engine: Engine, state_dir: Path, tick_s: float = 0.05, lossless_guidance: bool = False
+    ):
         self.host = host
         self.db = engine
         self.state_dir = Path(state_dir)
@@ -126,7 +128,9 @@ class RoundEngine:
         self._sync_cache: dict[tuple[int, int], ModelSync] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self.rectifier = Rectifier(host, engine, self.state_dir, on_done=lambda *_: self._wake.set())
+        self.rectifier = Rectifier(
+            host, engine, self.state_dir, on_done=lambda *_: self._wake.set(), lossless=lossless_guidance
+        )
         self._ticker = threading.Thread(target=self._tick_loop, name="round-clock", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------

@@ -53,8 +53,16 @@ def orthonormal_basis(window: np.ndarray, m: int) -> np.ndarray:
 class Rectifier:
     """One worker thread; ``submit`` queues a job, ``wait_for`` blocks until guidance for (run, round) is stored."""
 
-    def __init__(self, host: ModelHost, engine: Engine, state_dir: Path, on_done: Callable[[int, int], None]):
+    def __init__(
+        self,
+        host: ModelHost,
+        engine: Engine,
+        state_dir: Path,
+        on_done: Callable[[int, int], None],
+        lossless: bool = False,
+    ):
         self.host = host
+        self.lossless = lossless  # plain float32 frames instead of DTC (the DTC-off arm of the experiments)
         self.engine = engine
         self.state_dir = state_dir
         self.on_done = on_done
@@ -173,7 +181,7 @@ class Rectifier:
         for blk in self.host.layout.blocks:
             sl = blk.slice
             basis = orthonormal_basis(window[:, sl].T, job.config.guidance_rank)
-            frame = encode_tensor_frame(basis)
+            frame = encode_tensor_frame(basis, lossless=self.lossless)
             decoded = decode_tensor_frame(frame)  # what devices will see, and what aggregation will use
             coeffs = (decoded.T.astype(np.float64) @ mean[sl].astype(np.float64)).astype(np.float32)
             if grads.shape[0] > 1:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     lora_init_seed: int = 0
     torch_threads: int = Field(default=1, ge=1)
+    guidance_codec: Literal["dtc", "plain"] = "dtc"  # plain: lossless float32 guidance frames (the DTC-off arm)
 
     max_body_bytes: int = Field(default=8 << 20, ge=1024)
     rate_limit_per_s: float = Field(default=50.0, gt=0)

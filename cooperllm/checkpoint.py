@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, load_file, save_file
 
 from cooperllm.layout import ParamLayout
 
@@ -49,6 +49,19 @@ def load_theta(path: str | os.PathLike, layout: ParamLayout) -> np.ndarray:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return _theta_from_tensors(tensors, layout, str(path))
+
+
+def load_theta_bytes(data: bytes, layout: ParamLayout, what: str = "adapter") -> np.ndarray:
+    """θ from safetensors bytes (e.g. a downloaded adapter), with the same checks as :func:`load_theta`."""
+    try:
+        tensors = load(bytes(data))
+    except SafetensorError as exc:
+        raise ValueError(f"{what}: not a readable safetensors file ({exc})") from exc
+    return _theta_from_tensors(tensors, layout, what)
+
+
+def _theta_from_tensors(tensors: dict[str, np.ndarray], layout: ParamLayout, path: str) -> np.ndarray:
     extra = set(tensors) - set(layout.names)
     if extra:
         raise ValueError(f"{path}: tensors not in the adapter layout: {sorted(extra)[:5]}")

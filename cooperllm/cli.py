@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "cooperllm.commands.eval",
     "cooperllm.commands.bench",
     "cooperllm.commands.demo",
+    "cooperllm.commands.simulate",
+    "cooperllm.commands.report",
     "cooperllm.commands.bench_dtc",
     "cooperllm.commands.link_proxy",
     "exporters.cli",

@@ -1,4 +1,4 @@
-"""Device-runtime fixtures: the tiny Llama exported once per session (int8 .pte and .onnx), a learnable toy split."""
+"""Device-runtime fixtures: a learnable toy split (the tiny exported artifacts are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -18,26 +18,6 @@ NEGATIVE = [
     "unflinchingly bleak and desperate",
     "poor writing and an awful story",
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_artifacts(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cooperllm.tasks import TaskSpec
-    from exporters import export_artifacts
-
-    out = tmp_path_factory.mktemp("tiny-artifacts")
-    export_artifacts(
-        tiny_model_dir,
-        out,
-        task=TaskSpec(),
-        formats=("pte", "onnx"),
-        quant="int8",
-        batch_size=8,
-        seq_len=32,
-        validate=False,
-        progress=False,
-    )
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,267 @@
+"""The round loop: start the cloud and the workers, then per round send K devices, wait for the close, score θ.
+
+Per round r: the K devices chosen for r (seeded) each run one round of the real device client in a worker process;
+the cloud closes the round when all K have reported (quorum = K) and publishes θ_{r+1}; the evaluator scores θ_{r+1}
+on the test file; one metrics line is appended. A restart on the same folder skips rounds that have their line, and
+for the round that was running lets the cloud (its SQLite run) and the devices (their state files) carry on: devices
+that had already reported are not sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cooperllm.api_client import ApiError, CooperClient
+from cooperllm.manifest import read_manifest
+from cooperllm.protocol import RoundSummary, RunConfig, RunInfo
+from cooperllm.simulation.config import SimConfig, command_line, save_or_check_config
+from cooperllm.simulation.launcher import Cloud, SimulationError, Worker, WorkerPool, start_cloud
+from cooperllm.simulation.metrics import RunRecord, fmt_bytes, round_line
+from cooperllm.simulation.resume import RunLock, ensure_partition, public_data_file, select_devices
+
+log = logging.getLogger(__name__)
+
+EVALUATOR_FILE = "evaluator.json"
+
+
+@dataclass
+class SimulationResult:
+    run_dir: Path
+    config: SimConfig
+    baseline: dict | None
+    rounds: list[dict]
+    resumed_at: int | None  # the first round this invocation ran, when it continued an earlier one
+    ran: int  # rounds this invocation ran (0: the folder held a finished run)
+
+
+def simulate(cfg: SimConfig, run_dir: str | os.PathLike, *, progress: bool = True) -> SimulationResult:
+    """Run (or continue) the simulation in ``run_dir``; returns what it measured."""
+    if not cfg.command:
+        cfg.command = command_line(cfg, run_dir)
+    run_dir = Path(run_dir).resolve()
+    cfg = cfg.resolved()
+    with RunLock(run_dir) as lock:
+        restarted = (run_dir / "metrics.jsonl").exists() or (run_dir / "cloud").exists()
+        cfg = save_or_check_config(run_dir, cfg)
+        return _Simulation(cfg, run_dir, (lock.fd,), progress, restarted).run()
+
+
+class _Simulation:
+    def __init__(self, cfg: SimConfig, run_dir: Path, keep_fds: tuple[int, ...], progress: bool, restarted: bool):
+        self.cfg, self.run_dir, self.keep_fds, self.progress, self.restarted = (
+            cfg,
+            run_dir,
+            keep_fds,
+            progress,
+            restarted,
+        )
+        self.cloud: Cloud | None = None
+        self.workers: list[Worker] = []
+        self.evaluator: Worker | None = None
+        self.pool: WorkerPool | None = None
+
+    # --- set-up ---------------------------------------------------------------------------------------------------
+
+    def _prepare(self) -> tuple[int, Path]:
+        cfg = self.cfg
+        manifest = read_manifest(cfg.artifacts, verify_hashes=True)
+        batch = manifest.graphs[0].batch_size
+        names = manifest.task.label_names
+        sizes = ensure_partition(self.run_dir, cfg.train_data, names, cfg.clients, cfg.partition, cfg.seed)
+        small = [(d, n) for d, n in enumerate(sizes) if n < batch]
+        if small:
+            raise ValueError(
+                f"partition {cfg.partition} leaves devices with fewer examples than one batch of {batch}: "
+                f"{small[:5]}; use fewer clients or a larger Dirichlet β"
+            )
+        return batch, public_data_file(self.run_dir, cfg.public_data, names, cfg.public_classes)
+
+    def _start(self, public: Path) -> None:
+        cfg = self.cfg
+        cpus = os.cpu_count() or 1
+        self.cloud, offset = start_cloud(
+            model=cfg.model,
+            artifacts=cfg.artifacts,
+            public_data=public,
+            public_n=cfg.public_n,
+            state_dir=self.run_dir / "cloud",
+            log_path=self.run_dir / "logs" / "cloud.log",
+            guidance_codec=cfg.guidance_codec,
+            keep_fds=self.keep_fds,
+        )
+        threads = max(1, cpus // cfg.workers)
+        self.workers = [
+            Worker(f"device-worker-{i}", self.run_dir, "device", threads, self.keep_fds) for i in range(cfg.workers)
+        ]
+        self.evaluator = Worker("evaluator", self.run_dir, "eval", cpus, self.keep_fds)
+        self.cloud.wait_ready(offset)
+        for w in [*self.workers, self.evaluator]:
+            w.wait_ready()
+        self.pool = WorkerPool(self.workers)
+        log.info(
+            "cloud at %s; %d device workers (%d threads each), evaluator ready",
+            self.cloud.url,
+            len(self.workers),
+            threads,
+        )
+
+    def _stop(self, record: RunRecord | None = None) -> None:
+        for w in [*self.workers, *([self.evaluator] if self.evaluator else [])]:
+            w.stop()
+        if self.pool is not None and record is not None:  # rounds devices finished while we were stopping
+            for result in self.pool.drain():
+                record.add_device_result(result)
+        if self.cloud is not None:
+            self.cloud.stop()
+
+    def _ensure_run(self, admin: CooperClient, rc: RunConfig) -> RunInfo:
+        """The folder's database holds at most this one run (id 1): continue it, or create it."""
+        try:
+            info = admin.run(1)
+        except ApiError as exc:
+            if exc.status_code != 404:
+                raise
+            return admin.create_run(rc)
+        if info.config != rc:
+            raise SimulationError(f"{self.run_dir}/cloud holds a run with another configuration ({info.config})")
+        if info.status == "failed":
+            raise SimulationError(f"the cloud's run failed earlier: {info.failure}")
+        return info
+
+    def _evaluator_token(self) -> str:
+        """An enrolled observer device whose only use is to download θ for scoring (adapters need a device token)."""
+        path = self.run_dir / EVALUATOR_FILE
+        if path.is_file():
+            return json.loads(path.read_text())["token"]
+        with CooperClient(self.cloud.url) as c:
+            out = c.enroll(self.cloud.enrol_key, "sim-evaluator")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"device_id": out.device_id, "token": out.token}))
+        tmp.replace(path)
+        return out.token
+
+    # --- rounds ---------------------------------------------------------------------------------------------------
+
+    def _alive(self) -> None:
+        self.cloud.check_alive()
+
+    def _summary(self, admin: CooperClient, run_id: int, round_: int, wait_closed: bool) -> RoundSummary:
+        """Round ``round_``'s summary once it exists (and, with ``wait_closed``, once it closed)."""
+        patience = self.cfg.deadline_s * 4 + 600
+        deadline = time.monotonic() + patience
+        delay = 0.02
+        while True:
+            found = next((s for s in admin.rounds(run_id) if s.round == round_), None)
+            if found is not None and found.status == "failed":
+                raise SimulationError(f"round {round_} failed in the cloud: {found.failure}")
+            if found is not None and (found.status == "closed" or not wait_closed):
+                return found
+            if time.monotonic() > deadline:
+                raise SimulationError(f"round {round_} did not close within {patience:.0f} s")
+            self._alive()
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def _evaluate(self, token: str, version: int, checksum: str | None) -> dict:
+        task = {"op": "eval", "version": version, "checksum": checksum, "token": token, "cloud": self.cloud.url}
+        return self.evaluator.call(task, alive=self._alive)
+
+    def run(self) -> SimulationResult:
+        cfg = self.cfg
+        record = RunRecord(self.run_dir)
+        if record.baseline is not None and record.done() >= set(range(cfg.rounds)):
+            log.info("%s: all %d rounds are done already", self.run_dir, cfg.rounds)
+            return SimulationResult(self.run_dir, cfg, record.baseline, record.rounds, None, 0)
+        batch, public = self._prepare()
+        try:
+            self._start(public)
+            with self.cloud.admin() as admin:
+                return self._rounds(admin, record, batch)
+        finally:
+            self._stop(record)
+
+    def _rounds(self, admin: CooperClient, record: RunRecord, batch: int) -> SimulationResult:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        run = self._ensure_run(admin, cfg.run_config(batch))
+        token = self._evaluator_token()
+        done = record.done()
+        resumed_at = None
+        if self.restarted and len(done) < cfg.rounds:
+            resumed_at = min(set(range(cfg.rounds)) - done)
+            say(f"resuming {self.run_dir} at round {resumed_at} ({len(done)} of {cfg.rounds} rounds done)")
+        if record.baseline is None:
+            first = self._summary(admin, run.run_id, 0, wait_closed=False)
+            ev = self._evaluate(token, 0, first.theta_checksum)
+            record.add_line({"kind": "baseline", **ev})
+            say(f"before training: accuracy {ev['accuracy'] * 100:.2f} %, loss {ev['loss']:.4f} ({ev['n_eval']} test)")
+        bar = tqdm(
+            total=cfg.rounds,
+            initial=len(done),
+            desc=f"simulate {cfg.strategy}",
+            unit="round",
+            disable=not self.progress,
+        )
+        try:
+            for r in range(cfg.rounds):
+                if r in done:
+                    continue
+                line = self._one_round(admin, run.run_id, r, record, token, resumed=r == resumed_at)
+                bar.update(1)
+                bar.set_postfix(
+                    acc="-" if line["accuracy"] is None else f"{line['accuracy'] * 100:.1f}%",
+                    up=fmt_bytes(line["bytes_up_mean"]),
+                    down=fmt_bytes(line["bytes_down_mean"]),
+                )
+                say(describe_round(line))
+        finally:
+            bar.close()
+        return SimulationResult(self.run_dir, cfg, record.baseline, record.rounds, resumed_at, cfg.rounds - len(done))
+
+    def _one_round(
+        self, admin: CooperClient, run_id: int, r: int, record: RunRecord, token: str, resumed: bool
+    ) -> dict:
+        cfg = self.cfg
+        devices = select_devices(cfg.seed, r, cfg.clients, cfg.per_round)
+        summary = self._summary(admin, run_id, r, wait_closed=False)
+        t0 = time.monotonic()
+        if summary.status == "open":
+            key = self.cloud.enrol_key
+            tasks = [
+                {"op": "round", "round": r, "device": d, "cloud": self.cloud.url, "enrol_key": key} for d in devices
+            ]
+            for _, result in self.pool.run(tasks, alive=self._alive):
+                record.add_device_result(result)
+            summary = self._summary(admin, run_id, r, wait_closed=True)
+        round_s = time.monotonic() - t0
+        evaluation = None
+        if (r + 1) % cfg.eval_every == 0 or r == cfg.rounds - 1:
+            evaluation = self._evaluate(token, r + 1, summary.theta_checksum_after)
+        line = round_line(r, devices, record.device_results(r), summary, evaluation, round_s, record.last(), resumed)
+        record.add_line(line)
+        return line
+
+
+def describe_round(line: dict) -> str:
+    acc = "" if line["accuracy"] is None else f"accuracy {line['accuracy'] * 100:6.2f} %  loss {line['loss']:.4f}  "
+    lam = "" if line["lam"] is None else f"  λ {line['lam']:.3f}"
+    bits = "" if line["guidance_bits"] is None else f"  guidance {line['guidance_bits']:.2f} bits/value"
+    return (
+        f"round {line['round']:>3}: {acc}| per device up {fmt_bytes(line['bytes_up_mean'])} "
+        f"down {fmt_bytes(line['bytes_down_mean'])} | {line['round_s']:.1f} s  peak RSS {line['device_peak_rss_mb']} MB"
+        f"{lam}{bits}"
+    )
+
+
+def say(text: str) -> None:
+    """A line for the person watching (the CLI's output), also in the log."""
+    from tqdm import tqdm
+
+    tqdm.write(text)
+    log.debug(text)

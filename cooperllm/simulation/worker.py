@@ -1,0 +1,233 @@
+"""A simulation worker process: hosts simulated devices (or the evaluator) and runs one task at a time.
+
+``python -m cooperllm.simulation.worker --run-dir RUN_DIR --role device|eval --threads T``; tasks and results are
+JSON lines on stdin/stdout (stdout is kept for the protocol: anything else the process prints goes to stderr).
+
+* ``device`` for ``zgr``/``zo``: the exported graph is opened once (the artifacts are the same for every device) and
+  each task ``{"op": "round", "round": r, "device": d, ...}`` runs one round of the real device client
+  (``DeviceClient.run`` with ``max_rounds=1``) with that device's own state folder, data shard and emulated link.
+  For ``bp`` the task runs the FedAvg backprop device (``bp_device``).
+* ``eval``: ``{"op": "eval", "version": v, "checksum": c, "token": t}`` downloads θ_v through the API, checks it
+  against the round's checksum and scores it on the test file through the same exported graph for every strategy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cooperllm.api_client import CooperClient
+from cooperllm.data import Dataset, load_dataset
+from cooperllm.link import Link, LinkTransport
+from cooperllm.protocol import decode_tensor_frame
+from cooperllm.simulation.config import SimConfig, load_config
+from cooperllm.simulation.resume import read_partition
+
+log = logging.getLogger(__name__)
+
+
+class MeteredClient(CooperClient):
+    """The API client, also counting the guidance frames' bytes and values (the DTC's bits per value)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guidance_bytes = 0
+        self.guidance_values = 0
+
+    def guidance_frame(self, round_: int, block: int) -> tuple[bytes, str]:
+        frame, gid = super().guidance_frame(round_, block)
+        self.guidance_bytes += len(frame)
+        self.guidance_values += int(decode_tensor_frame(frame).size)
+        return frame, gid
+
+
+def device_dir(run_dir: Path, device: int) -> Path:
+    return run_dir / "devices" / f"d{device:03d}"
+
+
+def device_name(device: int) -> str:
+    return f"sim-{device:03d}"
+
+
+def link_seed(cfg: SimConfig, round_: int, device: int) -> int:
+    return (cfg.seed * 1_000_003 + round_) * 10_007 + device
+
+
+class DeviceHost:
+    """Plays any device of the simulation, one round at a time (the graph or the eager model loaded once)."""
+
+    def __init__(self, cfg: SimConfig, run_dir: Path, threads: int):
+        from device_runtime.transfer import Backoff
+
+        self.cfg, self.run_dir = cfg, run_dir
+        self.backoff = Backoff(initial_s=0.2, max_s=5.0, give_up_after_s=300.0)
+        if cfg.strategy == "bp":
+            from cooperllm.manifest import read_manifest
+            from cooperllm.simulation.bp_device import BackpropDevice
+
+            manifest = read_manifest(cfg.artifacts, verify_hashes=True)
+            self.bp = BackpropDevice(manifest, Path(cfg.artifacts), cfg.model, threads)
+            label_names = manifest.task.label_names
+        else:
+            from device_runtime.session import open_session
+
+            self.session = open_session(cfg.artifacts, cfg.backend, threads=threads)
+            label_names = self.session.manifest.task.label_names
+        self.train = load_dataset(cfg.train_data, label_names=label_names)
+        self.shards = read_partition(run_dir)
+
+    def shard(self, device: int) -> Dataset:
+        return self.train.subset(self.shards[device])
+
+    def run(self, task: dict) -> dict:
+        r, d = int(task["round"]), int(task["device"])
+        link = Link(self.cfg.link, seed=link_seed(self.cfg, r, d))
+        t0 = time.perf_counter()
+        with MeteredClient(task["cloud"], transport=LinkTransport(link), timeout=120.0) as api:
+            if self.cfg.strategy == "bp":
+                out = self.bp.run_round(
+                    api,
+                    self._transfers(),
+                    round_=r,
+                    data=self.shard(d),
+                    state_dir=device_dir(self.run_dir, d),
+                    enrol_key=task["enrol_key"],
+                    name=device_name(d),
+                    lr=float(self.cfg.local_lr),
+                    data_seed=self.cfg.seed * 1000 + d,
+                )
+            else:
+                out = self._zo_round(api, task, r, d)
+            out.update(guidance_bytes=api.guidance_bytes, guidance_values=api.guidance_values)
+        from device_runtime.budget import peak_rss_mb
+
+        out.update(
+            round=r,
+            device=d,
+            seconds=round(time.perf_counter() - t0, 3),
+            bytes_up=link.stats.bytes_up,
+            bytes_down=link.stats.bytes_down,
+            requests=link.stats.requests,
+            peak_rss_mb=round(peak_rss_mb(), 1),
+            torch_loaded="torch" in sys.modules,
+        )
+        return out
+
+    def _transfers(self):
+        from device_runtime.transfer import Transfers
+
+        return Transfers(self.backoff)
+
+    def _zo_round(self, api: MeteredClient, task: dict, r: int, d: int) -> dict:
+        from device_runtime.client import ClientConfig, DeviceClient
+
+        cfg = ClientConfig(
+            enrol_key=task["enrol_key"],
+            device_name=device_name(d),
+            local_lr=float(self.cfg.local_lr),
+            data_seed=self.cfg.seed * 1000 + d,
+            poll_s=0.05,
+            max_rounds=1,
+            progress=False,
+        )
+        client = DeviceClient(self.session, api, self.shard(d), device_dir(self.run_dir, d), cfg, self._transfers())
+        st = client.state
+        if st.round_id > r or (st.round_id == r and st.extra.get("submitted")):
+            return {"skipped": True, "reports": 0}  # done before a restart: its reports are already counted
+        stats = client.run()
+        if not stats.rounds or stats.rounds[-1]["round"] != r:
+            raise RuntimeError(f"device {d} was sent to round {r} but took part in {stats.rounds}")
+        last = stats.rounds[-1]
+        return {
+            "skipped": False,
+            "reports": last["reports"],
+            "mean_loss": last["mean_loss"],
+            "replays": stats.replays,
+            "downloads": stats.downloads,
+        }
+
+
+class Evaluator:
+    """Scores θ of a round on the test file through the exported graph (the same measure for every strategy)."""
+
+    def __init__(self, cfg: SimConfig, threads: int):
+        from device_runtime.session import open_session
+
+        self.session = open_session(cfg.artifacts, cfg.backend, threads=threads)
+        test = load_dataset(cfg.test_data, label_names=self.session.manifest.task.label_names)
+        if cfg.eval_limit is not None:
+            test = test.subset(range(min(cfg.eval_limit, len(test))))
+        self.test = test
+
+    def run(self, task: dict) -> dict:
+        from cooperllm.checkpoint import load_theta_bytes
+        from cooperllm.layout import theta_checksum
+        from device_runtime.batches import evaluate
+
+        t0 = time.perf_counter()
+        layout = self.session.manifest.layout
+        with CooperClient(task["cloud"], task["token"], timeout=120.0) as api:
+            theta = load_theta_bytes(api.adapter(int(task["version"])), layout, f"adapter v{task['version']}")
+        if task.get("checksum") and theta_checksum(theta) != task["checksum"]:
+            raise RuntimeError(f"adapter v{task['version']} does not match the round's published checksum")
+        backend = self.session.backend
+        res = evaluate(backend.run, theta, self.session.encoder, self.test, backend.batch_size, progress=False)
+        return {
+            "accuracy": res.accuracy,
+            "loss": res.loss,
+            "n_eval": res.n_examples,
+            "eval_s": round(time.perf_counter() - t0, 3),
+            "theta_norm": float(np.linalg.norm(theta)),
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cooperllm.simulation.worker")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--role", choices=["device", "eval"], required=True)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    proto = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol keeps the real stdout ...
+    os.dup2(2, 1)  # ... and everything else printed (native runner, libraries) goes to the log
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "device_runtime.transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def send(obj: dict) -> None:
+        proto.write(json.dumps(obj) + "\n")
+
+    run_dir = Path(args.run_dir)
+    try:
+        cfg = load_config(run_dir)
+        if cfg is None:
+            raise FileNotFoundError(f"{run_dir}: no simulation config")
+        t0 = time.perf_counter()
+        host = DeviceHost(cfg, run_dir, args.threads) if args.role == "device" else Evaluator(cfg, args.threads)
+    except Exception as exc:
+        log.exception("worker failed to start")
+        send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    from device_runtime.budget import peak_rss_mb
+
+    send({"ready": True, "load_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)})
+    for line in sys.stdin:
+        task: dict = {}
+        try:
+            task = json.loads(line)
+            send({"ok": True, "result": host.run(task)})
+        except Exception as exc:  # reported to the simulation, which stops with this message
+            what = {k: task.get(k) for k in ("op", "round", "device", "version")}  # not the secrets it carries
+            log.exception("task %s failed", what)
+            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""``cooperllm simulate`` / ``report`` end to end on the tiny model: the real cloud (uvicorn subprocess, SQLite in the
+run folder), real device clients in worker processes on SST-2 shards, the native ExecuTorch graph."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cooperllm.manifest import read_manifest
+from cooperllm.simulation.config import SimConfig
+from cooperllm.simulation.metrics import ROUND_FIELDS, read_lines
+from cooperllm.simulation.runner import simulate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _options(tiny_artifacts: Path, tiny_model_dir: Path, **kw) -> dict:
+    base = dict(
+        artifacts=str(tiny_artifacts),
+        model=str(tiny_model_dir),
+        clients=3,
+        per_round=2,
+        rounds=2,
+        local_steps=2,
+        eval_limit=32,
+        public_n=64,
+        link="100mbit:2ms",
+        workers=2,
+    )
+    base.update(kw)
+    return base
+
+
+def _argv(opts: dict, out: Path) -> list[str]:
+    argv = ["simulate", "--out", str(out), "--no-progress"]
+    for k, v in opts.items():
+        argv += ["--" + k.replace("_", "-"), str(v)]
+    return argv
+
+
+def _cloud_rounds(run_dir: Path) -> list[tuple]:
+    with sqlite3.connect(run_dir / "cloud" / "cooperllm.db") as db:
+        return db.execute(
+            "SELECT round, status, n_reports, n_devices, theta_checksum, theta_checksum_after "
+            "FROM rounds ORDER BY round"
+        ).fetchall()
+
+
+def _round_lines(run_dir: Path) -> list[dict]:
+    return [m for m in read_lines(run_dir / "metrics.jsonl") if m["kind"] == "round"]
+
+
+@pytest.fixture(scope="module")
+def zgr_run(tmp_path_factory, tiny_artifacts, tiny_model_dir) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "zgr"
+    simulate(SimConfig(**_options(tiny_artifacts, tiny_model_dir)), out, progress=False)
+    return out
+
+
+def test_zgr_simulation_writes_a_complete_metrics_line_per_round(zgr_run):
+    lines = read_lines(zgr_run / "metrics.jsonl")
+    assert [m["kind"] for m in lines] == ["baseline", "round", "round"]
+    assert 0.0 <= lines[0]["accuracy"] <= 1.0 and lines[0]["n_eval"] == 32
+    rounds = lines[1:]
+    assert [m["round"] for m in rounds] == [0, 1]
+    for m in rounds:
+        assert all(m.get(f) is not None for f in ROUND_FIELDS), m
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0
+        assert len(m["devices"]) == 2 and set(m["bytes_up"]) == {str(d) for d in m["devices"]}
+        assert all(v > 0 for v in [*m["bytes_up"].values(), *m["bytes_down"].values()])
+        assert m["lam"] == 0.5
+        assert 0 < m["guidance_bits"] < 32  # DTC-quantized guidance frames
+        assert m["device_peak_rss_mb"] > 0 and m["device_torch"] is False  # the device processes are torch-free
+        assert m["missing_device_stats"] == [] and m["resumed"] is False
+    assert rounds[1]["wall_s"] >= rounds[0]["wall_s"] and rounds[1]["cum_bytes"] > rounds[0]["cum_bytes"]
+    # what the cloud counted: 2 devices × 2 steps × 2 blocks per round, and θ moved every round
+    cloud = _cloud_rounds(zgr_run)
+    assert [(r, s, n, d) for r, s, n, d, *_ in cloud] == [(0, "closed", 8, 2), (1, "closed", 8, 2)]
+    assert all(before != after for *_, before, after in cloud)
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.integration)], ids=["kill", "term"]
+)
+def test_a_killed_simulation_resumes_without_repeating_a_round(sig, tmp_path, tiny_artifacts, tiny_model_dir):
+    out = tmp_path / "run"
+    opts = _options(tiny_artifacts, tiny_model_dir, rounds=3, guidance_codec="plain")  # the DTC-off arm
+    cmd = [sys.executable, "-m", "cooperllm.cli", *_argv(opts, out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").exists() and _round_lines(out)):
+            assert first.poll() is None, "the simulation ended before it could be killed"
+            assert time.monotonic() < deadline, "no round finished in 120 s"
+            time.sleep(0.05)
+        first.send_signal(sig)  # right after round 0's line: round 1 is usually under way
+        assert first.wait(60) == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    before = _round_lines(out)
+    assert 1 <= len(before) < 3
+    # every child (cloud, workers) died with it: the run folder's lock, which they hold too, comes free
+    fd = os.open(out / ".lock", os.O_RDWR)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "a child of the killed simulation is still alive"
+                time.sleep(0.1)
+    finally:
+        os.close(fd)
+
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    resumed_at = len(before)
+    assert f"resuming {out} at round {resumed_at}" in second.stdout
+    after = _round_lines(out)
+    assert [m["round"] for m in after] == [0, 1, 2]  # R rounds, none twice
+    assert after[: len(before)] == before  # finished rounds are not redone
+    assert after[resumed_at]["resumed"] is True
+    assert all(m["guidance_bits"] >= 32 for m in after)  # lossless float32 guidance frames
+    cloud = _cloud_rounds(out)
+    assert [(r, s, n) for r, s, n, *_ in cloud] == [(0, "closed", 8), (1, "closed", 8), (2, "closed", 8)]
+    assert [r[5] for r in cloud[:-1]] == [r[4] for r in cloud[1:]]  # θ chains round to round across the restart
+    # a third start finds the run complete and starts nothing
+    third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and _round_lines(out) == after
+
+
+def test_a_run_folder_refuses_another_configuration(zgr_run, tiny_artifacts, tiny_model_dir):
+    with pytest.raises(ValueError, match="holds another simulation.*rounds"):
+        simulate(SimConfig(**_options(tiny_artifacts, tiny_model_dir, rounds=5)), zgr_run, progress=False)
+
+
+@pytest.fixture(scope="module")
+def zo_run(tmp_path_factory, tiny_artifacts, tiny_model_dir) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "zo"
+    opts = _options(tiny_artifacts, tiny_model_dir, strategy="zo", rounds=1, partition="dirichlet:0.5", link="inf")
+    simulate(SimConfig(**opts), out, progress=False)
+    return out
+
+
+def test_zo_simulation(zo_run):
+    (line,) = _round_lines(zo_run)
+    assert line["lam"] == 0.0 and line["guidance_bits"] is None  # no cloud guidance in plain federated ZO
+    assert 0.0 <= line["accuracy"] <= 1.0 and all(v > 0 for v in line["bytes_up"].values())
+    assert _cloud_rounds(zo_run)[0][1:3] == ("closed", 8)
+
+
+@pytest.mark.integration
+def test_bp_simulation_fedavgs_backprop_deltas(tmp_path, tiny_artifacts, tiny_model_dir):
+    out = tmp_path / "bp"
+    simulate(SimConfig(**_options(tiny_artifacts, tiny_model_dir, strategy="bp", rounds=2)), out, progress=False)
+    lines = _round_lines(out)
+    assert [m["round"] for m in lines] == [0, 1]
+    n_theta = read_manifest(tiny_artifacts).layout.total
+    for m in lines:
+        assert all(v > 4 * n_theta for v in m["bytes_up"].values())  # a full Δθ frame per device
+        assert all(v > 4 * n_theta for v in m["bytes_down"].values())  # a full θ download per device
+        assert m["device_torch"] is True and 0.0 <= m["accuracy"] <= 1.0
+    cloud = _cloud_rounds(out)
+    assert [(s, n) for _, s, n, *_ in cloud] == [("closed", 2), ("closed", 2)]
+    assert all(before != after for *_, before, after in cloud)
+
+
+def test_report_renders_figures_and_a_table(zgr_run, zo_run, tmp_path):
+    from cooperllm.cli import main
+
+    md = tmp_path / "docs" / "RESULTS.md"
+    assert main(["report", str(zgr_run), str(zo_run), "--out", str(md), "--labels", "zgr,fed-zo"]) == 0
+    text = md.read_text()
+    pngs = sorted((tmp_path / "docs" / "figures").glob("*.png"))
+    assert [p.name for p in pngs] == ["accuracy_vs_bytes.png", "accuracy_vs_rounds.png", "accuracy_vs_wallclock.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)
+    assert "| run | strategy |" in text and "| zgr | zgr |" in text and "| fed-zo | zo |" in text
+    assert all(f"]({Path('figures') / p.name})" in text for p in pngs)
+    assert f"--out {zgr_run}" in text and "cooperllm report" in text  # the commands behind the runs and the report

@@ -1,0 +1,67 @@
+"""Simulation parts without processes: device draw, run-folder config, torn metrics lines, the recorded command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cooperllm.simulation.config import SimConfig, block_list, command_line, save_or_check_config
+from cooperllm.simulation.metrics import append_line, read_lines
+from cooperllm.simulation.resume import select_devices
+
+
+def test_each_round_draws_k_distinct_devices_the_same_way_every_time():
+    draws = [select_devices(7, r, 20, 5) for r in range(50)]
+    assert all(len(set(d)) == 5 and all(0 <= x < 20 for x in d) for d in draws)
+    assert draws == [select_devices(7, r, 20, 5) for r in range(50)]
+    assert len({tuple(d) for d in draws}) > 40  # rounds see different devices
+    assert draws != [select_devices(8, r, 20, 5) for r in range(50)]
+
+
+def test_a_torn_last_line_is_dropped_and_cut_but_a_bad_middle_line_is_corruption(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_line(path, {"round": 0})
+    append_line(path, {"round": 1})
+    with open(path, "ab") as f:
+        f.write(b'{"round": 2, "accur')  # a kill mid-write
+    assert read_lines(path) == [{"round": 0}, {"round": 1}]
+    assert read_lines(path, repair=True) == [{"round": 0}, {"round": 1}]
+    append_line(path, {"round": 2})
+    assert [m["round"] for m in read_lines(path)] == [0, 1, 2]
+    path.write_text('{"round": 0}\nnot json\n{"round": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        read_lines(path)
+
+
+def test_a_run_folder_keeps_its_config_and_refuses_another(tmp_path):
+    cfg = SimConfig(artifacts="a", rounds=3, workers=2)
+    assert save_or_check_config(tmp_path, cfg) is cfg
+    again = save_or_check_config(tmp_path, SimConfig(artifacts="a", rounds=3, workers=1))
+    assert again.rounds == 3 and again.workers == 1  # workers change speed, not results: free on resume
+    with pytest.raises(ValueError, match="rounds: 3 here vs 4 asked"):
+        save_or_check_config(tmp_path, SimConfig(artifacts="a", rounds=4))
+    assert json.loads((tmp_path / "config.json").read_text())["rounds"] == 3
+
+
+def test_the_recorded_command_names_only_what_differs_from_the_defaults():
+    cfg = SimConfig(artifacts="art", strategy="bp", public_classes=[1], guidance_rank=2, lam="auto")
+    assert command_line(cfg, "runs/x") == (
+        "cooperllm simulate --artifacts art --out runs/x --strategy bp --public-classes 1 --lam auto --rank 2"
+    )
+    assert block_list("each") is None and block_list("all") == [-1] and block_list("0,3") == [0, 3]
+    with pytest.raises(ValueError):
+        block_list("head")
+
+
+def test_shards_smaller_than_a_batch_are_refused_before_anything_starts(tmp_path, tiny_artifacts, tiny_model_dir):
+    from cooperllm.simulation.runner import simulate
+
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"a fine film {i}\t{i % 2}\n" for i in range(20)))
+    cfg = SimConfig(
+        artifacts=str(tiny_artifacts), model=str(tiny_model_dir), clients=4, per_round=2, train_data=str(train)
+    )
+    with pytest.raises(ValueError, match="fewer examples than one batch of 8"):
+        simulate(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "cloud").exists()
