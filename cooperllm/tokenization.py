@@ -64,6 +64,15 @@ class TokenizedCorpus:
         idx = np.asarray(indices, dtype=np.int64)
         return left_pad([self.row(int(i)) for i in idx], self.labels[idx], self.seq_len, self.pad_id)
 
+    def subset(self, indices: Sequence[int] | np.ndarray) -> TokenizedCorpus:
+        """The given rows, in that order (a device's shard of a shared corpus)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = [self.row(int(i)) for i in idx]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=offsets[1:])
+        ids = np.concatenate(rows) if rows else np.empty(0, np.int32)
+        return TokenizedCorpus(ids, offsets, self.labels[idx].copy(), self.seq_len, self.pad_id)
+
     def fingerprint_ids(self, rows: int = 64) -> bytes:
         """The first rows' ids and all labels: enough to tell one local dataset from another."""
         return self.ids[: self.offsets[min(rows, len(self))]].tobytes() + self.labels.tobytes()

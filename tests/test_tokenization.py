@@ -53,3 +53,6 @@ def test_tokenized_corpus_gives_the_batches_encode_gives(tiny_model_dir):
         np.testing.assert_array_equal(got.input_ids, want.input_ids)
         np.testing.assert_array_equal(got.attention_mask, want.attention_mask)
         np.testing.assert_array_equal(got.labels, want.labels)
+    shard = corpus.subset([3, 0])
+    np.testing.assert_array_equal(shard.batch([0, 1]).input_ids, corpus.batch([3, 0]).input_ids)
+    assert shard.labels.tolist() == [0, 1]

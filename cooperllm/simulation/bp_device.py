@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cooperllm.data import Dataset
 from cooperllm.manifest import Manifest
+from cooperllm.tokenization import TokenizedCorpus
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +36,19 @@ class BackpropDevice:
         self.batch_size = graph.batch_size
         self.encoder = PromptEncoder(folder / manifest.tokenizer_file, manifest.task, graph.seq_len)
         lm = load_causal_lm(resolve_model(model))
-        self.module, layout = build_task_model(lm, manifest.task, manifest.label_token_ids, manifest.adapter)
+        self.module, layout = build_task_model(lm, self.encoder, manifest.adapter)
         if layout.to_dict() != self.layout.to_dict():
             raise ValueError(f"model {model} does not produce the artifacts' θ layout; pass the model they came from")
         self.artifact = "bp:" + manifest.files[manifest.initial_adapter_file]
 
-    def train(self, theta: np.ndarray, data: Dataset, steps: int, lr: float, data_seed: int, first_batch: int):
+    def train(self, theta: np.ndarray, data: TokenizedCorpus, steps: int, lr: float, data_seed: int, first_batch: int):
         """``steps`` AdamW steps from θ on the device's batches; returns (θ after, mean loss)."""
         import torch
         from torch.func import functional_call
 
         from device_runtime.batches import BatchSchedule
 
-        schedule = BatchSchedule(data, self.encoder, self.batch_size, data_seed)
+        schedule = BatchSchedule(data, self.batch_size, data_seed)
         flat = torch.nn.Parameter(torch.from_numpy(theta.copy()))
         opt = torch.optim.AdamW([flat], lr=lr, weight_decay=0.0)
         losses = []
@@ -69,7 +69,7 @@ class BackpropDevice:
         transfers,
         *,
         round_: int,
-        data: Dataset,
+        data: TokenizedCorpus,
         state_dir: Path,
         enrol_key: str,
         name: str,

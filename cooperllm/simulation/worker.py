@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from cooperllm.api_client import CooperClient
-from cooperllm.data import Dataset, load_dataset
+from cooperllm.data import load_dataset
 from cooperllm.link import Link, LinkTransport
 from cooperllm.protocol import decode_tensor_frame
 from cooperllm.simulation.config import SimConfig, load_config
 from cooperllm.simulation.resume import read_partition
+from cooperllm.tokenization import TokenizedCorpus
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,19 @@ class DeviceHost:
 
             manifest = read_manifest(cfg.artifacts, verify_hashes=True)
             self.bp = BackpropDevice(manifest, Path(cfg.artifacts), cfg.model, threads)
-            label_names = manifest.task.label_names
+            self.train = self.bp.encoder.tokenize(load_dataset(cfg.train_data, label_names=manifest.task.label_names))
         else:
+            from device_runtime.corpus import CorpusSource
             from device_runtime.session import open_session
 
-            self.session = open_session(cfg.artifacts, cfg.backend, threads=threads)
-            label_names = self.session.manifest.task.label_names
-        self.train = load_dataset(cfg.train_data, label_names=label_names)
+            data = {"train": CorpusSource(str(cfg.train_data))}
+            self.session = open_session(
+                cfg.artifacts, cfg.backend, threads=threads, data=data, corpus_cache=run_dir / "corpora"
+            )
+            self.train = self.session.corpora["train"]
         self.shards = read_partition(run_dir)
 
-    def shard(self, device: int) -> Dataset:
+    def shard(self, device: int) -> TokenizedCorpus:
         return self.train.subset(self.shards[device])
 
     def run(self, task: dict) -> dict:
@@ -157,14 +161,15 @@ class DeviceHost:
 class Evaluator:
     """Scores θ of a round on the test file through the exported graph (the same measure for every strategy)."""
 
-    def __init__(self, cfg: SimConfig, threads: int):
+    def __init__(self, cfg: SimConfig, run_dir: Path, threads: int):
+        from device_runtime.corpus import CorpusSource
         from device_runtime.session import open_session
 
-        self.session = open_session(cfg.artifacts, cfg.backend, threads=threads)
-        test = load_dataset(cfg.test_data, label_names=self.session.manifest.task.label_names)
-        if cfg.eval_limit is not None:
-            test = test.subset(range(min(cfg.eval_limit, len(test))))
-        self.test = test
+        data = {"test": CorpusSource(str(cfg.test_data), limit=cfg.eval_limit)}
+        self.session = open_session(
+            cfg.artifacts, cfg.backend, threads=threads, data=data, corpus_cache=run_dir / "corpora"
+        )
+        self.test = self.session.corpora["test"]
 
     def run(self, task: dict) -> dict:
         from cooperllm.checkpoint import load_theta_bytes
@@ -178,7 +183,7 @@ class Evaluator:
         if task.get("checksum") and theta_checksum(theta) != task["checksum"]:
             raise RuntimeError(f"adapter v{task['version']} does not match the round's published checksum")
         backend = self.session.backend
-        res = evaluate(backend.run, theta, self.session.encoder, self.test, backend.batch_size, progress=False)
+        res = evaluate(backend.run, theta, self.test, backend.batch_size, progress=False)
         return {
             "accuracy": res.accuracy,
             "loss": res.loss,
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg is None:
             raise FileNotFoundError(f"{run_dir}: no simulation config")
         t0 = time.perf_counter()
-        host = DeviceHost(cfg, run_dir, args.threads) if args.role == "device" else Evaluator(cfg, args.threads)
+        role = DeviceHost if args.role == "device" else Evaluator
+        host = role(cfg, run_dir, args.threads)
     except Exception as exc:
         log.exception("worker failed to start")
         send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
