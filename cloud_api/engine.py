@@ -357,6 +357,16 @@ class RoundEngine:
             ).all()
         return [GuidanceRef(block=b, guidance_id=g, sha256=s, rows=n, m=m) for b, g, s, n, m in rows]
 
+    def guidance_list(self, round_: int) -> list[GuidanceRef]:
+        """Refs of a round's guidance (at most one round ahead), once the rectifier has stored all of it."""
+        st = self._current()
+        if round_ > st.round + 1:
+            raise ServiceError(404, "unknown_round")
+        refs = self._guidance_refs(st.run_id, round_)
+        if not refs:
+            raise ServiceError(404, "unknown_guidance")
+        return refs
+
     def guidance_frame(self, round_: int, block: int) -> tuple[bytes, str]:
         st = self._current()
         with self.db.connect() as conn:

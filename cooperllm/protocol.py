@@ -113,6 +113,9 @@ class RunConfig(_Model):
     eta: Annotated[float, Field(gt=0, le=100)] = 1e-3
     guidance_rank: Annotated[int, Field(ge=1, le=64)] = 4
     window: Annotated[int, Field(ge=1, le=256)] = 8
+    # send only what changed: a block whose new basis is within this subspace distance of the block's current
+    # version keeps that version (same frame, new coefficients), and devices that hold it download nothing
+    guidance_tau: Annotated[float, Field(ge=0, le=1)] = 0.0
     grad_batches: Annotated[int, Field(ge=1, le=64)] = 2
     grad_batch_size: Annotated[int, Field(ge=1, le=512)] = 8
     clip_scalar: Annotated[float, Field(gt=0)] | None = None

@@ -14,6 +14,7 @@ from cooperllm.protocol import (
     FRAME_MEDIA_TYPE,
     GUIDANCE_ID_HEADER,
     MAX_BATCH_REPORTS,
+    GuidanceRef,
     ModelSync,
     ReportAck,
     ReportBatch,
@@ -29,6 +30,13 @@ RoundNo = Annotated[int, Path(ge=0, le=1_000_000)]
 def current_round(state: State, device: DeviceId) -> RoundInfo:
     """Config of the current round, its guidance list and this device's seed range [seed_lo, seed_hi)."""
     return state.engine.round_info(device, state.host.artifact_hashes)
+
+
+@router.get("/{round}/guidance", operation_id="list_guidance", response_model=list[GuidanceRef])
+def guidance_list(round: RoundNo, state: State, device: DeviceId) -> list[GuidanceRef]:
+    """The guidance list of a round (block, id, frame sha256, shape), published as soon as the rectifier stored it:
+    the next round's while the current one still runs, so devices download new versions ahead of time."""
+    return state.engine.guidance_list(round)
 
 
 @router.get(
