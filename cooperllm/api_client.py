@@ -120,6 +120,14 @@ class CooperClient:
         headers.update(extra or {})
         return headers
 
+    def _timeout(self, wait_s: float) -> Any:
+        """The client's timeouts, with a long poll's wait added to the read timeout."""
+        if wait_s <= 0:
+            return httpx.USE_CLIENT_DEFAULT
+        base = self._client.timeout
+        read = None if base.read is None else base.read + wait_s
+        return httpx.Timeout(base.connect, read=read, write=base.write, pool=base.pool)
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = self._headers(kwargs.pop("headers", None))
         resp = self._client.request(method, API_PREFIX + path, headers=headers, **kwargs)
@@ -142,9 +150,15 @@ class CooperClient:
         self.token = out.token
         return out
 
-    def current_round(self) -> RoundInfo:
-        """GET /v1/rounds/current: config of the open round, its guidance list and this device's seed range."""
-        return RoundInfo.model_validate(self._request("GET", "/rounds/current").json())
+    def current_round(self, after: int | None = None, wait_s: float = 0.0) -> RoundInfo:
+        """GET /v1/rounds/current: config of the open round, its guidance list and this device's seed range.
+
+        Long poll: with ``after=r`` and ``wait_s`` > 0 the server answers as soon as the run is past round r (or
+        after ``wait_s`` seconds), so a device learns of the next round one latency after it opens."""
+        params = {} if after is None or wait_s <= 0 else {"after": after, "wait": wait_s}
+        return RoundInfo.model_validate(
+            self._request("GET", "/rounds/current", params=params, timeout=self._timeout(wait_s)).json()
+        )
 
     def guidance_frame(self, round_: int, block: int) -> tuple[bytes, str]:
         """GET /v1/rounds/{r}/guidance/{b}: the raw frame and its guidance id."""
@@ -197,9 +211,12 @@ class CooperClient:
         resp = self._request("POST", f"/rounds/{round_}/delta", content=frame, headers=headers)
         return ReportAck.model_validate(resp.json())
 
-    def sync(self, round_: int) -> ModelSync:
-        """GET /v1/rounds/{r}/sync: seeds, scalars, guidance ids and coefficients, λ, η and checksums of round r."""
-        return ModelSync.model_validate(self._request("GET", f"/rounds/{round_}/sync").json())
+    def sync(self, round_: int, wait_s: float = 0.0) -> ModelSync:
+        """GET /v1/rounds/{r}/sync: seeds, scalars, guidance ids and coefficients, λ, η and checksums of round r;
+        with ``wait_s`` > 0 an open round r is waited for (long poll) instead of answered 409."""
+        params = {"wait": wait_s} if wait_s > 0 else {}
+        resp = self._request("GET", f"/rounds/{round_}/sync", params=params, timeout=self._timeout(wait_s))
+        return ModelSync.model_validate(resp.json())
 
     def adapter(self, version: int | None = None) -> bytes:
         """GET /v1/adapter: θ (safetensors) at the start of round ``version`` (default: the latest)."""

@@ -21,7 +21,9 @@ The artifact hashes the cloud advertises must match this device's files, or the 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,23 @@ from device_runtime.transfer import Transfers
 from device_runtime.uploader import DEFAULT_BATCH, Uploader
 
 log = logging.getLogger(__name__)
+
+
+LONG_POLL_S = 10.0  # how long the server may hold a "tell me when the next round opens" request
+
+
+def _in_background(fn, *args) -> Future:
+    """Run ``fn(*args)`` on a daemon thread (never holds up the process's exit); its result as a future."""
+    fut: Future = Future()
+
+    def target() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    threading.Thread(target=target, name="sync-ahead", daemon=True).start()
+    return fut
 
 
 class ClientError(RuntimeError):
@@ -74,6 +93,7 @@ class ClientStats:
     guidance_downloads: int = 0  # guidance frames downloaded
     guidance_kept: int = 0  # round blocks whose guidance version the device already held (not re-sent)
     retries: int = 0  # transfer retries (main loop, fetcher, uploader)
+    drained_at: float | None = None  # perf_counter() when the run's last report was settled
 
 
 class DeviceClient:
@@ -108,6 +128,8 @@ class DeviceClient:
         self._wire_start = self._wire()
         self._downloads_done = 0  # guidance downloads and retries of fetchers already stopped
         self._retries_done = 0
+        self._sync_ahead: tuple[int, Future] | None = None  # (round, its sync record being long-polled)
+        self._stopping = threading.Event()
         if self.state.pending:  # a state written before the outbox existed: move its unsent reports over
             for r in self.state.pending:
                 self.outbox.add(self._device_id(), int(self.state.extra.get("run_id", 0)), self.state.round_id, r)
@@ -211,7 +233,7 @@ class DeviceClient:
     def _replay(self, prev_round: int, base: np.ndarray, expected: str | None) -> np.ndarray | None:
         """θ after round ``prev_round`` by replaying it from its start θ; None when it cannot be replayed or the
         result disagrees with the published checksum (the caller then downloads the adapter)."""
-        sync = self._call(f"sync r{prev_round}", self.api.sync, prev_round)
+        sync = self._take_sync_ahead(prev_round) or self._call(f"sync r{prev_round}", self.api.sync, prev_round)
         if not sync.replayable or sync.theta_checksum_before != theta_checksum(base):
             return None
         try:
@@ -227,6 +249,30 @@ class DeviceClient:
             return None
         self.stats.replays += 1
         return theta
+
+    def _long_poll_sync(self, round_: int):
+        """Round ``round_``'s sync record as soon as it closes (SPC: asked for while the last uploads are in flight)."""
+        from cooperllm.api_client import ApiError
+        from cooperllm.protocol import ERRORS
+
+        while not self._stopping.is_set():
+            try:
+                return self.api.sync(round_, wait_s=LONG_POLL_S)
+            except ApiError as exc:
+                if exc.status_code != 409 or exc.detail != ERRORS["round_not_closed"]:
+                    raise
+        return None
+
+    def _take_sync_ahead(self, round_: int):
+        """The sync record fetched ahead for ``round_``, or None (then it is fetched now, with retries)."""
+        ahead, self._sync_ahead = self._sync_ahead, None
+        if ahead is None or ahead[0] != round_:
+            return None
+        try:
+            return ahead[1].result(timeout=LONG_POLL_S + 60)
+        except Exception as exc:  # fetched again in the foreground, with retries
+            log.info("sync of round %d fetched ahead failed (%s); fetching it now", round_, exc)
+            return None
 
     def sync_to(self, info) -> None:
         """Make θ the round's θ_r (replay when possible, else download), and start the round in the state."""
@@ -255,9 +301,10 @@ class DeviceClient:
                 basis = self._guidance(info.round, [refs[b]])[b]
                 engine.guidance[b] = BlockGuidance(basis, np.zeros(basis.shape[1], np.float32))
 
-    def run_round(self, info, seen_at: float | None = None) -> dict:
+    def run_round(self, info, seen_at: float | None = None, wire_seen: tuple[int, int] | None = None) -> dict:
         st = self.state
         seen_at = time.perf_counter() if seen_at is None else seen_at
+        wire_seen = self._wire() if wire_seen is None else wire_seen
         if info.strategy == "bp":
             raise ClientError("strategy 'bp' needs backpropagation; the device runtime runs zeroth-order steps only")
         if self.session.backend.batch_size != info.batch_size:
@@ -276,10 +323,8 @@ class DeviceClient:
         plan = [(t, b) for t in range(info.local_steps) for b in info.blocks]
         if info.seed_lo + len(plan) > info.seed_hi:
             raise ClientError(f"round needs {len(plan)} seeds, the device's range holds {info.seed_hi - info.seed_lo}")
-        wire0 = self._wire()
         waited0 = self._fetcher().waited_s
         t0 = time.perf_counter()
-        compute_s = 0.0
         losses = []
         batches = int(st.extra.get("batches", 0))
         from tqdm import tqdm
@@ -296,7 +341,6 @@ class DeviceClient:
                 self._check_uploader()
                 t, block = plan[st.step]
                 self._ensure_guidance(engine, info, refs, block)
-                t1 = time.perf_counter()
                 try:
                     report = engine.step(
                         self.schedule.batch(batches + t), t, info.round, seed=info.seed_lo + st.step, block=block
@@ -310,25 +354,29 @@ class DeviceClient:
                     if self.cfg.local_lr > 0:
                         engine.update(report)
                     losses.append(engine.last_loss)
-                compute_s += time.perf_counter() - t1
                 st.step += 1
                 self._save()
                 bar.update(1)
-        self.uploader.flush(info.round)  # the sequential client uploads here; the SPC one has mostly done so
+        waited = self._fetcher().waited_s - waited0
+        compute_s = time.perf_counter() - t0 - waited  # forward passes, perturbations, durable saves
+        if self.cfg.pipeline:  # the reports are durable; the uploader delivers them while the next round starts
+            self._sync_ahead = (info.round, _in_background(self._long_poll_sync, info.round))
+        else:
+            self.uploader.flush(info.round)  # sequential: upload now and wait for the acknowledgements
         st.extra["batches"] = batches + info.local_steps
         st.extra["submitted"] = True
         self._save()
         self.stats.reports += len(plan)
         done = time.perf_counter()
-        up, down = (a - b for a, b in zip(self._wire(), wire0, strict=True))
+        up, down = (a - b for a, b in zip(self._wire(), wire_seen, strict=True))
         summary = {
             "round": info.round,
             "reports": len(plan),
             "seconds": round(done - t0, 2),
             "mean_loss": float(np.mean(losses)) if losses else None,
-            "wall_s": done - seen_at,  # from seeing the round open to its last report acknowledged
-            "compute_s": compute_s,  # forward passes and perturbations
-            "guidance_wait_s": self._fetcher().waited_s - waited0,
+            "wall_s": done - seen_at,  # from seeing the round open to its reports computed (and, sequential, acked)
+            "compute_s": compute_s,
+            "guidance_wait_s": waited,
             "bytes_up": up,
             "bytes_down": down,
             "started": seen_at,
@@ -364,6 +412,8 @@ class DeviceClient:
             self.uploader.drain()  # reports computed before a crash go first
 
     def _stop(self) -> None:
+        self._stopping.set()
+        self._sync_ahead = None
         self.uploader.stop()
         if self.fetcher is not None:
             self._downloads_done += self.fetcher.downloads
@@ -374,30 +424,44 @@ class DeviceClient:
 
     def run(self) -> ClientStats:
         self._wire_start = self._wire()
+        self._stopping.clear()
         self.enrol()
         self._start()
         try:
             self._loop()
+            self._drained()
         finally:
             self._stop()
         return self.stats
+
+    def _drained(self) -> None:
+        """Wait until every computed report is settled (the end of the device's work in the run)."""
+        if self.stats.drained_at is None:
+            self.uploader.flush()
+            self.stats.drained_at = time.perf_counter()
 
     def _loop(self) -> None:
         joined = 0
         while True:
             self._check_uploader()
-            info = self._call("current round", self.api.current_round)
-            seen_at = time.perf_counter()
+            st = self.state
+            waiting = bool(st.extra.get("submitted")) and st.round_id >= 0
+            asked = time.perf_counter()
+            if waiting:  # long poll: the answer comes when the next round opens (or the run ends)
+                info = self._call("current round", self.api.current_round, after=st.round_id, wait_s=LONG_POLL_S)
+            else:
+                info = self._call("current round", self.api.current_round)
+            seen_at, wire_seen = time.perf_counter(), self._wire()
             if info.status == "failed":
                 raise ClientError(f"the cloud's run {info.run_id} failed")
             if info.status == "finished":
                 log.info("run %d finished", info.run_id)
-                self.uploader.flush()
+                self._drained()
                 self.sync_final()
                 break
-            same_round = info.round == self.state.round_id
-            if info.status != "open" or (same_round and self.state.extra.get("submitted")):
-                time.sleep(self.cfg.poll_s)  # wait for the round to close and the next to open
+            same_round = info.round == st.round_id and info.run_id == st.extra.get("run_id", info.run_id)
+            if info.status != "open" or (same_round and st.extra.get("submitted")):
+                time.sleep(max(0.0, self.cfg.poll_s - (seen_at - asked)))  # a long poll has waited already
                 continue
             self.check_artifacts(info.artifact_hashes)
             if not same_round and self.cfg.max_rounds is not None and joined >= self.cfg.max_rounds:
@@ -410,7 +474,7 @@ class DeviceClient:
                 fetcher.prefetch(info.round + 1)  # the next round's new versions, once the cloud publishes them
             if not same_round:
                 self.sync_to(info)
-            summary = self.run_round(info, seen_at)
+            summary = self.run_round(info, seen_at, wire_seen)
             joined += 1
             log.info("round %d: %d reports in %.1f s", summary["round"], summary["reports"], summary["seconds"])
             if self.cfg.max_rounds is not None and joined >= self.cfg.max_rounds:

@@ -100,3 +100,24 @@ def test_kept_versions_are_the_same_bytes_and_replay_bit_exactly(live, tau):
         assert [g.guidance_id for g in final.guidance] == [f"r0b{g.block}-{g.sha256[:12]}" for g in final.guidance]
         coeffs = [dev.sync(r).guidance[0].coeffs for r in (0, 1)]
         assert coeffs[0] != coeffs[1]  # the new gradient, projected on the kept basis
+
+
+def test_long_polls_answer_as_soon_as_the_round_closes(live):
+    from concurrent.futures import ThreadPoolExecutor
+
+    live.admin().create_run(_config(rounds=1))
+    dev, poller, syncer = (live.device(n) for n in ("lp-dev", "lp-poller", "lp-syncer"))
+    info = dev.current_round()
+    assert poller.current_round(after=0, wait_s=0.2).round == 0  # nothing happened: the state after the wait
+    with ThreadPoolExecutor(2) as pool:
+        nxt = pool.submit(poller.current_round, after=0, wait_s=60)
+        sync = pool.submit(syncer.sync, 0, wait_s=60)
+        time.sleep(0.3)
+        assert not nxt.done() and not sync.done()  # held by the server while round 0 is open
+        dev.upload_reports(0, make_reports(info, np.random.default_rng(2)), "long-poll-r0")
+        finished, record = nxt.result(timeout=60), sync.result(timeout=60)
+    assert finished.status == "finished" and record.round == 0
+    assert record.theta_checksum_after == finished.theta_checksum
+    with pytest.raises(ApiError) as exc:
+        dev.current_round(after=0, wait_s=61)  # bounded by the server
+    assert exc.value.status_code == 422
