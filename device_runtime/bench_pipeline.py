@@ -2,8 +2,9 @@
 
 Real parts: the cloud (``cooperllm serve`` in its own process: SQLite, rounds, the rectifier computing guidance), the
 device client of ``cooperllm device run`` in this process on an exported graph (ONNX Runtime), and an emulated link
-(:class:`cooperllm.link.LinkTransport`) between them. Per link, four runs of the same round config, each a fresh
-run on the server with a freshly enrolled device, measured in the same process minutes apart:
+(:class:`cooperllm.link.LinkTransport`) between them. Per link, four modes of the same round config, each run a fresh
+run on the server with a freshly enrolled device, all in the same process within minutes (``--repeats`` passes, every
+other one in reverse order, so a drift in the machine's load favours no mode; the median is reported):
 
 * compute alone: the real graph, no link (loopback);
 * transfer alone: the same transfers over the link one after the other, the forward pass replaced by a constant
@@ -18,6 +19,8 @@ that the next round opened) count in every mode; the figure is the median over r
 the first guidance with nothing to prefetch — is left out), robust to a burst of load from other jobs on the
 machine. Bytes are the client's wire counts over the whole run, per round. The device's graph runs on one thread
 (``--threads``), like one big core of a phone, so the cloud process on the same machine does not steal its cores.
+The transfer-alone figure adds up transfers that SPC also overlaps with each other (the sync with the guidance, the
+uploads with both), so SPC can come in under max(compute, transfer).
 ``--local-steps auto`` (the default) picks, per link, the steps per block that make compute ≈ transfer from two short
 calibration runs: the case where pipelining matters most.
 """
@@ -58,8 +61,15 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--artifacts", help="an ONNX export of --model to use (default: exported here, int8)")
     p.add_argument("--links", nargs="+", default=["10mbit:50ms", "2mbit:100ms"], help="link specs (docs/DTC.md §8)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per measurement; round 0 is not counted (default 5)")
+    p.add_argument("--rounds", type=int, default=4, help="rounds per measurement; round 0 is not counted (default 4)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the device's graph (default 1)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="measure every mode this many times, alternating the order so a drift in load favours none (median; "
+        "default 2)",
+    )
     p.add_argument(
         "--local-steps",
         default="auto",
@@ -174,15 +184,20 @@ class _Bench:
         else:
             steps = int(args.local_steps)
         out = {"link": link, "local_steps": steps, "blocks": n_blocks}
-        for name, kw in (
+        modes = [
             ("compute", dict(link=None, pipeline=False, compute=True)),
             ("transfer", dict(link=link, pipeline=False, compute=False)),
             ("sequential", dict(link=link, pipeline=False, compute=True)),
             ("spc", dict(link=link, pipeline=True, compute=True)),
-        ):
-            bar.set_postfix_str(f"{link} {name}")
-            out[name] = dataclasses.asdict(self.measure(steps, args.rounds, **kw))
-            bar.update(1)
+        ]
+        runs: dict[str, list[Measure]] = {name: [] for name, _ in modes}
+        for k in range(args.repeats):  # every other pass in reverse order: a drift in load favours no mode
+            for name, kw in modes if k % 2 == 0 else modes[::-1]:
+                bar.set_postfix_str(f"{link} {name}")
+                runs[name].append(self.measure(steps, args.rounds, **kw))
+                bar.update(1)
+        for name, measured in runs.items():  # field-wise median over the repeats
+            out[name] = {f: float(np.median([getattr(m, f) for m in measured])) for f in Measure.__dataclass_fields__}
         best = max(out["compute"]["round_s"], out["transfer"]["round_s"])
         out["spc_vs_max"] = out["spc"]["round_s"] / best
         out["sequential_vs_spc"] = out["sequential"]["round_s"] / out["spc"]["round_s"]
@@ -219,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     from cooperllm.serve_process import start_serve, stop_serve
     from device_runtime.session import open_session
 
+    if args.repeats < 1:
+        raise ValueError("--repeats must be at least 1")
     if args.rounds < 2:
         raise ValueError("--rounds must be at least 2 (round 0 is not counted)")
     if args.local_steps != "auto" and not (args.local_steps.isdigit() and int(args.local_steps) >= 1):
@@ -240,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         proc, url = start_serve(serve, env)
         try:
             bench = _Bench(url, admin_token, enrol_key, session, data, tmp, args)
-            per_link = 4 + (2 if args.local_steps == "auto" else 0)
+            per_link = 4 * args.repeats + (2 if args.local_steps == "auto" else 0)
             with tqdm(total=per_link * len(args.links), desc="bench pipeline", unit="run") as bar:
                 for link in args.links:
                     rows.append(bench.link_row(link, bar))
@@ -250,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model,
         "graph": f"ONNX int8, batch {session.backend.batch_size} x seq {session.backend.seq_len}",
         "rounds_counted": args.rounds - 1,
+        "repeats": args.repeats,
         "load_average": os.getloadavg(),
         "links": rows,
     }
@@ -258,7 +276,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"pipeline benchmark: {args.model} ({result['graph']}, {rows[0]['blocks']} blocks), zgr rounds with m = "
-        f"{args.guidance_rank}; seconds per round, median of rounds 1-{args.rounds - 1}; load average "
+        f"{args.guidance_rank}; seconds per round, median of rounds 1-{args.rounds - 1}"
+        + (f" and of {args.repeats} repeats" if args.repeats > 1 else "")
+        + "; load average "
         + " ".join(f"{x:.1f}" for x in result["load_average"])
     )
     head = f"{'link':<14} {'steps':>5} {'compute':>8} {'transfer':>8} {'sequential':>10} {'SPC':>7}"

@@ -41,7 +41,7 @@ from device_runtime.prefetch import GUIDANCE_DIR, GuidanceError, GuidanceFetcher
 from device_runtime.session import DeviceSession
 from device_runtime.state import DeviceState, load_state, save_state
 from device_runtime.transfer import Transfers
-from device_runtime.uploader import DEFAULT_BATCH, Uploader
+from device_runtime.uploader import DEFAULT_BATCH, DEFAULT_LINGER_S, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class ClientConfig:
     progress: bool = True
     pipeline: bool = True  # SPC: prefetch guidance and upload in the background; False: transfers one by one
     upload_batch: int = DEFAULT_BATCH  # reports per upload at most
+    upload_linger_s: float = DEFAULT_LINGER_S  # how long a report may wait for others to share its upload (SPC)
 
 
 @dataclass
@@ -123,7 +124,9 @@ class DeviceClient:
         self.outbox = Outbox(self.state_dir)
         self.store = GuidanceStore(self.state_dir / GUIDANCE_DIR, self.layout)
         self.fetcher: GuidanceFetcher | None = None
-        self.uploader = Uploader(self.outbox, api, self._device_id, self.transfers.backoff, cfg.upload_batch)
+        self.uploader = Uploader(
+            self.outbox, api, self._device_id, self.transfers.backoff, cfg.upload_batch, cfg.upload_linger_s
+        )
         self._round_shas: set[str] = set()  # guidance versions of the last round this device trained
         self._wire_start = self._wire()
         self._downloads_done = 0  # guidance downloads and retries of fetchers already stopped
@@ -172,10 +175,8 @@ class DeviceClient:
         self.stats.reports_dropped = self.uploader.dropped
         fetcher = self.fetcher
         self.stats.guidance_downloads = self._downloads_done + (fetcher.downloads if fetcher is not None else 0)
-        self.stats.retries = self.transfers.retries + self.uploader.retries + self._fetch_retries()
-
-    def _fetch_retries(self) -> int:
-        return self._retries_done + (self.fetcher.transfers.retries if self.fetcher is not None else 0)
+        fetch_retries = self._retries_done + (fetcher.transfers.retries if fetcher is not None else 0)
+        self.stats.retries = self.transfers.retries + self.uploader.retries + fetch_retries
 
     # --- enrolment and checks -----------------------------------------------------------------------------------
     def enrol(self) -> None:
@@ -360,6 +361,7 @@ class DeviceClient:
         waited = self._fetcher().waited_s - waited0
         compute_s = time.perf_counter() - t0 - waited  # forward passes, perturbations, durable saves
         if self.cfg.pipeline:  # the reports are durable; the uploader delivers them while the next round starts
+            self.uploader.urge()
             self._sync_ahead = (info.round, _in_background(self._long_poll_sync, info.round))
         else:
             self.uploader.flush(info.round)  # sequential: upload now and wait for the acknowledgements
@@ -404,22 +406,26 @@ class DeviceClient:
 
     # --- main loop ----------------------------------------------------------------------------------------------
     def _start(self) -> None:
-        if self.cfg.pipeline:
-            self.fetcher = GuidanceFetcher(self.api, self.store, self.transfers.backoff, background=True)
+        self._stop_fetcher()
+        pipeline = self.cfg.pipeline
+        self.fetcher = GuidanceFetcher(self.api, self.store, self.transfers.backoff, background=pipeline)
+        if pipeline:
             self.uploader.start()  # reports computed before a crash go first
         else:
-            self.fetcher = GuidanceFetcher(self.api, self.store, self.transfers.backoff, background=False)
             self.uploader.drain()  # reports computed before a crash go first
 
-    def _stop(self) -> None:
-        self._stopping.set()
-        self._sync_ahead = None
-        self.uploader.stop()
+    def _stop_fetcher(self) -> None:
         if self.fetcher is not None:
             self._downloads_done += self.fetcher.downloads
             self._retries_done += self.fetcher.transfers.retries
             self.fetcher.stop()
             self.fetcher = None
+
+    def _stop(self) -> None:
+        self._stopping.set()
+        self._sync_ahead = None
+        self.uploader.stop()
+        self._stop_fetcher()
         self._update_totals()
 
     def run(self) -> ClientStats:

@@ -152,6 +152,12 @@ class Outbox:
         with self._lock:
             return int(self._db.execute(query, args).fetchone()[0])
 
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest unsettled report was computed; None when nothing is pending."""
+        with self._lock:
+            (created,) = self._db.execute("SELECT MIN(created_at) FROM reports WHERE state = 'pending'").fetchone()
+        return None if created is None else max(0.0, time.time() - created)
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._db.execute("SELECT state, COUNT(*) FROM reports GROUP BY state").fetchall())

@@ -253,7 +253,7 @@ class GuidanceFetcher:
 
         try:
             refs = self.api.guidance_refs(round_)
-        except (ApiError, httpx.TransportError, OSError) as exc:  # 404 until the rectifier stored it
+        except (ApiError, httpx.TransportError, OSError, ValueError) as exc:  # 404 until the rectifier stored it
             with self._cv:
                 if self._next == round_:
                     self._poll_at = time.monotonic() + self._poll_delay
