@@ -61,14 +61,14 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--artifacts", help="an ONNX export of --model to use (default: exported here, int8)")
     p.add_argument("--links", nargs="+", default=["10mbit:50ms", "2mbit:100ms"], help="link specs (docs/DTC.md §8)")
-    p.add_argument("--rounds", type=int, default=4, help="rounds per measurement; round 0 is not counted (default 4)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per measurement; round 0 is not counted (default 3)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the device's graph (default 1)")
     p.add_argument(
         "--repeats",
         type=int,
-        default=2,
+        default=3,
         help="measure every mode this many times, alternating the order so a drift in load favours none (median; "
-        "default 2)",
+        "default 3)",
     )
     p.add_argument(
         "--local-steps",
@@ -91,6 +91,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 class Measure:
     round_s: float  # steady-state wall-clock per round (median)
     compute_s: float  # per round, inside the compute loop (forward passes, perturbations, saves)
+    compute_cpu_s: float  # the compute thread's CPU time for it (compute_s much above it: the CPU was shared)
     bytes_up: float  # per round, on the wire
     bytes_down: float
     guidance_wait_s: float
@@ -163,6 +164,7 @@ class _Bench:
         return Measure(
             round_s=float(np.median([end - r["started"] for r, end in zip(steady, ends, strict=True)])),
             compute_s=sum(r["compute_s"] for r in steady) / n,
+            compute_cpu_s=sum(r["compute_cpu_s"] for r in steady) / n,
             bytes_up=stats.bytes_up / len(stats.rounds),
             bytes_down=stats.bytes_down / len(stats.rounds),
             guidance_wait_s=sum(r["guidance_wait_s"] for r in steady) / n,
@@ -240,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--rounds must be at least 2 (round 0 is not counted)")
     if args.local_steps != "auto" and not (args.local_steps.isdigit() and int(args.local_steps) >= 1):
         raise ValueError(f"--local-steps must be a positive integer or 'auto', got {args.local_steps!r}")
+    load_before = os.getloadavg()
     admin_token, enrol_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     env = dict(os.environ, COOPERLLM_ADMIN_TOKEN=admin_token, COOPERLLM_ENROLMENT_KEY=enrol_key)
     rows = []
@@ -268,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         "graph": f"ONNX int8, batch {session.backend.batch_size} x seq {session.backend.seq_len}",
         "rounds_counted": args.rounds - 1,
         "repeats": args.repeats,
-        "load_average": os.getloadavg(),
+        "load_average": (load_before, os.getloadavg()),
         "links": rows,
     }
     if args.json:
@@ -278,8 +281,8 @@ def run(args: argparse.Namespace) -> int:
         f"pipeline benchmark: {args.model} ({result['graph']}, {rows[0]['blocks']} blocks), zgr rounds with m = "
         f"{args.guidance_rank}; seconds per round, median of rounds 1-{args.rounds - 1}"
         + (f" and of {args.repeats} repeats" if args.repeats > 1 else "")
-        + "; load average "
-        + " ".join(f"{x:.1f}" for x in result["load_average"])
+        + "; load average (1, 5, 15 min) "
+        + " -> ".join(" ".join(f"{x:.1f}" for x in la) for la in result["load_average"])
     )
     head = f"{'link':<14} {'steps':>5} {'compute':>8} {'transfer':>8} {'sequential':>10} {'SPC':>7}"
     print(head + f" {'SPC/max(c,t)':>12} {'seq/SPC':>8} {'KB up/down per round (SPC)':>27}")

@@ -325,7 +325,7 @@ class DeviceClient:
         if info.seed_lo + len(plan) > info.seed_hi:
             raise ClientError(f"round needs {len(plan)} seeds, the device's range holds {info.seed_hi - info.seed_lo}")
         waited0 = self._fetcher().waited_s
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         losses = []
         batches = int(st.extra.get("batches", 0))
         from tqdm import tqdm
@@ -360,6 +360,7 @@ class DeviceClient:
                 bar.update(1)
         waited = self._fetcher().waited_s - waited0
         compute_s = time.perf_counter() - t0 - waited  # forward passes, perturbations, durable saves
+        compute_cpu_s = time.thread_time() - cpu0  # this thread's CPU time for it (a share below 1: contention)
         if self.cfg.pipeline:  # the reports are durable; the uploader delivers them while the next round starts
             self.uploader.urge()
             self._sync_ahead = (info.round, _in_background(self._long_poll_sync, info.round))
@@ -378,6 +379,7 @@ class DeviceClient:
             "mean_loss": float(np.mean(losses)) if losses else None,
             "wall_s": done - seen_at,  # from seeing the round open to its reports computed (and, sequential, acked)
             "compute_s": compute_s,
+            "compute_cpu_s": compute_cpu_s,
             "guidance_wait_s": waited,
             "bytes_up": up,
             "bytes_down": down,
