@@ -49,9 +49,9 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pipeline",
         help="a federated round's wall-clock with pipelined (SPC) vs sequential transfers over emulated links",
-        description="Start the cloud, then per emulated link run the device client four times: compute alone (no "
-        "link), transfer alone (no compute), sequential transfers and SPC. Prints seconds per round and the ratios "
-        "SPC / max(compute, transfer) and sequential / SPC.",
+        description="Start the cloud, then per emulated link run the device client four ways: compute alone (no "
+        "link), transfer alone (no compute), sequential transfers and SPC (--repeats passes, alternating order). "
+        "Prints seconds per round and the ratios SPC / max(compute, transfer) and sequential / SPC.",
     )
     p.add_argument(
         "--model",
@@ -60,7 +60,12 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
         "'smollm2' or a local HF causal-LM folder",
     )
     p.add_argument("--artifacts", help="an ONNX export of --model to use (default: exported here, int8)")
-    p.add_argument("--links", nargs="+", default=["10mbit:50ms", "2mbit:100ms"], help="link specs (docs/DTC.md §8)")
+    p.add_argument(
+        "--links",
+        nargs="+",
+        default=["10mbit:50ms", "2mbit:100ms"],
+        help="link specs, docs/DTC.md §8 (default 10mbit:50ms 2mbit:100ms)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="rounds per measurement; round 0 is not counted (default 3)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the device's graph (default 1)")
     p.add_argument(
