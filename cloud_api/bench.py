@@ -16,12 +16,13 @@ import os
 import secrets
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from cooperllm.serve_process import start_serve, stop_serve
 
 
 class _Conn:
@@ -129,43 +130,30 @@ def _start_server(tmp: Path, model: str | None, env: dict) -> tuple[subprocess.P
         "blocks": [-1],
         "deadline_s": 86400,
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "cooperllm.cli",
-        "--log-level",
-        "WARNING",
-        "serve",
-        "--model",
-        model,
-        "--port",
-        "0",
-        "--db",
-        f"sqlite:///{tmp}/bench.db",
-        "--state-dir",
-        str(tmp / "state"),
-        "--public-data",
-        str(public),
-        "--public-n",
-        "64",
-        "--seq-len",
-        "24",
-        "--env",
-        "test",
-        "--rate-limit",
-        "1000",
-        "--rate-burst",
-        "1000",
-        "--create-run",
-        json.dumps(run_cfg),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}")
-    port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
-    return proc, port
+    proc, url = start_serve(
+        [
+            "--model",
+            model,
+            "--db",
+            f"sqlite:///{tmp}/bench.db",
+            "--state-dir",
+            str(tmp / "state"),
+            "--public-data",
+            str(public),
+            "--public-n",
+            "64",
+            "--seq-len",
+            "24",
+            "--rate-limit",
+            "1000",
+            "--rate-burst",
+            "1000",
+            "--create-run",
+            json.dumps(run_cfg),
+        ],
+        env,
+    )
+    return proc, int(url.rsplit(":", 1)[1])
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -259,8 +247,7 @@ def run_bench(args: argparse.Namespace) -> int:
             # the retry storm: every batch again with its key; it must count nothing
             asyncio.run(_phase(port, [resender() for _ in range(n_dev)], 3600))
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_serve(proc)
         con = sqlite3.connect(f"file:{tmp}/bench.db?mode=ro", uri=True)
         db_reports, db_distinct = con.execute(
             "SELECT COUNT(*), COUNT(DISTINCT CAST(device_id AS TEXT) || ':' || CAST(seed AS TEXT)) FROM reports"

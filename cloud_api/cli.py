@@ -95,7 +95,9 @@ def serve(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
-    _wrap_lifespan(app, args.create_run, f"cooperllm cloud listening on http://{args.host}:{port}/v1 (docs at /docs)")
+    from cooperllm.serve_process import READY_PREFIX
+
+    _wrap_lifespan(app, args.create_run, f"{READY_PREFIX}http://{args.host}:{port}/v1 (docs at /docs)")
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

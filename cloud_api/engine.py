@@ -16,11 +16,14 @@ Rules (also in docs/API.md):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +104,43 @@ class RoundState:
         return sum(1 for n in self.per_device.values() if n >= need)
 
 
+class RoundWaiters:
+    """Long-poll support: asyncio tasks wait for a change of round (opened, closed, failed, finished), and the engine,
+    on whatever thread it runs, wakes them through their event loops. A waiter costs an event, not a thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def notify(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait(self, done: Callable[[], bool], timeout: float) -> None:
+        """Return when ``done()`` holds or after ``timeout`` seconds, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not done():
+            left = end - loop.time()
+            if left <= 0:
+                return
+            entry = (loop, asyncio.Event())
+            with self._lock:
+                self._waiters.add(entry)
+            try:
+                if done():  # changed between the look and the registration
+                    return
+                await asyncio.wait_for(entry[1].wait(), left)
+            except TimeoutError:
+                return
+            finally:
+                with self._lock:
+                    self._waiters.discard(entry)
+
+
 class RoundEngine:
     def __init__(
         self, host: ModelHost, engine: Engine, state_dir: Path, tick_s: float = 0.05, lossless_guidance: bool = False
@@ -128,6 +168,7 @@ class RoundEngine:
         self._sync_cache: dict[tuple[int, int], ModelSync] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self.waiters = RoundWaiters()
         self.rectifier = Rectifier(
             host, engine, self.state_dir, on_done=lambda *_: self._wake.set(), lossless=lossless_guidance
         )
@@ -247,6 +288,7 @@ class RoundEngine:
             self.run_status, self.run_failure = "running", None
             if cfg.strategy == "zgr":
                 self.rectifier.submit(Job(run_id, 1, 0, theta.copy(), cfg))
+            self.waiters.notify()
             log.info("run %d created: %s", run_id, cfg.model_dump_json())
             return self.run_info(run_id)
 
@@ -318,6 +360,23 @@ class RoundEngine:
             raise ServiceError(404, "no_run")
         return st
 
+    def moved_past(self, round_: int, run_id: int | None = None) -> Callable[[], bool]:
+        """A long-poll condition: the run is past round ``round_`` (a later round is open, or the run ended, failed
+        or was replaced)."""
+        run_id = self.state.run_id if run_id is None and self.state is not None else run_id
+
+        def done() -> bool:
+            st = self.state
+            return (
+                st is None
+                or st.run_id != run_id
+                or st.round > round_
+                or st.status in ("failed", "finished")
+                or self.run_status != "running"
+            )
+
+        return done
+
     def round_info(self, device_id: int, artifact_hashes: dict[str, str]) -> RoundInfo:
         with self.lock:
             st = self._current()
@@ -360,6 +419,16 @@ class RoundEngine:
                 .order_by(db.guidance.c.block)
             ).all()
         return [GuidanceRef(block=b, guidance_id=g, sha256=s, rows=n, m=m) for b, g, s, n, m in rows]
+
+    def guidance_list(self, round_: int) -> list[GuidanceRef]:
+        """Refs of a round's guidance (at most one round ahead), once the rectifier has stored all of it."""
+        st = self._current()
+        if round_ > st.round + 1:
+            raise ServiceError(404, "unknown_round")
+        refs = self._guidance_refs(st.run_id, round_)
+        if not refs:
+            raise ServiceError(404, "unknown_guidance")
+        return refs
 
     def guidance_frame(self, round_: int, block: int) -> tuple[bytes, str]:
         st = self._current()
@@ -661,6 +730,7 @@ class RoundEngine:
         st.status = "failed"
         self.run_status, self.run_failure = "failed", why
         self.counters["rounds_failed"] += 1
+        self.waiters.notify()
 
     def _round_reports(self, st: RoundState) -> list[Report]:
         with self.db.connect() as conn:
@@ -787,6 +857,7 @@ class RoundEngine:
                 self.state = new
                 if finished:
                     self.run_status = "finished"
+            self.waiters.notify()
             log.info(
                 "round %d closed (%s): %d reports from %d devices, λ=%.4f, %.3f s; θ %s…",
                 st.round,

@@ -5,6 +5,12 @@ wait for backprop. Per block it keeps a window of the most recent gradient vecto
 vectors as V_b, publishes the *decoded* frame bytes and computes c_b = V_bᵀ ḡ_b with that decoded basis: what the
 devices perturb along is exactly what the server aggregates with. Gradient sets are kept on disk (safetensors), and
 minibatches are chosen from (run seed, round, k): a restarted server recomputes the same guidance.
+
+Send only what changed (``RunConfig.guidance_tau`` > 0): a block whose new basis lies within subspace distance τ of
+the previous round's version keeps that version — the same frame bytes, sha256 and guidance id, with c_b recomputed
+on it — so devices that hold it download nothing, and every device and the server still perturb and replay with one
+basis per block and round, bit for bit. Versions are chained from the stored previous round, so a restarted server
+makes the same choices.
 """
 
 from __future__ import annotations
@@ -48,6 +54,17 @@ def orthonormal_basis(window: np.ndarray, m: int) -> np.ndarray:
     basis = u[:, :keep]
     signs = np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(keep)])  # deterministic sign
     return (basis * np.where(signs == 0, 1.0, signs)).astype(np.float32)
+
+
+def subspace_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Chordal distance between the column spans of two n × m bases, in [0, 1]: √(1 − ‖QₐᵀQ_b‖²_F / m) with Q the
+    orthonormalised bases (m = 1: |sin| of the angle); 1 when the ranks differ."""
+    if a.shape != b.shape:
+        return 1.0
+    qa = np.linalg.qr(a.astype(np.float64))[0]
+    qb = np.linalg.qr(b.astype(np.float64))[0]
+    overlap = float(np.sum((qa.T @ qb) ** 2)) / a.shape[1]
+    return float(np.sqrt(max(0.0, 1.0 - overlap)))
 
 
 class Rectifier:
@@ -170,31 +187,53 @@ class Rectifier:
             k -= 1
         return np.concatenate(rows)[: job.config.window]
 
+    def _previous_versions(self, job: Job) -> dict[int, dict]:
+        """Block → (frame, sha256, guidance_id) of the previous round's guidance, when versions may be kept."""
+        if job.config.guidance_tau <= 0 or job.round == 0:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.guidance.c.block, db.guidance.c.frame, db.guidance.c.sha256, db.guidance.c.guidance_id).where(
+                    db.guidance.c.run_id == job.run_id, db.guidance.c.round == job.round - 1
+                )
+            ).mappings()
+            return {r["block"]: dict(r) for r in rows}
+
     def _compute(self, job: Job) -> None:
         t0 = time.perf_counter()
         grads, passes = self._gradient_set(job)
         window = self._window(job, grads)
         mean = grads.mean(axis=0)
+        previous = self._previous_versions(job)
         rows = []
         cloud_var = 0.0
         rank = 0
+        kept = 0
         for blk in self.host.layout.blocks:
             sl = blk.slice
             basis = orthonormal_basis(window[:, sl].T, job.config.guidance_rank)
-            frame = encode_tensor_frame(basis, lossless=self.lossless)
-            decoded = decode_tensor_frame(frame)  # what devices will see, and what aggregation will use
+            prev = previous.get(blk.index)
+            held = None if prev is None else decode_tensor_frame(prev["frame"])
+            if held is not None and subspace_distance(held, basis) < job.config.guidance_tau:
+                # the basis barely moved: keep the version devices hold (same bytes), project the new gradient on it
+                frame, decoded, sha, gid = bytes(prev["frame"]), held, prev["sha256"], prev["guidance_id"]
+                kept += 1
+            else:
+                frame = encode_tensor_frame(basis, lossless=self.lossless)
+                decoded = decode_tensor_frame(frame)  # what devices will see, and what aggregation will use
+                sha = hashlib.sha256(frame).hexdigest()
+                gid = f"r{job.round}b{blk.index}-{sha[:12]}"
             coeffs = (decoded.T.astype(np.float64) @ mean[sl].astype(np.float64)).astype(np.float32)
             if grads.shape[0] > 1:
                 proj = grads[:, sl].astype(np.float64) @ decoded.astype(np.float64)  # B × m
                 cloud_var += float(proj.var(axis=0, ddof=1).sum()) / grads.shape[0]
-            sha = hashlib.sha256(frame).hexdigest()
             rank = max(rank, decoded.shape[1])
             rows.append(
                 {
                     "run_id": job.run_id,
                     "round": job.round,
                     "block": blk.index,
-                    "guidance_id": f"r{job.round}b{blk.index}-{sha[:12]}",
+                    "guidance_id": gid,
                     "sha256": sha,
                     "rows": int(decoded.shape[0]),
                     "m": int(decoded.shape[1]),
@@ -209,12 +248,15 @@ class Rectifier:
             log.info("guidance for run %d round %d was already stored", job.run_id, job.round)
             return
         log.info(
-            "guidance for round %d (θ of round %d): %d backward passes, window %d, rank %d, %.3f s",
+            "guidance for round %d (θ of round %d): %d backward passes, window %d, rank %d, %d of %d blocks kept "
+            "their version, %.3f s",
             job.round,
             job.theta_round,
             passes,
             window.shape[0],
             rank,
+            kept,
+            len(rows),
             seconds,
         )
 

@@ -1,16 +1,19 @@
 """Small synchronous client for API v1 (httpx), used by the device client, the simulation and the README examples.
 
 Every method maps to one endpoint (see ``cooperllm.protocol``) and returns the parsed pydantic model, decoded
-tensor or raw bytes. Non-2xx answers raise :class:`ApiError` carrying the status, the server's fixed ``detail``
-message and ``Retry-After`` (seconds) when the server sent one; :attr:`ApiError.retryable` tells the device's
-uploader whether to back off and retry (429, 5xx) or give up (4xx). Torch-free.
+tensor or raw bytes; :attr:`CooperClient.wire` counts the bytes that crossed the wire (bodies as sent, after DTC and
+any content encoding, plus headers). Non-2xx answers raise :class:`ApiError` carrying the status, the server's fixed
+``detail`` message and ``Retry-After`` (seconds) when the server sent one; :attr:`ApiError.retryable` tells the
+device's uploader whether to back off and retry (429, 5xx) or give up (4xx). Torch-free.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import threading
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from cooperllm.protocol import (
     N_EXAMPLES_HEADER,
     EnrollRequest,
     EnrollResponse,
+    GuidanceRef,
     Health,
     Metrics,
     ModelSync,
@@ -56,6 +60,31 @@ class ApiError(Exception):
         return self.status_code == 429 or self.status_code >= 500
 
 
+@dataclass
+class WireStats:
+    """Bytes on the wire through one client (thread-safe): request bodies as sent and response bodies as received
+    (before any content decoding), each with its serialized headers; answered requests only."""
+
+    requests: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, response: httpx.Response) -> None:
+        request = response.request
+        up = len(request.content) + sum(len(k) + len(v) + 4 for k, v in request.headers.raw) + len(request.url.raw_path)
+        body = response.num_bytes_downloaded or len(response.content)  # 0 when a transport built it from bytes
+        down = body + sum(len(k) + len(v) + 4 for k, v in response.headers.raw)
+        with self._lock:
+            self.requests += 1
+            self.bytes_up += up
+            self.bytes_down += down
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self.bytes_up, self.bytes_down
+
+
 class CooperClient:
     """``CooperClient("http://127.0.0.1:8000", token=...)``; ``enroll`` stores the token it receives."""
 
@@ -72,6 +101,7 @@ class CooperClient:
         self.token = token
         self._client = client or httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         self._own_client = client is None
+        self.wire = WireStats()
 
     # --- plumbing -----------------------------------------------------------------------------------------------
 
@@ -90,9 +120,18 @@ class CooperClient:
         headers.update(extra or {})
         return headers
 
+    def _timeout(self, wait_s: float) -> Any:
+        """The client's timeouts, with a long poll's wait added to the read timeout."""
+        if wait_s <= 0:
+            return httpx.USE_CLIENT_DEFAULT
+        base = self._client.timeout
+        read = None if base.read is None else base.read + wait_s
+        return httpx.Timeout(base.connect, read=read, write=base.write, pool=base.pool)
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = self._headers(kwargs.pop("headers", None))
         resp = self._client.request(method, API_PREFIX + path, headers=headers, **kwargs)
+        self.wire.add(resp)
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail", resp.text)
@@ -111,14 +150,25 @@ class CooperClient:
         self.token = out.token
         return out
 
-    def current_round(self) -> RoundInfo:
-        """GET /v1/rounds/current: config of the open round, its guidance list and this device's seed range."""
-        return RoundInfo.model_validate(self._request("GET", "/rounds/current").json())
+    def current_round(self, after: int | None = None, wait_s: float = 0.0) -> RoundInfo:
+        """GET /v1/rounds/current: config of the open round, its guidance list and this device's seed range.
+
+        Long poll: with ``after=r`` and ``wait_s`` > 0 the server answers as soon as the run is past round r (or
+        after ``wait_s`` seconds), so a device learns of the next round one latency after it opens."""
+        params = {} if after is None or wait_s <= 0 else {"after": after, "wait": wait_s}
+        return RoundInfo.model_validate(
+            self._request("GET", "/rounds/current", params=params, timeout=self._timeout(wait_s)).json()
+        )
 
     def guidance_frame(self, round_: int, block: int) -> tuple[bytes, str]:
         """GET /v1/rounds/{r}/guidance/{b}: the raw frame and its guidance id."""
         resp = self._request("GET", f"/rounds/{round_}/guidance/{block}")
         return resp.content, resp.headers.get(GUIDANCE_ID_HEADER, "")
+
+    def guidance_refs(self, round_: int) -> list[GuidanceRef]:
+        """GET /v1/rounds/{r}/guidance: the guidance list of round r, published as soon as the rectifier stored it
+        (for the next round too, while the current one still runs: what a device prefetches); 404 until then."""
+        return [GuidanceRef.model_validate(g) for g in self._request("GET", f"/rounds/{round_}/guidance").json()]
 
     def guidance(self, round_: int, block: int) -> np.ndarray:
         """The decoded basis V_b (n_b × m, float32) exactly as the server will use it when aggregating."""
@@ -161,9 +211,12 @@ class CooperClient:
         resp = self._request("POST", f"/rounds/{round_}/delta", content=frame, headers=headers)
         return ReportAck.model_validate(resp.json())
 
-    def sync(self, round_: int) -> ModelSync:
-        """GET /v1/rounds/{r}/sync: seeds, scalars, guidance ids and coefficients, λ, η and checksums of round r."""
-        return ModelSync.model_validate(self._request("GET", f"/rounds/{round_}/sync").json())
+    def sync(self, round_: int, wait_s: float = 0.0) -> ModelSync:
+        """GET /v1/rounds/{r}/sync: seeds, scalars, guidance ids and coefficients, λ, η and checksums of round r;
+        with ``wait_s`` > 0 an open round r is waited for (long poll) instead of answered 409."""
+        params = {"wait": wait_s} if wait_s > 0 else {}
+        resp = self._request("GET", f"/rounds/{round_}/sync", params=params, timeout=self._timeout(wait_s))
+        return ModelSync.model_validate(resp.json())
 
     def adapter(self, version: int | None = None) -> bytes:
         """GET /v1/adapter: θ (safetensors) at the start of round ``version`` (default: the latest)."""

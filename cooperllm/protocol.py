@@ -9,12 +9,15 @@ Endpoints (all under ``/v1``; device calls need ``Authorization: Bearer <device 
 
 ================================  ===================================================================================
 POST /enroll                      EnrollRequest → EnrollResponse (enrolment key, no token)
-GET  /rounds/current              → RoundInfo (config, guidance list, this device's seed range)
+GET  /rounds/current              → RoundInfo (config, guidance list, this device's seed range);
+                                  ?after=r&wait=s: long poll until the run is past round r
+GET  /rounds/{r}/guidance         → list of GuidanceRef (the next round's as soon as it is stored)
 GET  /rounds/{r}/guidance/{b}     → tensor frame of the basis V_b (n_b × m); header X-Guidance-Id
 POST /rounds/{r}/reports          ReportBatch → ReportAck (idempotent per key)
 POST /rounds/{r}/reports/frame    the same as a DTC report frame; header Idempotency-Key → ReportAck
 POST /rounds/{r}/delta            tensor frame of Δθ (strategy bp); headers Idempotency-Key, X-N-Examples → ReportAck
-GET  /rounds/{r}/sync             → ModelSync (closed round r: everything needed to replay θ_r → θ_r+1)
+GET  /rounds/{r}/sync             → ModelSync (closed round r: everything needed to replay θ_r → θ_r+1);
+                                  ?wait=s: long poll while round r is open
 GET  /adapter[?version=r]         → safetensors of θ at the start of round r (default: the latest)
 GET  /adapter/peft[?version=r]    → zip of adapter_model.safetensors + adapter_config.json
 GET  /health                      → Health (no auth)
@@ -113,6 +116,9 @@ class RunConfig(_Model):
     eta: Annotated[float, Field(gt=0, le=100)] = 1e-3
     guidance_rank: Annotated[int, Field(ge=1, le=64)] = 4
     window: Annotated[int, Field(ge=1, le=256)] = 8
+    # send only what changed: a block whose new basis is within this subspace distance of the block's current
+    # version keeps that version (same frame, new coefficients), and devices that hold it download nothing
+    guidance_tau: Annotated[float, Field(ge=0, le=1)] = 0.0
     grad_batches: Annotated[int, Field(ge=1, le=64)] = 2
     grad_batch_size: Annotated[int, Field(ge=1, le=512)] = 8
     clip_scalar: Annotated[float, Field(gt=0)] | None = None

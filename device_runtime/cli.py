@@ -1,4 +1,4 @@
-"""``cooperllm device train|run`` and ``cooperllm bench memory``: the device runtime's commands.
+"""``cooperllm device train|run`` and ``cooperllm bench memory|pipeline``: the device runtime's commands.
 
 Cheap to import (no torch, no onnxruntime at module level): the CLI imports every command module at start.
 """
@@ -33,9 +33,10 @@ def register_device_commands(dsub: argparse._SubParsersAction) -> None:
 
 
 def register_bench(sub: argparse._SubParsersAction) -> None:
-    from device_runtime.bench_memory import register_bench as reg
+    from device_runtime import bench_memory, bench_pipeline
 
-    reg(sub)
+    bench_memory.register_bench(sub)
+    bench_pipeline.register_bench(sub)
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:

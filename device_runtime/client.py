@@ -4,20 +4,26 @@ Round r on a device:
 1. θ_r: replay round r−1 from the θ this device held at its start (``apply_round`` with the server's reports,
    guidance, λ, η) and check the published checksum; any mismatch, a missed round or a non-replayable strategy
    downloads the full adapter instead (DESIGN.md §5.6).
-2. guidance V_b for the round's blocks (frame sha256 checked), then ``local_steps × len(blocks)`` SPSA reports at θ_r
-   (local learning rate 0 by default: every report measures the round's θ, which is what the server aggregates),
-   seeds taken in order from this device's range [seed_lo, seed_hi).
-3. every report is saved in the device state *before* upload; uploads carry an idempotency key and are retried with
-   backoff, so a crash or a dead network never drops a computed report.
+2. guidance V_b for the round's blocks (frame sha256 checked; a version the device already holds is not downloaded
+   again), then ``local_steps × len(blocks)`` SPSA reports at θ_r (local learning rate 0 by default: every report
+   measures the round's θ, which is what the server aggregates), seeds taken in order from this device's range.
+3. every report is committed to the durable outbox (:mod:`device_runtime.outbox`) *before* upload; the uploader
+   sends it under an idempotency key and retries with backoff, so a crash or a dead network never drops or
+   double-counts a computed report.
+
+SPC (``ClientConfig.pipeline``, the default): the guidance fetcher downloads block b+1 (and, once published, the next
+round's new guidance) while block b is computed, and the uploader drains the outbox in the background, so a round
+takes about max(compute, transfer) instead of their sum. ``pipeline=False`` runs the same transfers one after the
+other (the baseline of ``cooperllm bench pipeline``).
 The artifact hashes the cloud advertises must match this device's files, or the device refuses to train.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,16 +31,36 @@ import numpy as np
 
 from cooperllm.layout import theta_checksum
 from cooperllm.manifest import MANIFEST_FILE, sha256_file
-from cooperllm.protocol import decode_tensor_frame, reports_from, sync_guidance, sync_reports
+from cooperllm.protocol import sync_guidance, sync_reports
 from cooperllm.tokenization import TokenizedCorpus
-from cooperllm.zgr import BlockGuidance, apply_round
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, apply_round
 from device_runtime.batches import BatchSchedule
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
+from device_runtime.outbox import Outbox
+from device_runtime.prefetch import GUIDANCE_DIR, GuidanceError, GuidanceFetcher, GuidanceStore, Want
 from device_runtime.session import DeviceSession
 from device_runtime.state import DeviceState, load_state, save_state
 from device_runtime.transfer import Transfers
+from device_runtime.uploader import DEFAULT_BATCH, DEFAULT_LINGER_S, Uploader
 
 log = logging.getLogger(__name__)
+
+
+LONG_POLL_S = 10.0  # how long the server may hold a "tell me when the next round opens" request
+
+
+def _in_background(fn, *args) -> Future:
+    """Run ``fn(*args)`` on a daemon thread (never holds up the process's exit); its result as a future."""
+    fut: Future = Future()
+
+    def target() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    threading.Thread(target=target, name="sync-ahead", daemon=True).start()
+    return fut
 
 
 class ClientError(RuntimeError):
@@ -50,14 +76,25 @@ class ClientConfig:
     poll_s: float = 1.0
     max_rounds: int | None = None  # rounds to take part in, then stop (None: until the run finishes)
     progress: bool = True
+    pipeline: bool = True  # SPC: prefetch guidance and upload in the background; False: transfers one by one
+    upload_batch: int = DEFAULT_BATCH  # reports per upload at most
+    upload_linger_s: float = DEFAULT_LINGER_S  # how long a report may wait for others to share its upload (SPC)
 
 
 @dataclass
 class ClientStats:
-    rounds: list[dict] = field(default_factory=list)
+    rounds: list[dict] = field(default_factory=list)  # per round: reports, seconds, wall_s, compute_s, bytes, ...
     replays: int = 0
-    downloads: int = 0
-    reports: int = 0
+    downloads: int = 0  # full adapter downloads
+    reports: int = 0  # reports computed
+    reports_acked: int = 0  # acknowledged by the cloud (this process)
+    reports_dropped: int = 0  # refused as late (the round closed first)
+    bytes_up: int = 0  # on the wire, after DTC (bodies and headers)
+    bytes_down: int = 0
+    guidance_downloads: int = 0  # guidance frames downloaded
+    guidance_kept: int = 0  # round blocks whose guidance version the device already held (not re-sent)
+    retries: int = 0  # transfer retries (main loop, fetcher, uploader)
+    drained_at: float | None = None  # perf_counter() when the run's last report was settled
 
 
 class DeviceClient:
@@ -79,12 +116,28 @@ class DeviceClient:
         self.transfers = transfers or Transfers()
         self.stats = ClientStats()
         self.schedule = BatchSchedule(data, session.backend.batch_size, cfg.data_seed)
-        self._bases: dict[tuple[int, int], np.ndarray] = {}
         self.state = load_state(self.state_dir, self.layout) or DeviceState(
             theta=self._initial_theta(), artifact=self._artifact_id()
         )
         if self.state.artifact != self._artifact_id():
             raise ClientError(f"{self.state_dir}: device state belongs to another artifact; use a new --state folder")
+        self.outbox = Outbox(self.state_dir)
+        self.store = GuidanceStore(self.state_dir / GUIDANCE_DIR, self.layout)
+        self.fetcher: GuidanceFetcher | None = None
+        self.uploader = Uploader(
+            self.outbox, api, self._device_id, self.transfers.backoff, cfg.upload_batch, cfg.upload_linger_s
+        )
+        self._round_shas: set[str] = set()  # guidance versions of the last round this device trained
+        self._wire_start = self._wire()
+        self._downloads_done = 0  # guidance downloads and retries of fetchers already stopped
+        self._retries_done = 0
+        self._sync_ahead: tuple[int, Future] | None = None  # (round, its sync record being long-polled)
+        self._stopping = threading.Event()
+        if self.state.pending:  # a state written before the outbox existed: move its unsent reports over
+            for r in self.state.pending:
+                self.outbox.add(self._device_id(), int(self.state.extra.get("run_id", 0)), self.state.round_id, r)
+            self.state.pending = []
+            self._save()
 
     # --- small helpers ------------------------------------------------------------------------------------------
     def _artifact_id(self) -> str:
@@ -98,11 +151,32 @@ class DeviceClient:
         m = self.session.manifest
         return load_theta(self.session.backend.folder / m.initial_adapter_file, self.layout)
 
+    def _device_id(self) -> int:
+        return int(self.state.extra.get("device_id", 0))
+
     def _save(self) -> None:
         save_state(self.state_dir, self.state, self.layout)
 
     def _call(self, what: str, fn, *args, **kwargs):
         return self.transfers.call(what, fn, *args, **kwargs)
+
+    def _check_uploader(self) -> None:
+        if self.uploader.error is not None:
+            raise self.uploader.error
+
+    def _wire(self) -> tuple[int, int]:
+        wire = getattr(self.api, "wire", None)
+        return wire.snapshot() if wire is not None else (0, 0)
+
+    def _update_totals(self) -> None:
+        up, down = self._wire()
+        self.stats.bytes_up, self.stats.bytes_down = up - self._wire_start[0], down - self._wire_start[1]
+        self.stats.reports_acked = self.uploader.acked
+        self.stats.reports_dropped = self.uploader.dropped
+        fetcher = self.fetcher
+        self.stats.guidance_downloads = self._downloads_done + (fetcher.downloads if fetcher is not None else 0)
+        fetch_retries = self._retries_done + (fetcher.transfers.retries if fetcher is not None else 0)
+        self.stats.retries = self.transfers.retries + self.uploader.retries + fetch_retries
 
     # --- enrolment and checks -----------------------------------------------------------------------------------
     def enrol(self) -> None:
@@ -132,22 +206,16 @@ class DeviceClient:
 
     # --- model sync ---------------------------------------------------------------------------------------------
     def _guidance(self, round_: int, refs) -> dict[int, np.ndarray]:
-        """Bases V_b of a round (cached), each frame checked against its advertised sha256."""
-        out = {}
-        for ref in refs:
-            key = (round_, ref.block)
-            if key not in self._bases:
-                frame, _ = self._call(f"guidance r{round_} b{ref.block}", self.api.guidance_frame, round_, ref.block)
-                if hashlib.sha256(frame).hexdigest() != ref.sha256:
-                    raise ClientError(f"guidance frame for round {round_} block {ref.block} fails its sha256")
-                basis = decode_tensor_frame(frame)
-                if not 0 <= ref.block < len(self.layout.blocks) or basis.ndim != 2:
-                    raise ClientError(f"guidance for block {ref.block} does not fit the layout")
-                if basis.shape[0] != self.layout.blocks[ref.block].size:
-                    raise ClientError(f"guidance for block {ref.block} has shape {basis.shape}")
-                self._bases[key] = basis
-            out[ref.block] = self._bases[key]
-        return out
+        """Bases V_b of a round: from the store when the device holds that version, else downloaded (sha256 checked)."""
+        try:
+            return {ref.block: self._fetcher().get(Want(round_, ref.block, ref.sha256)) for ref in refs}
+        except GuidanceError as exc:
+            raise ClientError(str(exc)) from exc
+
+    def _fetcher(self) -> GuidanceFetcher:
+        if self.fetcher is None:  # outside run(): synchronous downloads
+            self.fetcher = GuidanceFetcher(self.api, self.store, self.transfers.backoff, background=False)
+        return self.fetcher
 
     def _download(self, version: int, checksum: str) -> np.ndarray:
         from safetensors import SafetensorError
@@ -166,7 +234,7 @@ class DeviceClient:
     def _replay(self, prev_round: int, base: np.ndarray, expected: str | None) -> np.ndarray | None:
         """θ after round ``prev_round`` by replaying it from its start θ; None when it cannot be replayed or the
         result disagrees with the published checksum (the caller then downloads the adapter)."""
-        sync = self._call(f"sync r{prev_round}", self.api.sync, prev_round)
+        sync = self._take_sync_ahead(prev_round) or self._call(f"sync r{prev_round}", self.api.sync, prev_round)
         if not sync.replayable or sync.theta_checksum_before != theta_checksum(base):
             return None
         try:
@@ -183,6 +251,30 @@ class DeviceClient:
         self.stats.replays += 1
         return theta
 
+    def _long_poll_sync(self, round_: int):
+        """Round ``round_``'s sync record as soon as it closes (SPC: asked for while the last uploads are in flight)."""
+        from cooperllm.api_client import ApiError
+        from cooperllm.protocol import ERRORS
+
+        while not self._stopping.is_set():
+            try:
+                return self.api.sync(round_, wait_s=LONG_POLL_S)
+            except ApiError as exc:
+                if exc.status_code != 409 or exc.detail != ERRORS["round_not_closed"]:
+                    raise
+        return None
+
+    def _take_sync_ahead(self, round_: int):
+        """The sync record fetched ahead for ``round_``, or None (then it is fetched now, with retries)."""
+        ahead, self._sync_ahead = self._sync_ahead, None
+        if ahead is None or ahead[0] != round_:
+            return None
+        try:
+            return ahead[1].result(timeout=LONG_POLL_S + 60)
+        except Exception as exc:  # fetched again in the foreground, with retries
+            log.info("sync of round %d fetched ahead failed (%s); fetching it now", round_, exc)
+            return None
+
     def sync_to(self, info) -> None:
         """Make θ the round's θ_r (replay when possible, else download), and start the round in the state."""
         st = self.state
@@ -198,37 +290,22 @@ class DeviceClient:
         st.round_id = info.round
         st.step = 0
         st.extra["submitted"] = False
+        st.extra["run_id"] = info.run_id
         self._save()
 
     # --- one round ----------------------------------------------------------------------------------------------
-    def _upload_pending(self) -> None:
-        from cooperllm.api_client import ApiError
+    def _ensure_guidance(self, engine: ZOEngine, info, refs: dict, block: int) -> None:
+        """Put the bases a step needs into the engine, waiting only for those not downloaded yet."""
+        blocks = range(len(self.layout.blocks)) if block == ALL_BLOCKS else (block,)
+        for b in blocks:
+            if b in refs and b not in engine.guidance:
+                basis = self._guidance(info.round, [refs[b]])[b]
+                engine.guidance[b] = BlockGuidance(basis, np.zeros(basis.shape[1], np.float32))
 
+    def run_round(self, info, seen_at: float | None = None, wire_seen: tuple[int, int] | None = None) -> dict:
         st = self.state
-        if not st.pending:
-            return
-        wire = reports_from(st.pending)
-        digest = hashlib.sha256(json.dumps([r.model_dump() for r in wire], sort_keys=True).encode()).hexdigest()
-        key = f"d{st.extra.get('device_id', 0)}-r{st.round_id}-{digest[:24]}"  # same reports, same key: idempotent
-        try:
-            ack = self._call(
-                f"upload r{st.round_id}", self.api.upload_reports, st.round_id, reports_from(st.pending), key
-            )
-            log.info("round %d: %d reports accepted (%d duplicates)", st.round_id, ack.accepted, ack.duplicates)
-        except ApiError as exc:
-            if exc.status_code == 409 and "round closed" in str(exc.detail):
-                log.warning(
-                    "round %d closed before %d reports arrived: dropped by the staleness rule",
-                    st.round_id,
-                    len(st.pending),
-                )
-            else:
-                raise
-        st.pending = []
-        self._save()
-
-    def run_round(self, info) -> dict:
-        st = self.state
+        seen_at = time.perf_counter() if seen_at is None else seen_at
+        wire_seen = self._wire() if wire_seen is None else wire_seen
         if info.strategy == "bp":
             raise ClientError("strategy 'bp' needs backpropagation; the device runtime runs zeroth-order steps only")
         if self.session.backend.batch_size != info.batch_size:
@@ -237,16 +314,20 @@ class DeviceClient:
                 info.batch_size,
                 self.session.backend.batch_size,
             )
-        bases = self._guidance(info.round, info.guidance) if info.guidance else {}
-        guidance = {b: BlockGuidance(v, np.zeros(v.shape[1], np.float32)) for b, v in bases.items()}
-        alpha = 1.0 if info.strategy == "zo" or not guidance else info.alpha
+        refs = {g.block: g for g in info.guidance}
+        shas = {g.sha256 for g in info.guidance}
+        self.stats.guidance_kept += len(shas & self._round_shas)
+        self._round_shas = shas
+        alpha = 1.0 if info.strategy == "zo" or not refs else info.alpha
         zo = ZOConfig(lr=self.cfg.local_lr, eps=info.epsilon, alpha=alpha)
-        engine = ZOEngine(st.theta, self.layout, self.session.backend.run, zo, guidance)
+        engine = ZOEngine(st.theta, self.layout, self.session.backend.run, zo, {})
         plan = [(t, b) for t in range(info.local_steps) for b in info.blocks]
         if info.seed_lo + len(plan) > info.seed_hi:
             raise ClientError(f"round needs {len(plan)} seeds, the device's range holds {info.seed_hi - info.seed_lo}")
-        t0 = time.perf_counter()
+        waited0 = self._fetcher().waited_s
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         losses = []
+        batches = int(st.extra.get("batches", 0))
         from tqdm import tqdm
 
         with tqdm(
@@ -258,34 +339,55 @@ class DeviceClient:
             leave=False,
         ) as bar:
             while st.step < len(plan):
+                self._check_uploader()
                 t, block = plan[st.step]
-                batch_no = int(st.extra.get("batches", 0)) + t
+                self._ensure_guidance(engine, info, refs, block)
                 try:
                     report = engine.step(
-                        self.schedule.batch(batch_no), t, info.round, seed=info.seed_lo + st.step, block=block
+                        self.schedule.batch(batches + t), t, info.round, seed=info.seed_lo + st.step, block=block
                     )
                 except NonFiniteLossError as exc:
                     log.warning("round %d step %d block %d dropped: %s", info.round, t, block, exc)
                 else:
+                    # durable before any upload; after a crash the stored report wins over a recomputed one
+                    report = self.outbox.add(self._device_id(), info.run_id, info.round, report)
+                    self.uploader.notify()
                     if self.cfg.local_lr > 0:
                         engine.update(report)
-                    st.pending.append(report)
                     losses.append(engine.last_loss)
                 st.step += 1
-                self._save()  # durable before any upload
+                self._save()
                 bar.update(1)
-        st.extra["batches"] = int(st.extra.get("batches", 0)) + info.local_steps
-        self._upload_pending()
+        waited = self._fetcher().waited_s - waited0
+        compute_s = time.perf_counter() - t0 - waited  # forward passes, perturbations, durable saves
+        compute_cpu_s = time.thread_time() - cpu0  # this thread's CPU time for it (a share below 1: contention)
+        if self.cfg.pipeline:  # the reports are durable; the uploader delivers them while the next round starts
+            self.uploader.urge()
+            self._sync_ahead = (info.round, _in_background(self._long_poll_sync, info.round))
+        else:
+            self.uploader.flush(info.round)  # sequential: upload now and wait for the acknowledgements
+        st.extra["batches"] = batches + info.local_steps
         st.extra["submitted"] = True
         self._save()
         self.stats.reports += len(plan)
+        done = time.perf_counter()
+        up, down = (a - b for a, b in zip(self._wire(), wire_seen, strict=True))
         summary = {
             "round": info.round,
             "reports": len(plan),
-            "seconds": round(time.perf_counter() - t0, 2),
+            "seconds": round(done - t0, 2),
             "mean_loss": float(np.mean(losses)) if losses else None,
+            "wall_s": done - seen_at,  # from seeing the round open to its reports computed (and, sequential, acked)
+            "compute_s": compute_s,
+            "compute_cpu_s": compute_cpu_s,
+            "guidance_wait_s": waited,
+            "bytes_up": up,
+            "bytes_down": down,
+            "started": seen_at,
+            "finished": done,
         }
         self.stats.rounds.append(summary)
+        self._update_totals()
         return summary
 
     def sync_final(self) -> None:
@@ -305,30 +407,83 @@ class DeviceClient:
             self._save()
 
     # --- main loop ----------------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._stop_fetcher()
+        pipeline = self.cfg.pipeline
+        self.fetcher = GuidanceFetcher(self.api, self.store, self.transfers.backoff, background=pipeline)
+        if pipeline:
+            self.uploader.start()  # reports computed before a crash go first
+        else:
+            self.uploader.drain()  # reports computed before a crash go first
+
+    def _stop_fetcher(self) -> None:
+        if self.fetcher is not None:
+            self._downloads_done += self.fetcher.downloads
+            self._retries_done += self.fetcher.transfers.retries
+            self.fetcher.stop()
+            self.fetcher = None
+
+    def _stop(self) -> None:
+        self._stopping.set()
+        self._sync_ahead = None
+        self.uploader.stop()
+        self._stop_fetcher()
+        self._update_totals()
+
     def run(self) -> ClientStats:
+        self._wire_start = self._wire()
+        self._stopping.clear()
         self.enrol()
-        self._upload_pending()  # reports computed before a crash go first
+        self._start()
+        try:
+            self._loop()
+            self._drained()
+        finally:
+            self._stop()
+        return self.stats
+
+    def _drained(self) -> None:
+        """Wait until every computed report is settled (the end of the device's work in the run)."""
+        if self.stats.drained_at is None:
+            self.uploader.flush()
+            self.stats.drained_at = time.perf_counter()
+
+    def _loop(self) -> None:
         joined = 0
         while True:
-            info = self._call("current round", self.api.current_round)
+            self._check_uploader()
+            st = self.state
+            waiting = bool(st.extra.get("submitted")) and st.round_id >= 0
+            asked = time.perf_counter()
+            if waiting:  # long poll: the answer comes when the next round opens (or the run ends)
+                info = self._call("current round", self.api.current_round, after=st.round_id, wait_s=LONG_POLL_S)
+            else:
+                info = self._call("current round", self.api.current_round)
+            seen_at, wire_seen = time.perf_counter(), self._wire()
             if info.status == "failed":
                 raise ClientError(f"the cloud's run {info.run_id} failed")
             if info.status == "finished":
                 log.info("run %d finished", info.run_id)
+                self._drained()
                 self.sync_final()
                 break
-            same_round = info.round == self.state.round_id
-            if info.status != "open" or (same_round and self.state.extra.get("submitted")):
-                time.sleep(self.cfg.poll_s)  # wait for the round to close and the next to open
+            same_round = info.round == st.round_id and info.run_id == st.extra.get("run_id", info.run_id)
+            if info.status != "open" or (same_round and st.extra.get("submitted")):
+                time.sleep(max(0.0, self.cfg.poll_s - (seen_at - asked)))  # a long poll has waited already
                 continue
             self.check_artifacts(info.artifact_hashes)
+            if not same_round and self.cfg.max_rounds is not None and joined >= self.cfg.max_rounds:
+                break
+            if not same_round and self._round_shas:  # keep this round's versions and the last (its replay)
+                self.store.retain({g.sha256 for g in info.guidance} | self._round_shas)
+            fetcher = self._fetcher()
+            fetcher.request(info.round, info.guidance)  # SPC: downloads while the previous round is replayed
+            if info.round + 1 < info.rounds_total and info.guidance:
+                fetcher.prefetch(info.round + 1)  # the next round's new versions, once the cloud publishes them
             if not same_round:
-                if self.cfg.max_rounds is not None and joined >= self.cfg.max_rounds:
-                    break
                 self.sync_to(info)
-            summary = self.run_round(info)
+            summary = self.run_round(info, seen_at, wire_seen)
             joined += 1
             log.info("round %d: %d reports in %.1f s", summary["round"], summary["reports"], summary["seconds"])
             if self.cfg.max_rounds is not None and joined >= self.cfg.max_rounds:
                 break
-        return self.stats

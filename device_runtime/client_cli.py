@@ -15,7 +15,9 @@ def register_run(dsub: argparse._SubParsersAction) -> None:
         help="federated device client: enrol, join rounds, run ZO steps, upload reports, sync by replay",
         description="Join the cloud's federated run as one device: per round, sync θ by replay (checksum-verified, "
         "full-adapter fallback), fetch guidance, run local_steps × blocks SPSA reports on the private data, upload "
-        "them (saved first, retried with backoff). Refuses to train when the artifact hashes differ from the run's.",
+        "them (committed to a durable outbox first, retried with backoff, idempotent). By default transfers overlap "
+        "compute (SPC: guidance for the next block and round is prefetched, uploads drain in the background). "
+        "Refuses to train when the artifact hashes differ from the run's.",
     )
     add_device_options(p)
     p.add_argument("--cloud", required=True, help="base URL of the cloud API, e.g. http://127.0.0.1:8000")
@@ -29,6 +31,11 @@ def register_run(dsub: argparse._SubParsersAction) -> None:
         "--give-up-after",
         type=float,
         help="stop (state kept) when the cloud stays unreachable this many seconds (default: keep retrying)",
+    )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="no pipelining: fetch all guidance, compute, then upload and wait, one after the other (the baseline)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=run_client)
@@ -53,6 +60,7 @@ def run_client(args: argparse.Namespace) -> int:
         poll_s=args.poll,
         max_rounds=args.rounds,
         progress=not args.no_progress,
+        pipeline=not args.sequential,
     )
     transfers = Transfers(Backoff(give_up_after_s=args.give_up_after))
     with CooperClient(args.cloud) as api:
@@ -73,7 +81,13 @@ def run_client(args: argparse.Namespace) -> int:
         "replays": stats.replays,
         "downloads": stats.downloads,
         "reports": stats.reports,
-        "retries": transfers.retries,
+        "reports_acked": stats.reports_acked,
+        "reports_dropped": stats.reports_dropped,
+        "bytes_up": stats.bytes_up,
+        "bytes_down": stats.bytes_down,
+        "guidance_downloads": stats.guidance_downloads,
+        "guidance_kept": stats.guidance_kept,
+        "retries": stats.retries,
         "state": state_dir,
     }
     if args.json:
@@ -81,5 +95,9 @@ def run_client(args: argparse.Namespace) -> int:
     else:
         for r in stats.rounds:
             print(f"round {r['round']:>4}: {r['reports']} reports in {r['seconds']:.1f} s, mean loss {r['mean_loss']}")
-        print(f"model sync: {stats.replays} by replay, {stats.downloads} by download; {transfers.retries} retries")
+        print(
+            f"model sync: {stats.replays} by replay, {stats.downloads} by download; guidance: "
+            f"{stats.guidance_downloads} frames downloaded, {stats.guidance_kept} kept; "
+            f"{stats.bytes_up:,} bytes up, {stats.bytes_down:,} down; {stats.retries} retries"
+        )
     return 0

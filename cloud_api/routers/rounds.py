@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from pydantic import ValidationError
 
 from cloud_api.deps import BEARER_SECURITY, DeviceId, State, authenticate_device, bearer_token
@@ -14,6 +14,7 @@ from cooperllm.protocol import (
     FRAME_MEDIA_TYPE,
     GUIDANCE_ID_HEADER,
     MAX_BATCH_REPORTS,
+    GuidanceRef,
     ModelSync,
     ReportAck,
     ReportBatch,
@@ -23,12 +24,33 @@ from cooperllm.protocol import (
 
 router = APIRouter(prefix="/rounds", tags=["rounds"])
 RoundNo = Annotated[int, Path(ge=0, le=1_000_000)]
+MAX_WAIT_S = 60.0
+
+
+LongPoll = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long poll: wait up to this many seconds")]
 
 
 @router.get("/current", operation_id="get_current_round", response_model=RoundInfo)
-def current_round(state: State, device: DeviceId) -> RoundInfo:
-    """Config of the current round, its guidance list and this device's seed range [seed_lo, seed_hi)."""
+async def current_round(
+    state: State,
+    device: DeviceId,
+    after: Annotated[int | None, Query(ge=-1, le=1_000_000, description="with wait: until a round > after")] = None,
+    wait: LongPoll = 0.0,
+) -> RoundInfo:
+    """Config of the current round, its guidance list and this device's seed range [seed_lo, seed_hi).
+
+    Long poll: with ``after=r&wait=s`` the answer comes as soon as the run is past round r (the next round opened,
+    or the run finished, failed or was replaced), or after s seconds with the current state, whichever is first."""
+    if after is not None and wait > 0:
+        await state.engine.waiters.wait(state.engine.moved_past(after), wait)
     return state.engine.round_info(device, state.host.artifact_hashes)
+
+
+@router.get("/{round}/guidance", operation_id="list_guidance", response_model=list[GuidanceRef])
+def guidance_list(round: RoundNo, state: State, device: DeviceId) -> list[GuidanceRef]:
+    """The guidance list of a round (block, id, frame sha256, shape), published as soon as the rectifier stored it:
+    the next round's while the current one still runs, so devices download new versions ahead of time."""
+    return state.engine.guidance_list(round)
 
 
 @router.get(
@@ -124,6 +146,12 @@ async def upload_delta(
 
 
 @router.get("/{round}/sync", operation_id="get_model_sync", response_model=ModelSync)
-def model_sync(round: RoundNo, state: State, device: DeviceId) -> ModelSync:
-    """Seeds, scalars, guidance ids and coefficients, λ, η and checksums: replay θ_r → θ_r+1 with apply_round."""
-    return state.engine.sync(round)
+async def model_sync(round: RoundNo, state: State, device: DeviceId, wait: LongPoll = 0.0) -> ModelSync:
+    """Seeds, scalars, guidance ids and coefficients, λ, η and checksums: replay θ_r → θ_r+1 with apply_round.
+
+    Long poll: with ``wait=s`` a round that is still open is waited for (up to s seconds) instead of answered 409."""
+    from starlette.concurrency import run_in_threadpool
+
+    if wait > 0:
+        await state.engine.waiters.wait(state.engine.moved_past(round), wait)
+    return await run_in_threadpool(state.engine.sync, round)

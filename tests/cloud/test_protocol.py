@@ -74,6 +74,7 @@ def test_openapi_operation_ids_are_stable():
         "enroll",
         "get_current_round",
         "get_guidance",
+        "list_guidance",
         "upload_reports",
         "upload_report_frame",
         "upload_delta",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import numpy as np
@@ -13,6 +14,7 @@ from cooperllm.checkpoint import load_theta
 from cooperllm.layout import theta_checksum
 from cooperllm.protocol import RunConfig
 from device_runtime.client import ClientConfig, ClientError, DeviceClient
+from device_runtime.outbox import Outbox
 from device_runtime.session import open_session
 from device_runtime.state import load_state
 from device_runtime.transfer import Backoff, CloudUnavailableError, Transfers
@@ -71,19 +73,23 @@ def _fast() -> Transfers:
     return Transfers(Backoff(initial_s=0.01, max_s=0.05, give_up_after_s=0.5))
 
 
-def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, toy_corpus, tmp_path):
+@pytest.mark.parametrize("pipeline", [True, False], ids=["spc", "sequential"])
+def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, toy_corpus, tmp_path, pipeline):
     with CooperClient(cloud, ADMIN) as admin:
         run = admin.create_run(_run_config())
+    cfg = ClientConfig(ENROL, poll_s=0.02, progress=False, pipeline=pipeline)
     with CooperClient(cloud) as api:
-        client = DeviceClient(
-            session, api, toy_corpus, tmp_path / "dev", ClientConfig(ENROL, poll_s=0.02, progress=False)
-        )
+        client = DeviceClient(session, api, toy_corpus, tmp_path / "dev", cfg)
         stats = client.run()
         final = load_theta_bytes(api.adapter(), session)
     n_blocks = len(session.manifest.layout.blocks)
     assert [r["round"] for r in stats.rounds] == [0, 1, 2]
     assert all(r["reports"] == 2 * n_blocks for r in stats.rounds)
     assert stats.downloads == 0 and stats.replays == 3  # rounds 1 and 2 and the final model, all by replay
+    assert Outbox(tmp_path / "dev").counts() == {"acked": 3 * 2 * n_blocks} == {"acked": stats.reports_acked}
+    assert stats.guidance_downloads == 3 * n_blocks and stats.guidance_kept == 0  # a new version every round
+    assert stats.bytes_up > 0 and stats.bytes_down > 0
+    assert sum(r["bytes_up"] for r in stats.rounds) <= stats.bytes_up
     state = load_state(tmp_path / "dev", session.manifest.layout)
     assert state.pending == []
     assert theta_checksum(state.theta) == theta_checksum(final)  # the replayed θ is the server's, bit for bit
@@ -93,6 +99,54 @@ def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, 
     with CooperClient(cloud, ADMIN) as admin:
         rounds = admin.rounds(run.run_id)
     assert [r.n_reports for r in rounds] == [2 * n_blocks] * 3
+
+
+def test_kept_guidance_versions_are_not_downloaded_again(cloud, session, toy_corpus, tmp_path):
+    """Send only what changed: with τ = 1 every block keeps round 0's version (of full rank from the start: two
+    gradients for rank 2); the device downloads each block once and its replays (with its own decoded copies) still
+    land on the server's θ bit for bit."""
+    with CooperClient(cloud, ADMIN) as admin:
+        admin.create_run(_run_config(guidance_tau=1.0, grad_batches=2))
+    with CooperClient(cloud) as api:
+        client = DeviceClient(
+            session, api, toy_corpus, tmp_path / "dev", ClientConfig(ENROL, poll_s=0.02, progress=False)
+        )
+        stats = client.run()
+        final = load_theta_bytes(api.adapter(), session)
+    n_blocks = len(session.manifest.layout.blocks)
+    assert stats.guidance_downloads == n_blocks and stats.guidance_kept == 2 * n_blocks
+    assert stats.downloads == 0 and stats.replays == 3
+    state = load_state(tmp_path / "dev", session.manifest.layout)
+    assert theta_checksum(state.theta) == theta_checksum(final)
+
+
+def test_fetcher_downloads_the_next_rounds_guidance_ahead_and_keeps_it_on_disk(cloud, session, tmp_path):
+    from device_runtime.prefetch import GuidanceFetcher, GuidanceStore, Want
+
+    layout = session.manifest.layout
+    with CooperClient(cloud, ADMIN) as admin:
+        admin.create_run(_run_config())
+    with CooperClient(cloud) as api:
+        api.enroll(ENROL, "prefetch")
+        store = GuidanceStore(tmp_path / "g", layout)
+        fetcher = GuidanceFetcher(api, store, _fast().backoff)
+        try:
+            fetcher.prefetch(1)  # polls until the rectifier publishes round 1's list, then downloads it
+            for _ in range(3000):
+                if fetcher.downloads == len(layout.blocks):
+                    break
+                time.sleep(0.01)
+        finally:
+            fetcher.stop()
+        assert fetcher.downloads == len(layout.blocks)
+        assert api.current_round().round == 0  # all of it while round 0 still runs
+        refs = api.guidance_refs(1)
+        again = GuidanceStore(tmp_path / "g", layout)  # a restarted app: the copies come back from disk
+        for g in refs:
+            assert np.array_equal(again.get(Want(1, g.block, g.sha256)), api.guidance(1, g.block))
+        path = tmp_path / "g" / f"{refs[0].sha256}.frame"
+        path.write_bytes(path.read_bytes()[:-1] + b"\x00")  # a damaged copy is not used
+        assert GuidanceStore(tmp_path / "g", layout).get(Want(1, refs[0].block, refs[0].sha256)) is None
 
 
 class _DropUploads:
@@ -105,10 +159,10 @@ class _DropUploads:
     def __getattr__(self, name):
         return getattr(self.api, name)
 
-    def upload_reports(self, *args, **kwargs):
+    def upload_report_frame(self, *args, **kwargs):
         if self.down:
             raise httpx.ConnectError("network is down")
-        return self.api.upload_reports(*args, **kwargs)
+        return self.api.upload_report_frame(*args, **kwargs)
 
 
 def test_reports_survive_a_dead_network_and_a_restart(cloud, session, toy_corpus, tmp_path):
@@ -121,7 +175,7 @@ def test_reports_survive_a_dead_network_and_a_restart(cloud, session, toy_corpus
         with pytest.raises(CloudUnavailableError):
             DeviceClient(session, flaky, toy_corpus, state_dir, cfg, _fast()).run()
         saved = load_state(state_dir, session.manifest.layout)
-        assert len(saved.pending) == 3 and saved.round_id == 0  # computed, unsent, and on disk
+        assert saved.round_id == 0 and Outbox(state_dir).counts() == {"pending": 3}  # computed, unsent, on disk
         # "Restart" the app with the network back: the pending reports go first, then the device goes on.
         flaky.down = False
         restarted = DeviceClient(

@@ -258,9 +258,12 @@ public final class FederatedDevice {
         return ok;
     }
 
-    /** The decoded basis of (round, block), downloaded once and checked against the advertised sha256. */
+    /**
+     * The decoded basis of (round, block), checked against the advertised sha256 and downloaded once per version: a
+     * block whose guidance version did not change since an earlier round (same sha256) is not downloaded again.
+     */
     private BlockGuidance basis(int round, int block, String sha256) throws IOException {
-        String key = round + ":" + block + ":" + sha256;
+        String key = block + ":" + sha256;
         BlockGuidance cached = basisCache.get(key);
         if (cached != null) return cached;
         byte[] frame = api.guidanceFrame(round, block);
