@@ -72,14 +72,17 @@ def test_zgr_simulation_writes_a_complete_metrics_line_per_round(zgr_run):
     rounds = lines[1:]
     assert [m["round"] for m in rounds] == [0, 1]
     for m in rounds:
-        assert all(m.get(f) is not None for f in ROUND_FIELDS), m
+        # guidance_bits is None in a round whose devices downloaded no frame: they prefetched its guidance while
+        # they ran the round before (the SPC fetcher runs ahead), so those bytes count in that round
+        assert all(m.get(f) is not None for f in ROUND_FIELDS if f != "guidance_bits"), m
         assert 0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0
         assert len(m["devices"]) == 2 and set(m["bytes_up"]) == {str(d) for d in m["devices"]}
         assert all(v > 0 for v in [*m["bytes_up"].values(), *m["bytes_down"].values()])
         assert m["lam"] == 0.5
-        assert 0 < m["guidance_bits"] < 32  # DTC-quantized guidance frames
+        assert m["guidance_bits"] is None or 0 < m["guidance_bits"] < 32  # DTC-quantized guidance frames
         assert m["device_peak_rss_mb"] > 0 and m["device_torch"] is False  # the device processes are torch-free
         assert m["missing_device_stats"] == [] and m["resumed"] is False
+    assert rounds[0]["guidance_bits"] is not None  # round 0's guidance cannot have been prefetched
     assert rounds[1]["wall_s"] >= rounds[0]["wall_s"] and rounds[1]["cum_bytes"] > rounds[0]["cum_bytes"]
     # what the cloud counted: 2 devices × 2 steps × 2 blocks per round, and θ moved every round
     cloud = _cloud_rounds(zgr_run)
@@ -131,7 +134,8 @@ def test_a_killed_simulation_resumes_without_repeating_a_round(sig, tmp_path, ti
     assert [m["round"] for m in after] == [0, 1, 2]  # R rounds, none twice
     assert after[: len(before)] == before  # finished rounds are not redone
     assert after[resumed_at]["resumed"] is True
-    assert all(m["guidance_bits"] >= 32 for m in after)  # lossless float32 guidance frames
+    bits = [m["guidance_bits"] for m in after if m["guidance_bits"] is not None]  # None: prefetched earlier
+    assert bits and all(b >= 32 for b in bits)  # lossless float32 guidance frames
     cloud = _cloud_rounds(out)
     assert [(r, s, n) for r, s, n, *_ in cloud] == [(0, "closed", 8), (1, "closed", 8), (2, "closed", 8)]
     assert [r[5] for r in cloud[:-1]] == [r[4] for r in cloud[1:]]  # θ chains round to round across the restart
