@@ -21,12 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--figures", help="folder for the PNGs (default: figures/ beside the Markdown file)")
     p.add_argument("--labels", help="comma-separated run labels, in the order of RUN_DIR (default: folder names)")
     p.add_argument("--title", default="Simulation results", help="heading of the Markdown file")
+    p.add_argument(
+        "--notes",
+        help="a Markdown file placed after the headline figures (the reading of the runs: why a target was missed)",
+    )
     p.set_defaults(func=run)
 
 
 def _command(args: argparse.Namespace) -> str:
     parts = ["cooperllm", "report", *args.runs, "--out", args.out]
-    for flag in ("figures", "labels", "title"):
+    for flag in ("figures", "labels", "title", "notes"):
         value = getattr(args, flag)
         if value is not None and not (flag == "title" and value == "Simulation results"):
             parts += [f"--{flag}", value]
@@ -41,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if len(labels) != len(args.runs):
         raise ValueError(f"--labels names {len(labels)} runs, {len(args.runs)} run folders were given")
     runs = [load_run(folder, label) for folder, label in zip(args.runs, labels, strict=True)]
+    notes = Path(args.notes).read_text().strip().splitlines() + [""] if args.notes else []
     out = Path(args.out)
     figures = Path(args.figures) if args.figures else out.parent / "figures"
     pngs = plot_runs(runs, figures)
@@ -54,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         "requests and responses with headers; wall-clock of the rounds, evaluation excluded).",
         "",
         *headline_markdown(runs),
+        *notes,
         "## Runs",
         "",
         markdown_table([summary_row(r) for r in runs]),

@@ -184,7 +184,10 @@ def test_report_renders_figures_and_a_table(zgr_run, zo_run, tmp_path):
     from cooperllm.cli import main
 
     md = tmp_path / "docs" / "RESULTS.md"
-    assert main(["report", str(zgr_run), str(zo_run), "--out", str(md), "--labels", "zgr,fed-zo"]) == 0
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Reading\n\nzgr missed the target by 1.2 pp because of the test's size.\n")
+    argv = ["report", str(zgr_run), str(zo_run), "--out", str(md), "--labels", "zgr,fed-zo", "--notes", str(notes)]
+    assert main(argv) == 0
     text = md.read_text()
     pngs = sorted((tmp_path / "docs" / "figures").glob("*.png"))
     assert [p.name for p in pngs] == ["accuracy_vs_bytes.png", "accuracy_vs_rounds.png", "accuracy_vs_wallclock.png"]
@@ -192,3 +195,5 @@ def test_report_renders_figures_and_a_table(zgr_run, zo_run, tmp_path):
     assert "| run | strategy |" in text and "| zgr | zgr |" in text and "| fed-zo | zo |" in text
     assert all(f"]({Path('figures') / p.name})" in text for p in pngs)
     assert f"--out {zgr_run}" in text and "cooperllm report" in text  # the commands behind the runs and the report
+    assert "## Headline figures beside the paper's" in text and "| 8.8× |" in text  # both runs share a task
+    assert text.index("missed the target by 1.2 pp") < text.index("## Runs")  # the notes follow the headline
