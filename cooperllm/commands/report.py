@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if len(labels) != len(args.runs):
         raise ValueError(f"--labels names {len(labels)} runs, {len(args.runs)} run folders were given")
     runs = [load_run(folder, label) for folder, label in zip(args.runs, labels, strict=True)]
-    notes = Path(args.notes).read_text().strip().splitlines() + [""] if args.notes else []
+    notes = [*Path(args.notes).read_text().strip().splitlines(), ""] if args.notes else []
     out = Path(args.out)
     figures = Path(args.figures) if args.figures else out.parent / "figures"
     pngs = plot_runs(runs, figures)
