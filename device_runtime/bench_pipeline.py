@@ -157,8 +157,11 @@ class _Bench:
         cfg = ClientConfig(
             self.enrol_key, device_name=f"bench-{self.runs}", poll_s=0.02, progress=False, pipeline=pipeline
         )
-        with CooperClient(self.url, transport=transport, timeout=120) as api:
-            stats = DeviceClient(session, api, self.data, self.tmp / f"device-{self.runs}", cfg).run()
+        with (
+            CooperClient(self.url, transport=transport, timeout=120) as api,
+            DeviceClient(session, api, self.data, self.tmp / f"device-{self.runs}", cfg) as client,
+        ):
+            stats = client.run()
         with CooperClient(self.url, self.admin_token) as admin:
             cloud = admin.rounds(run_id)[1:]
         steady = stats.rounds[1:]

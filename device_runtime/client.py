@@ -442,6 +442,20 @@ class DeviceClient:
             self._stop()
         return self.stats
 
+    def close(self) -> None:
+        """Release what the client holds beyond its durable state: threads, the outbox's database connection and the
+        decoded guidance in memory. A long-lived process (an app, a simulation worker playing many devices) that
+        drops clients without closing them keeps each one's buffers until the cyclic garbage collector runs."""
+        self._stop()
+        self.outbox.close()
+        self.store.forget()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _drained(self) -> None:
         """Wait until every computed report is settled (the end of the device's work in the run)."""
         if self.stats.drained_at is None:

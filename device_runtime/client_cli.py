@@ -65,8 +65,8 @@ def run_client(args: argparse.Namespace) -> int:
     transfers = Transfers(Backoff(give_up_after_s=args.give_up_after))
     with CooperClient(args.cloud) as api:
         try:
-            client = DeviceClient(session, api, session.corpora["train"], state_dir, cfg, transfers)
-            stats = client.run()
+            with DeviceClient(session, api, session.corpora["train"], state_dir, cfg, transfers) as client:
+                stats = client.run()
         except ClientError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_REFUSED

@@ -108,6 +108,11 @@ class GuidanceStore:
             tmp.write_bytes(frame)
             os.replace(tmp, self._path(want.sha256))  # checked against its sha256 when read back
 
+    def forget(self) -> None:
+        """Drop the decoded bases from memory (the frame files stay: ``get`` reads them back)."""
+        with self._lock:
+            self._mem.clear()
+
     def retain(self, keep: set[str]) -> None:
         """Forget every basis whose sha256 is not in ``keep`` (memory and files)."""
         with self._lock:

@@ -14,6 +14,7 @@ JSON lines on stdin/stdout (stdout is kept for the protocol: anything else the p
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -141,11 +142,12 @@ class DeviceHost:
             max_rounds=1,
             progress=False,
         )
-        client = DeviceClient(self.session, api, self.shard(d), device_dir(self.run_dir, d), cfg, self._transfers())
-        st = client.state
-        if st.round_id > r or (st.round_id == r and st.extra.get("submitted")):
-            return {"skipped": True, "reports": 0}  # done before a restart: its reports are already counted
-        stats = client.run()
+        with DeviceClient(self.session, api, self.shard(d), device_dir(self.run_dir, d), cfg, self._transfers()) as c:
+            st = c.state
+            if st.round_id > r or (st.round_id == r and st.extra.get("submitted")):
+                return {"skipped": True, "reports": 0}  # done before a restart: its reports are already counted
+            stats = c.run()
+        gc.collect()  # one process plays many devices: free each one's θ copies and guidance before the next
         if not stats.rounds or stats.rounds[-1]["round"] != r:
             raise RuntimeError(f"device {d} was sent to round {r} but took part in {stats.rounds}")
         last = stats.rounds[-1]

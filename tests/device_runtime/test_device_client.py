@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 
 import httpx
@@ -79,9 +80,14 @@ def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, 
         run = admin.create_run(_run_config())
     cfg = ClientConfig(ENROL, poll_s=0.02, progress=False, pipeline=pipeline)
     with CooperClient(cloud) as api:
-        client = DeviceClient(session, api, toy_corpus, tmp_path / "dev", cfg)
-        stats = client.run()
+        with DeviceClient(session, api, toy_corpus, tmp_path / "dev", cfg) as client:
+            stats = client.run()
+            assert client.store._mem  # the last round's decoded guidance, kept for its replay
         final = load_theta_bytes(api.adapter(), session)
+    # closed: the outbox's connection and the decoded guidance are released, the durable state is not
+    with pytest.raises(sqlite3.ProgrammingError):
+        client.outbox.counts()
+    assert client.store._mem == {}
     n_blocks = len(session.manifest.layout.blocks)
     assert [r["round"] for r in stats.rounds] == [0, 1, 2]
     assert all(r["reports"] == 2 * n_blocks for r in stats.rounds)
