@@ -80,19 +80,25 @@ if [ "$ONLY" = all ] || [ "$ONLY" = main ]; then
     done
 fi
 
+# name and the options it changes from the reference zgr run (η, λ, α above; m 4; DTC on; public data = dev.tsv)
+declare -A ABLATION=(
+    [dtc-off]="--guidance-codec plain"
+    [lam-auto]="--lam auto"
+    [public-shift]="--public-classes 1"  # the cloud sees positive reviews only
+    [lam-auto-shift]="--lam auto --public-classes 1"
+    [alpha0.5]="--alpha 0.5"
+    [m1]="--rank 1"
+    [m8]="--rank 8"
+)
+ABLATIONS=${ABLATIONS:-dtc-off lam-auto public-shift lam-auto-shift alpha0.5 m1 m8}
+
 if [ "$ONLY" = all ] || [ "$ONLY" = ablations ]; then
-    # on seq-cls (the paper's setting: a new head, ~38 pp of headroom), ABL_ROUNDS rounds each; the reference is the
-    # main zgr run (η, λ, α above; m 4; DTC on; public data = dev.tsv), compared at the same round
-    # shellcheck disable=SC2046
-    {
-        sim seq-cls-zgr-dtc-off "$SEQCLS" "$ABL_ROUNDS" $(zgr) --guidance-codec plain
-        sim seq-cls-zgr-lam-auto "$SEQCLS" "$ABL_ROUNDS" $(zgr) --lam auto
-        sim seq-cls-zgr-public-shift "$SEQCLS" "$ABL_ROUNDS" $(zgr) --public-classes 1  # cloud sees positives only
-        sim seq-cls-zgr-lam-auto-shift "$SEQCLS" "$ABL_ROUNDS" $(zgr) --lam auto --public-classes 1
-        sim seq-cls-zgr-alpha0.5 "$SEQCLS" "$ABL_ROUNDS" $(zgr) --alpha 0.5
-        sim seq-cls-zgr-m1 "$SEQCLS" "$ABL_ROUNDS" $(zgr) --rank 1
-        sim seq-cls-zgr-m8 "$SEQCLS" "$ABL_ROUNDS" $(zgr) --rank 8
-    }
+    # on seq-cls (the paper's setting: a new head, ~38 pp of headroom), ABL_ROUNDS rounds each, compared with the
+    # main zgr run at the same round
+    for name in $ABLATIONS; do
+        # shellcheck disable=SC2046,SC2086
+        sim "seq-cls-zgr-$name" "$SEQCLS" "$ABL_ROUNDS" $(zgr) ${ABLATION[$name]}
+    done
 fi
 
 runs() { for name in "$@"; do [ -f "$OUT/$name/config.json" ] && echo "$OUT/$name"; done; }
@@ -105,7 +111,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = main ] || [ "$ONLY" = report ]; then
 fi
 if [ "$ONLY" = all ] || [ "$ONLY" = ablations ] || [ "$ONLY" = report ]; then
     # shellcheck disable=SC2046
-    $COOPERLLM report $(runs seq-cls-zgr seq-cls-zgr-{dtc-off,lam-auto,public-shift,lam-auto-shift,alpha0.5,m1,m8}) \
+    $COOPERLLM report $(runs seq-cls-zgr $(printf 'seq-cls-zgr-%s ' $ABLATIONS)) \
         --out docs/results/ablations.md ${ABL_NOTES:+--notes "$ABL_NOTES"} \
         --title "ZGR ablations (seq-cls): DTC, λ fixed vs online, shifted public data, α, m"
 fi
