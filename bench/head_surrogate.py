@@ -144,7 +144,7 @@ def main() -> None:
     grid = [("zo", e, 0.0, 1.0) for e in etas]
     grid += [("zgr", e, lam, a) for e, lam, a in itertools.product(etas, (0.5, 0.9), (0.5, 0.9, 0.99))]
     grid += [("cloud only", e, 1.0, 0.99) for e in (1e-2, 3e-2)]
-    print(f"test accuracy (%) of the head after rounds 0, 5, 10, {args.rounds}; mean of {args.seeds} seeds")
+    print(f"test accuracy (%) of the head after rounds 0, 5, 10, {args.rounds}; mean of {args.seeds} seeds\n")
     print("| strategy | η | λ | α | r0 | r5 | r10 | final |\n|---|---|---|---|---|---|---|---|")
     for name, eta, lam, alpha in grid:
         strategy = "zo" if name == "zo" else "zgr"
