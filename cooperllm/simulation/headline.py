@@ -21,17 +21,31 @@ class Point:
     rounds: int  # rounds done (0: θ₀)
     wall_s: float
     accuracy: float
+    loss: float
 
 
 def curve(run: Run) -> list[Point]:
     """θ₀ then every scored round, in round order."""
-    out = [Point(0, 0.0, run.baseline["accuracy"])] if run.baseline else []
-    out += [Point(m["round"] + 1, m["wall_s"], m["accuracy"]) for m in run.rounds if m.get("accuracy") is not None]
+    b = run.baseline
+    out = [Point(0, 0.0, b["accuracy"], b["loss"])] if b else []
+    scored = [m for m in run.rounds if m.get("accuracy") is not None]
+    out += [Point(m["round"] + 1, m["wall_s"], m["accuracy"], m["loss"]) for m in scored]
     return out
 
 
 def first_reaching(points: list[Point], target: float) -> Point | None:
     return next((p for p in points if p.accuracy >= target - 1e-12), None)
+
+
+def first_below(points: list[Point], target: float) -> Point | None:
+    return next((p for p in points if p.loss <= target + 1e-12), None)
+
+
+def speedup(zo_at: Point | None, zgr_at: Point | None) -> float | None:
+    """zo's rounds ÷ zgr's rounds to the same point; None when either never got there or zo was there at θ₀."""
+    if zo_at is None or zgr_at is None or zo_at.rounds == 0:
+        return None
+    return zo_at.rounds / max(zgr_at.rounds, 1)
 
 
 def peak_rss(run: Run) -> float | None:
@@ -45,6 +59,9 @@ class Headline:
     target: float | None  # zo's best accuracy (its plateau within its budget)
     zo_at: Point | None  # where zo first reached it
     zgr_at: Point | None  # where zgr first reached it (None: never)
+    loss_target: float | None  # zo's lowest test loss
+    zo_loss_at: Point | None
+    zgr_loss_at: Point | None
     budget: int  # rounds both zgr and zo have scored
     zgr_final: float | None
     zo_final: float | None
@@ -55,9 +72,11 @@ class Headline:
 
     @property
     def speedup(self) -> float | None:
-        if self.zo_at is None or self.zgr_at is None or self.zo_at.rounds == 0:
-            return None
-        return self.zo_at.rounds / max(self.zgr_at.rounds, 1)
+        return speedup(self.zo_at, self.zgr_at)
+
+    @property
+    def loss_speedup(self) -> float | None:
+        return speedup(self.zo_loss_at, self.zgr_loss_at)
 
     @property
     def memory_reduction(self) -> float | None:
@@ -83,6 +102,7 @@ def headline_for(task: str, runs: list[Run]) -> Headline | None:
     target = max((p.accuracy for p in oc), default=None)
     zo_at = None if target is None else first_reaching(oc, target)
     zgr_at = None if target is None else first_reaching(zc, target)
+    loss_target = min((p.loss for p in oc), default=None)
     budget = min(zc[-1].rounds if zc else 0, oc[-1].rounds if oc else 0)
     bc = curve(bp) if bp else []
     return Headline(
@@ -90,6 +110,9 @@ def headline_for(task: str, runs: list[Run]) -> Headline | None:
         target=target,
         zo_at=zo_at,
         zgr_at=zgr_at,
+        loss_target=loss_target,
+        zo_loss_at=None if loss_target is None else first_below(oc, loss_target),
+        zgr_loss_at=None if loss_target is None else first_below(zc, loss_target),
         budget=budget,
         zgr_final=_at_budget(zc, budget),
         zo_final=_at_budget(oc, budget),
@@ -108,15 +131,23 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v * 100:.2f} %"
 
 
+def _speed_text(value: float | None, zo_at: Point | None, zgr_at: Point | None, what: str, budget: int) -> str:
+    if value is not None:
+        return (
+            f"**{value:.1f}×** ({zo_at.rounds} rounds for zo, {zgr_at.rounds} for zgr; "
+            f"wall-clock {zo_at.wall_s:.0f} s vs {zgr_at.wall_s:.0f} s)"
+        )
+    if zo_at is not None and zo_at.rounds == 0:
+        return "not measurable: zo never improved on θ₀ within its rounds"
+    return f"zgr never reached {what} within {budget} rounds"
+
+
 def render(h: Headline) -> list[str]:
     """Markdown rows: measured beside the paper, with the baselines of the same runs."""
-    if h.speedup is not None:
-        speed = f"**{h.speedup:.1f}×** ({h.zo_at.rounds} rounds for zo, {h.zgr_at.rounds} for zgr"
-        speed += f"; wall-clock {h.zo_at.wall_s:.0f} s vs {h.zgr_at.wall_s:.0f} s)"
-    elif h.zo_at is not None and h.zo_at.rounds == 0:
-        speed = "not measurable: zo never improved on θ₀ within its rounds"
-    else:
-        speed = f"zgr never reached zo's best ({_pct(h.target)}) within {h.budget} rounds"
+    speed = _speed_text(h.speedup, h.zo_at, h.zgr_at, f"zo's best accuracy ({_pct(h.target)})", h.budget)
+    loss_speed = _speed_text(
+        h.loss_speedup, h.zo_loss_at, h.zgr_loss_at, f"zo's lowest test loss ({h.loss_target:.4f})", h.budget
+    )
     gain = f"**{_pp(h.zgr_final, h.zo_final)}** (zgr {_pct(h.zgr_final)}, zo {_pct(h.zo_final)} at round {h.budget})"
     vs_bp = f"{_pp(h.zgr_final, h.bp_final)} (bp {_pct(h.bp_final)})"
     mem = h.memory_reduction
@@ -129,6 +160,7 @@ def render(h: Headline) -> list[str]:
         "| figure | measured here | paper |",
         "|---|---|---|",
         f"| rounds to zo's best accuracy ({_pct(h.target)}), zo ÷ zgr | {speed} | {PAPER_SPEEDUP}× |",
+        f"| rounds to zo's lowest test loss ({h.loss_target:.4f}), zo ÷ zgr | {loss_speed} | – |",
         f"| accuracy gain over zo at a fixed round budget | {gain} | +{PAPER_GAIN_PP:.0f} pp |",
         f"| zgr vs bp (FedAvg of backprop) at that budget | {vs_bp} | within 2 pp (target) |",
         f"| device peak RSS, zgr vs a bp device | {memory} | {PAPER_MEMORY_REDUCTION * 100:.1f} % lower |",

@@ -67,29 +67,33 @@ def test_shards_smaller_than_a_batch_are_refused_before_anything_starts(tmp_path
     assert not (tmp_path / "run" / "cloud").exists()
 
 
-def _run(strategy: str, task: str, accs: list[float], rss: float, base: float = 0.5):
+def _run(strategy: str, task: str, accs: list[float], rss: float, losses: list[float] | None = None):
     from pathlib import Path
 
     from cooperllm.simulation.plots import Run
 
+    losses = losses or [0.7] * len(accs)
     rounds = [
-        {"round": i, "accuracy": a, "wall_s": 10.0 * (i + 1), "device_peak_rss_mb": rss} for i, a in enumerate(accs)
+        {"round": i, "accuracy": a, "loss": loss, "wall_s": 10.0 * (i + 1), "device_peak_rss_mb": rss}
+        for i, (a, loss) in enumerate(zip(accs, losses, strict=True))
     ]
-    return Run(strategy, Path(strategy), {"strategy": strategy}, {"accuracy": base}, rounds, task)
+    return Run(strategy, Path(strategy), {"strategy": strategy}, {"accuracy": 0.5, "loss": 0.69}, rounds, task)
 
 
 def test_headline_measures_speedup_gain_and_memory_beside_the_paper():
     from cooperllm.simulation.headline import headline_for, headline_markdown
 
-    zo = _run("zo", "seq-cls", [0.5, 0.52, 0.55, 0.55, 0.56, 0.6, 0.6, 0.58], 200.0)
-    zgr = _run("zgr", "seq-cls", [0.61, 0.7, 0.75, 0.8, 0.8, 0.82], 250.0)  # fewer rounds: budget is 6
+    zo = _run("zo", "seq-cls", [0.5, 0.52, 0.55, 0.55, 0.56, 0.6, 0.6, 0.58], 200.0, [0.69, 0.68] * 3 + [0.67, 0.66])
+    zgr = _run("zgr", "seq-cls", [0.61, 0.7, 0.75, 0.8, 0.8, 0.82], 250.0, [0.68, 0.65, 0.6] * 2)  # budget is 6
     bp = _run("bp", "seq-cls", [0.7, 0.8, 0.85, 0.86, 0.87, 0.88, 0.88, 0.88], 1250.0)
     h = headline_for("seq-cls", [zgr, zo, bp])
     assert h.target == 0.6 and h.zo_at.rounds == 6 and h.zgr_at.rounds == 1 and h.speedup == 6.0
     assert h.budget == 6 and (h.zgr_final, h.zo_final, h.bp_final) == (0.82, 0.6, 0.88)
+    assert h.loss_target == 0.66 and h.zo_loss_at.rounds == 8 and h.zgr_loss_at.rounds == 2 and h.loss_speedup == 4.0
     assert abs(h.memory_reduction - 0.8) < 1e-12
     text = "\n".join(headline_markdown([zgr, zo, bp]))
     assert "**6.0×** (6 rounds for zo, 1 for zgr" in text and "| 8.8× |" in text
+    assert "| rounds to zo's lowest test loss (0.6600), zo ÷ zgr | **4.0×** (8 rounds for zo, 2 for zgr" in text
     assert "**+22.00 pp**" in text and "-6.00 pp (bp 88.00 %)" in text and "**80.0 %**" in text
     # zgr that never reaches zo's best is said so, not given a speedup
     slow = _run("zgr", "seq-cls", [0.5, 0.51], 250.0)
