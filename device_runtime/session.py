@@ -64,6 +64,7 @@ def open_session(
     import time
 
     t0 = time.perf_counter()
+    budget.tame_heap()  # before the graph, the data and any thread: what the heap holds stays what the device uses
     folder = Path(artifacts)
     manifest = read_manifest(folder, verify_hashes=True)
     name = choose_backend(manifest, backend)
