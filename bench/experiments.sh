@@ -10,7 +10,7 @@
 # Sizing (2 CPU cores, measured): a ZO round of K=5 devices × LOCAL_STEPS=2 reports over all blocks is 20 forward
 # passes of batch 8 × 64 through the int8 .pte, ~21–27 s on an idle machine with the cloud's rectifier beside it;
 # scoring 200 test examples ~20 s. ROUNDS=15 with EVAL_EVERY=1 is ~11 min a run, 8 ablation rounds ~6 min; the
-# whole script ~1.5 h after two exports (~5 min each). To scale up: ROUNDS=200 EVAL_EVERY=5 EVAL_LIMIT=872
+# whole script ~2 h here (measured: 6 main runs and 5 ablations) after two exports (~5 min each). To scale up: ROUNDS=200 EVAL_EVERY=5 EVAL_LIMIT=872
 # (the full test set); BLOCKS=each gives one report per transformer block (the paper's per-block guidance, 31 reports
 # per device per round, ~15× the forward passes); run time grows linearly in ROUNDS × K × LOCAL_STEPS × (blocks per
 # step); with more cores raise WORKERS (device processes at once; default min(K, cores)).

@@ -5,7 +5,9 @@ LoRA gradient is zero until the head moves): the first rounds are logistic regre
 states. This script caches those states once (eager PyTorch, a few hundred prompts of train, dev and test), then
 replays the federated round structure of ``cooperllm simulate`` on them in numpy — K of N devices on Dirichlet
 shards, two-point SPSA with Rademacher (+ guided) perturbations, the cloud's window of public-data gradients and its
-top-m basis, the rectified update of ``cooperllm.zgr`` — for a grid of (η, λ, α) per strategy, a few seeds each.
+top-m basis and the rectified update — for a grid of (η, λ, α) per strategy, a few seeds each. The guided
+perturbation and the update follow ``cooperllm.perturb`` / ``cooperllm.zgr`` in float64 with numpy's generator
+(not the portable one): the search needs their statistics, not bit-exact replay.
 
 It is a surrogate: it leaves out the other 460k LoRA values, whose share of each SPSA scalar is extra noise on the
 real graph, so it flatters zo more than zgr. Used to pick the settings of ``bench/experiments.sh``; the chosen
@@ -72,9 +74,11 @@ class HeadTask:
         _, d = self._ce(theta, x, y)
         return np.concatenate([(d.T @ x).ravel(), d.sum(0)])
 
+    def _logits(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return x @ theta[: 2 * self.dim].reshape(2, self.dim).T + theta[2 * self.dim :]
+
     def _ce(self, theta, x, y):
-        w, b = theta[: 2 * self.dim].reshape(2, self.dim), theta[2 * self.dim :]
-        z = x @ w.T + b
+        z = self._logits(theta, x)
         z -= z.max(1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(1, keepdims=True)
@@ -85,8 +89,7 @@ class HeadTask:
 
     def accuracy(self, theta: np.ndarray) -> float:
         x, y = self.split["test"]["x"], self.split["test"]["y"]
-        w, b = theta[: 2 * self.dim].reshape(2, self.dim), theta[2 * self.dim :]
-        return float(((x @ w.T + b).argmax(1) == y).mean())
+        return float((self._logits(theta, x).argmax(1) == y).mean())
 
 
 def simulate(task: HeadTask, strategy: str, eta: float, lam: float, alpha: float, args, seed: int) -> list[float]:

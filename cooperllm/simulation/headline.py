@@ -48,11 +48,6 @@ def speedup(zo_at: Point | None, zgr_at: Point | None) -> float | None:
     return zo_at.rounds / max(zgr_at.rounds, 1)
 
 
-def peak_rss(run: Run) -> float | None:
-    rss = [m["device_peak_rss_mb"] for m in run.rounds if m.get("device_peak_rss_mb") is not None]
-    return max(rss) if rss else None
-
-
 @dataclass(frozen=True)
 class Headline:
     task: str
@@ -118,8 +113,8 @@ def headline_for(task: str, runs: list[Run]) -> Headline | None:
         zo_final=_at_budget(oc, budget),
         bp_final=_at_budget(bc, budget) if bc else None,
         baseline=zgr.baseline["accuracy"] if zgr.baseline else None,
-        zgr_rss=peak_rss(zgr),
-        bp_rss=peak_rss(bp) if bp else None,
+        zgr_rss=zgr.peak_rss(),
+        bp_rss=bp.peak_rss() if bp else None,
     )
 
 

@@ -29,6 +29,11 @@ class Run:
     rounds: list[dict]
     task: str
 
+    def peak_rss(self) -> float | None:
+        """The highest device peak RSS any round recorded (MB)."""
+        rss = [m["device_peak_rss_mb"] for m in self.rounds if m.get("device_peak_rss_mb") is not None]
+        return max(rss) if rss else None
+
     def points(self, x_of) -> tuple[list[float], list[float]]:
         xs = [0.0] if self.baseline else []
         ys = [self.baseline["accuracy"] * 100] if self.baseline else []
@@ -99,7 +104,7 @@ def summary_row(run: Run) -> dict[str, str]:
     last = rounds[-1] if rounds else None
     lams = [m["lam"] for m in rounds if m.get("lam") is not None]
     bits = [m["guidance_bits"] for m in rounds if m.get("guidance_bits") is not None]
-    rss = [m["device_peak_rss_mb"] for m in rounds if m.get("device_peak_rss_mb") is not None]
+    rss = run.peak_rss()
     return {
         "run": run.label,
         "strategy": c["strategy"],
@@ -114,7 +119,7 @@ def summary_row(run: Run) -> dict[str, str]:
         "up/device/round": fmt_bytes(mean_of([m["bytes_up_mean"] for m in rounds])),
         "down/device/round": fmt_bytes(mean_of([m["bytes_down_mean"] for m in rounds])),
         "bytes total": "–" if last is None else fmt_bytes(last["cum_bytes"]),
-        "device peak RSS MB": "–" if not rss else f"{max(rss):.0f}",
+        "device peak RSS MB": "–" if rss is None else f"{rss:.0f}",
         "mean λ": "–" if not lams else f"{mean_of(lams):.3f}",
         "guidance bits/value": "–" if not bits else f"{mean_of(bits):.2f}",
     }
