@@ -112,6 +112,6 @@ fi
 if [ "$ONLY" = all ] || [ "$ONLY" = ablations ] || [ "$ONLY" = report ]; then
     # shellcheck disable=SC2046
     $COOPERLLM report $(runs seq-cls-zgr $(printf 'seq-cls-zgr-%s ' $ABLATIONS)) \
-        --out docs/results/ablations.md ${ABL_NOTES:+--notes "$ABL_NOTES"} \
+        --out docs/results/ablations.md ${ABL_NOTES:+--notes "$ABL_NOTES"} --at-round "$ABL_ROUNDS" \
         --title "ZGR ablations (seq-cls): DTC, λ fixed vs online, shifted public data, α, m"
 fi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cooperllm.simulation.config import CONFIG_FILE
@@ -33,6 +33,12 @@ class Run:
         """The highest device peak RSS any round recorded (MB)."""
         rss = [m["device_peak_rss_mb"] for m in self.rounds if m.get("device_peak_rss_mb") is not None]
         return max(rss) if rss else None
+
+    def up_to(self, rounds: int) -> Run:
+        """This run as it stood after ``rounds`` rounds: runs of different lengths compared at the same budget."""
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        return replace(self, rounds=[m for m in self.rounds if m["round"] < rounds])
 
     def points(self, x_of) -> tuple[list[float], list[float]]:
         xs = [0.0] if self.baseline else []
@@ -115,6 +121,7 @@ def summary_row(run: Run) -> dict[str, str]:
         "acc before %": _pct(run.baseline["accuracy"] if run.baseline else None),
         "acc final %": _pct(scored[-1]["accuracy"] if scored else None),
         "acc best %": _pct(max(m["accuracy"] for m in scored) if scored else None),
+        "loss final": "–" if not scored or scored[-1].get("loss") is None else f"{scored[-1]['loss']:.4f}",
         "wall-clock s": "–" if last is None else f"{last['wall_s']:.0f}",
         "up/device/round": fmt_bytes(mean_of([m["bytes_up_mean"] for m in rounds])),
         "down/device/round": fmt_bytes(mean_of([m["bytes_down_mean"] for m in rounds])),

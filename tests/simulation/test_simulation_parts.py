@@ -101,3 +101,18 @@ def test_headline_measures_speedup_gain_and_memory_beside_the_paper():
     assert "zgr never reached zo's best" in "\n".join(headline_markdown([slow, zo]))
     # no zo run of the task: no headline section
     assert headline_markdown([zgr, bp]) == [] and headline_for("causal-lm-cls", [zgr, zo, bp]) is None
+
+
+def test_a_run_read_at_an_earlier_round_drops_the_later_rounds():
+    from cooperllm.simulation.plots import summary_row
+
+    run = _run("zgr", "seq-cls", [0.6, 0.7, 0.65], 250.0, [0.6, 0.5, 0.55])
+    run.config.update(clients=20, per_round=5, partition="dirichlet", rounds=3)
+    for m in run.rounds:
+        m.update(bytes_up_mean=100.0, bytes_down_mean=2e6, cum_bytes=1e7 * (m["round"] + 1))
+    early = run.up_to(2)
+    assert [m["round"] for m in early.rounds] == [0, 1] and len(run.rounds) == 3
+    row = summary_row(early)
+    assert (row["rounds"], row["acc final %"], row["loss final"]) == ("2/3", "70.00", "0.5000")
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        run.up_to(0)
