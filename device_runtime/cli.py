@@ -76,6 +76,13 @@ def _register_train(dsub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: before/after only)")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N examples only")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument(
+        "--lr-half-life",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="halve the learning rate every STEPS steps, smoothly (default 0: constant)",
+    )
     p.add_argument("--eps", type=float, default=1e-3, help="perturbation scale ε (default 1e-3)")
     p.add_argument("--schedule", choices=["all", "cycle"], default="all", help="all blocks per step, or cycling")
     p.add_argument(
@@ -164,6 +171,7 @@ def run_train(args: argparse.Namespace) -> int:
         data_seed=args.data_seed,
         eval_every=args.eval_every,
         save_every=args.save_every,
+        lr_half_life=args.lr_half_life,
     )
     backend = session.backend
     print(

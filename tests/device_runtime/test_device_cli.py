@@ -85,7 +85,8 @@ def test_onnx_path_imports_neither_torch_nor_transformers(tiny_artifacts, toy_ts
 
 def test_killed_training_resumes_to_the_uninterrupted_result(tiny_artifacts, toy_tsv, tmp_path):
     steps = 300  # enough that a kill right after the first saved state lands mid-run even on a fast machine
-    straight = _device(*_train_args(tiny_artifacts, toy_tsv, steps, tmp_path / "a"))
+    decay = ("--lr-half-life", "100")  # the rate depends on the step index: a resume must pick it up where it was
+    straight = _device(*_train_args(tiny_artifacts, toy_tsv, steps, tmp_path / "a", *decay))
     assert straight.returncode == 0, straight.stderr[-2000:]
     expected = json.loads(straight.stdout.splitlines()[-1])
     assert expected["torch_loaded"] is False and expected["steps"] == steps
@@ -99,7 +100,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tiny_artifacts, toy
         "device_runtime",
         "--log-level",
         "WARNING",
-        *_train_args(tiny_artifacts, toy_tsv, steps, state, "--save-every", "1"),
+        *_train_args(tiny_artifacts, toy_tsv, steps, state, "--save-every", "1", *decay),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
@@ -113,7 +114,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tiny_artifacts, toy
     killed_at = load_state(state, read_manifest(tiny_artifacts).layout).step
     assert 0 < killed_at < steps, f"the kill landed at step {killed_at}; the test needs a mid-run kill"
 
-    resumed = _device(*_train_args(tiny_artifacts, toy_tsv, steps, state))
+    resumed = _device(*_train_args(tiny_artifacts, toy_tsv, steps, state, *decay))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     got = json.loads(resumed.stdout.splitlines()[-1])
     assert got["resumed_from"] == killed_at
@@ -123,9 +124,22 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tiny_artifacts, toy
 def test_state_from_other_settings_is_refused(tiny_artifacts, toy_tsv, tmp_path):
     first = _device(*_train_args(tiny_artifacts, toy_tsv, 2, tmp_path / "s"))
     assert first.returncode == 0, first.stderr[-2000:]
-    other = _device(*_train_args(tiny_artifacts, toy_tsv, 4, tmp_path / "s", "--eps", "0.01"))
-    assert other.returncode == 2
-    assert "other settings" in other.stderr
+    for changed in (("--eps", "0.01"), ("--lr-half-life", "10")):
+        other = _device(*_train_args(tiny_artifacts, toy_tsv, 4, tmp_path / "s", *changed))
+        assert other.returncode == 2
+        assert "other settings" in other.stderr
+
+
+def test_lr_half_life_halves_the_rate_independently_of_the_budget():
+    from device_runtime.engine import ZOConfig
+    from device_runtime.train import TrainConfig
+
+    decayed = TrainConfig(steps=10, zo=ZOConfig(lr=1e-3), lr_half_life=4)
+    assert decayed.lr_at(0) == 1e-3 and decayed.lr_at(4) == 5e-4 and abs(decayed.lr_at(2) - 1e-3 / 2**0.5) < 1e-15
+    assert TrainConfig(steps=1000, zo=ZOConfig(lr=1e-3), lr_half_life=4).lr_at(4) == 5e-4
+    assert TrainConfig(steps=10, zo=ZOConfig(lr=1e-3)).lr_at(9) == 1e-3
+    with pytest.raises(ValueError, match="lr_half_life must be >= 0"):
+        TrainConfig(steps=10, lr_half_life=-1)
 
 
 @pytest.mark.parametrize("budget", ["60", "200"])
