@@ -4,7 +4,8 @@ step t draws exactly the batches an uninterrupted run would have drawn; and eval
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from math import comb
 
 import numpy as np
 from tqdm import tqdm
@@ -43,6 +44,30 @@ class EvalResult:
     accuracy: float
     loss: float
     n_examples: int
+    correct: np.ndarray | None = field(default=None, repr=False, compare=False)  # per example, in corpus order
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """How two evaluations of the same examples differ: a gain of a point or two on 872 examples is only worth
+    reporting with the count of predictions that turned right and wrong and the exact McNemar p-value."""
+
+    gained: int  # wrong before, right after
+    lost: int  # right before, wrong after
+    p_value: float  # two-sided exact McNemar (binomial on the discordant pairs)
+
+    def to_dict(self) -> dict:
+        return {"gained": self.gained, "lost": self.lost, "p_value": self.p_value}
+
+
+def paired_change(before: EvalResult, after: EvalResult) -> PairedChange:
+    if before.correct is None or after.correct is None or before.correct.shape != after.correct.shape:
+        raise ValueError("paired comparison needs per-example results on the same examples")
+    gained = int((~before.correct & after.correct).sum())
+    lost = int((before.correct & ~after.correct).sum())
+    n = gained + lost
+    tail = sum(comb(n, k) for k in range(min(gained, lost) + 1))
+    return PairedChange(gained, lost, min(1.0, 2 * tail / 2**n))
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -58,7 +83,7 @@ def evaluate(run_fn, theta: np.ndarray, corpus: TokenizedCorpus, batch_size: int
     padding is dropped from the figures (loss is recomputed from the logits, not the graph's batch mean)."""
     if len(corpus) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
-    correct, total_loss = 0, 0.0
+    correct, total_loss = np.zeros(len(corpus), dtype=bool), 0.0
     with tqdm(total=len(corpus), desc="eval", unit="ex", disable=not progress, leave=False) as bar:
         for start in range(0, len(corpus), batch_size):
             stop = min(start + batch_size, len(corpus))
@@ -68,8 +93,8 @@ def evaluate(run_fn, theta: np.ndarray, corpus: TokenizedCorpus, batch_size: int
             batch = corpus.batch(idx)
             _, logits = run_fn(batch, theta)
             logits, labels = logits[:real], batch.labels[:real]
-            correct += int((logits.argmax(-1) == labels).sum())
+            correct[start:stop] = logits.argmax(-1) == labels
             total_loss += float(cross_entropy(logits, labels).sum())
             bar.update(real)
     n = len(corpus)
-    return EvalResult(correct / n, total_loss / n, n)
+    return EvalResult(float(correct.mean()), total_loss / n, n, correct)

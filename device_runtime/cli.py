@@ -197,6 +197,7 @@ def run_train(args: argparse.Namespace) -> int:
     from device_runtime.budget import peak_rss_mb
 
     steps_run = result.steps_done - result.resumed_from
+    change = result.change()
     summary = {
         "backend": backend.name,
         "steps": result.steps_done,
@@ -208,6 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
         "first_loss": result.losses[0][1] if result.losses else None,
         "last_loss": result.losses[-1][1] if result.losses else None,
         "evals": [{"step": s, "accuracy": e.accuracy, "loss": e.loss, "n": e.n_examples} for s, e in result.evals],
+        "vs_first_eval": None if change is None else {"step": result.evals[0][0], **change.to_dict()},
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "theta_sha256": theta_checksum(result.theta),
         "torch_loaded": "torch" in sys.modules,
@@ -223,6 +225,11 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"train loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} (mean of L+ and L-)")
         for s, e in result.evals:
             print(f"eval @{s:<6} accuracy {e.accuracy * 100:.2f} %  loss {e.loss:.4f}  ({e.n_examples} examples)")
+        if change is not None:
+            print(
+                f"vs step {result.evals[0][0]}: {change.gained} predictions turned right, {change.lost} wrong "
+                f"(exact McNemar p = {change.p_value:.2g})"
+            )
         print(f"peak RSS   {summary['peak_rss_mb']} MB")
         if args.out:
             print(f"adapter    {args.out}")

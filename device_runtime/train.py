@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cooperllm.checkpoint import load_theta
 from cooperllm.tokenization import TokenizedCorpus
 from device_runtime.backends.base import GraphBackend
-from device_runtime.batches import BatchSchedule, EvalResult, evaluate
+from device_runtime.batches import BatchSchedule, EvalResult, PairedChange, evaluate, paired_change
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
 from device_runtime.state import DeviceState, StateError, load_state, save_state
 
@@ -58,6 +58,10 @@ class TrainResult:
     skipped: int
     seconds: float
     resumed_from: int
+
+    def change(self) -> PairedChange | None:
+        """Predictions of the last evaluation against the first of this run (θ₀, or the state it resumed from)."""
+        return paired_change(self.evals[0][1], self.evals[-1][1]) if len(self.evals) >= 2 else None
 
 
 def initial_theta(backend: GraphBackend) -> np.ndarray:

@@ -43,6 +43,9 @@ def test_zo_lowers_loss_on_both_backends_along_the_same_trajectory(sessions, toy
         assert (s0, s1) == (0, 60)
         assert after.loss < before.loss - 0.1, f"{name}: {before.loss:.4f} -> {after.loss:.4f}"
         assert r.skipped == 0
+        change = r.change()  # the flips add up to the accuracy change, example by example
+        assert change.gained - change.lost == round((after.accuracy - before.accuracy) * after.n_examples)
+        assert 0.0 < change.p_value <= 1.0
     onnx_losses = np.array([loss for _, loss in results["onnx"].losses])
     et_losses = np.array([loss for _, loss in results["executorch"].losses])
     assert np.abs(onnx_losses - et_losses).max() < 1e-2

@@ -130,6 +130,17 @@ def test_state_from_other_settings_is_refused(tiny_artifacts, toy_tsv, tmp_path)
         assert "other settings" in other.stderr
 
 
+def test_train_reports_the_flips_behind_its_accuracy_change(tiny_artifacts, toy_tsv):
+    out = _device(*_train_args(tiny_artifacts, toy_tsv, 40, None, "--eval", str(toy_tsv)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.splitlines()[-1])
+    first, last = summary["evals"][0], summary["evals"][-1]
+    change = summary["vs_first_eval"]
+    assert (first["step"], last["step"], change["step"]) == (0, 40, 0)
+    assert change["gained"] - change["lost"] == round((last["accuracy"] - first["accuracy"]) * last["n"])
+    assert 0.0 < change["p_value"] <= 1.0
+
+
 def test_lr_half_life_halves_the_rate_independently_of_the_budget():
     from device_runtime.engine import ZOConfig
     from device_runtime.train import TrainConfig
