@@ -4,8 +4,8 @@ step t draws exactly the batches an uninterrupted run would have drawn; and eval
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
-from math import comb
 
 import numpy as np
 from tqdm import tqdm
@@ -66,8 +66,9 @@ def paired_change(before: EvalResult, after: EvalResult) -> PairedChange:
     gained = int((~before.correct & after.correct).sum())
     lost = int((before.correct & ~after.correct).sum())
     n = gained + lost
-    tail = sum(comb(n, k) for k in range(min(gained, lost) + 1))
-    return PairedChange(gained, lost, min(1.0, 2 * tail / 2**n))
+    log_norm = math.lgamma(n + 1) - n * math.log(2.0)  # in logs: exact big-integer binomials are slow for large sets
+    tail = sum(math.exp(log_norm - math.lgamma(k + 1) - math.lgamma(n - k + 1)) for k in range(min(gained, lost) + 1))
+    return PairedChange(gained, lost, min(1.0, 2 * tail))
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
