@@ -4,9 +4,12 @@ A two-point SPSA step moves θ by -lr·(g·z)·z. In expectation that is -lr·�
 while the step's second-order cost grows with the per-batch |g|² (the *noise*, E |g|²) times the curvature seen by
 z. So a block is worth perturbing in proportion to its share of the signal, not of the values. This script measures
 both by eager backprop (fp32, the reference the exported graph is checked against) over the first batches of the
-device's train schedule, and prints them per block with the split over the block's tensors.
+device's train schedule, and prints them per block, per tensor kind and per range of blocks, each with its score
+(signal share)² / (noise share): what a two-point step restricted to those values gains at its best rate, relative
+to perturbing all of θ (score 1), curvature aside.
 
     .venv/bin/python bench/lora_gradients.py --artifacts artifacts/exp/causal-lm-cls [--batches 32] [--theta FILE]
+        [--ranges 0-3,12-21]
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def batch_gradients(folder: Path, data: str, batches: int, theta_file: str | Non
     for t in range(batches):
         b = schedule.batch(t)
         theta = torch.from_numpy(theta0.copy()).requires_grad_(True)
-        params = {s.name: theta[s.offset : s.offset + s.size].view(*s.shape) for s in layout.tensors}
+        params = layout.unflatten(theta)  # views into the one leaf tensor, so its .grad is the flat gradient
         inputs = tuple(torch.from_numpy(x) for x in (b.input_ids, b.attention_mask, b.labels))
         loss, _ = torch.func.functional_call(backend.module, params, inputs, strict=False)
         loss.backward()
@@ -50,24 +53,55 @@ def _kind(tensor_name: str) -> str:
     return ".".join(tensor_name.split(".")[-3:-1])
 
 
-def table(grads: np.ndarray, layout) -> str:
-    """Shares of the signal and the noise per block, then per tensor kind summed over the blocks."""
+def table(grads: np.ndarray, layout, ranges: list[tuple[int, int]]) -> str:
+    """Shares of the signal and the noise, with the score, per block, per tensor kind, per asked range and for the
+    best contiguous range of blocks."""
     signal, noise = grads.mean(0) ** 2, (grads**2).mean(0)
     total_s, total_n = float(signal.sum()), float(noise.sum())
 
-    def row(name: str, idx: np.ndarray | slice, values: int) -> str:
-        s, n = 100 * signal[idx].sum() / total_s, 100 * noise[idx].sum() / total_n
-        return f"| {name} | {values:,} ({100 * values / layout.total:.1f} %) | {s:.1f} % | {n:.1f} % |"
+    def shares(idx: np.ndarray) -> tuple[float, float]:
+        return float(signal[idx].sum()) / total_s, float(noise[idx].sum()) / total_n
 
-    head = ["| {} | values | signal share | noise share |", "|---|---|---|---|"]
+    def row(name: str, idx: np.ndarray) -> str:
+        s, n = shares(idx)
+        score = s * s / n if n else 0.0
+        values = f"{len(idx):,} ({100 * len(idx) / layout.total:.1f} %)"
+        return f"| {name} | {values} | {100 * s:.1f} % | {100 * n:.1f} % | {score:.2f} |"
+
+    def block_span(first: int, last: int) -> np.ndarray:
+        return np.arange(layout.blocks[first].offset, layout.blocks[last].offset + layout.blocks[last].size)
+
+    head = ["| {} | values | signal share | noise share | score |", "|---|---|---|---|---|"]
     rows = [head[0].format("block"), head[1]]
-    rows += [row(b.name, slice(b.offset, b.offset + b.size), b.size) for b in layout.blocks]
+    rows += [row(b.name, block_span(b.index, b.index)) for b in layout.blocks]
     rows += ["", head[0].format("tensor kind (all blocks)"), head[1]]
     for kind in sorted({_kind(t.name) for t in layout.tensors}):
         idx = np.concatenate([np.arange(t.offset, t.offset + t.size) for t in layout.tensors if _kind(t.name) == kind])
-        rows.append(row(kind, idx, len(idx)))
+        rows.append(row(kind, idx))
+    # cumulative sums per block make every contiguous range O(1)
+    per_block = np.array([shares(block_span(b.index, b.index)) for b in layout.blocks])
+    s_cum, n_cum = (np.concatenate([[0.0], np.cumsum(per_block[:, k])]) for k in (0, 1))
+    nb = len(layout.blocks)
+    _, a, b = max(
+        ((s_cum[b + 1] - s_cum[a]) ** 2 / (n_cum[b + 1] - n_cum[a]), a, b)
+        for a in range(nb)
+        for b in range(a, nb)
+        if n_cum[b + 1] > n_cum[a]
+    )
+    rows += ["", head[0].format("blocks"), head[1], row(f"all {nb}", np.arange(layout.total))]
+    rows += [row(f"{first}–{last}", block_span(first, last)) for first, last in ranges]
+    rows.append(row(f"{a}–{b} (best contiguous range)", block_span(a, b)))
     rows.append(f"\n{len(grads)} batches: signal |E g|² = {total_s:.4g}, noise E |g|² = {total_n:.4g}")
     return "\n".join(rows)
+
+
+def parse_ranges(spec: str) -> list[tuple[int, int]]:
+    """'0-3,12-21' → [(0, 3), (12, 21)]."""
+    out = []
+    for part in filter(None, spec.split(",")):
+        first, _, last = part.partition("-")
+        out.append((int(first), int(last or first)))
+    return out
 
 
 def main() -> None:
@@ -76,9 +110,10 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/sst2/train.tsv")
     p.add_argument("--batches", type=int, default=32)
     p.add_argument("--theta", help="θ (safetensors) to measure at instead of the artifact's θ₀")
+    p.add_argument("--ranges", default="0-3,12-21", help="block ranges to score, e.g. '0-3,12-21'")
     args = p.parse_args()
     grads, layout = batch_gradients(args.artifacts, args.data, args.batches, args.theta)
-    print(table(grads, layout))
+    print(table(grads, layout, parse_ranges(args.ranges)))
 
 
 if __name__ == "__main__":
