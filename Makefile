@@ -17,8 +17,11 @@ test: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
+# ruff (rules and formatting) and the import contracts of pyproject.toml's [tool.importlinter] (the layers)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 setup: $(STAMP)
 

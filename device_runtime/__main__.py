@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cooperllm.console import add_log_level, run_parsed
+from device_runtime.cli import register_device_commands
+
 
 def main(argv: list[str] | None = None) -> int:
-    from cooperllm.cli import run_parsed
-    from device_runtime.cli import register_device_commands
-
     parser = argparse.ArgumentParser(prog="python -m device_runtime", description="CooperLLM device runtime")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(parser)
     register_device_commands(parser.add_subparsers(dest="device_command", metavar="COMMAND", required=True))
     return run_parsed(parser.parse_args(argv))
 

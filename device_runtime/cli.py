@@ -1,4 +1,4 @@
-"""``cooperllm device train|run`` and ``cooperllm bench memory|pipeline``: the device runtime's commands.
+"""The device runtime's commands, ``train`` and ``run`` (``python -m device_runtime``; ``cooperllm device``).
 
 Cheap to import (no torch, no onnxruntime at module level): the CLI imports every command module at start.
 """
@@ -19,24 +19,12 @@ EXIT_UNREACHABLE = 6
 EXIT_REJECTED = 7  # the cloud answered with an error
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    device = sub.add_parser("device", help="the device runtime: standalone ZO training, or a federated device client")
-    register_device_commands(device.add_subparsers(dest="device_command", metavar="DEVICE_COMMAND", required=True))
-
-
 def register_device_commands(dsub: argparse._SubParsersAction) -> None:
     """``train`` and ``run``; shared by ``cooperllm device`` and the torch-free ``python -m device_runtime``."""
     _register_train(dsub)
     from device_runtime.client_cli import register_run
 
     register_run(dsub)
-
-
-def register_bench(sub: argparse._SubParsersAction) -> None:
-    from device_runtime import bench_memory, bench_pipeline
-
-    bench_memory.register_bench(sub)
-    bench_pipeline.register_bench(sub)
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:

@@ -383,7 +383,6 @@ ENROL = "android-test-enrolment-key-0123456789"
 def live_cloud(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, sst2_dir: Path):
     """The real cloud: uvicorn on 127.0.0.1 (ephemeral port), tiny model, SQLite file, small public split."""
 
-
     from live_cloud import start_server
 
     tmp = tmp_path_factory.mktemp("android-cloud")

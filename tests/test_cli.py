@@ -4,12 +4,12 @@ import sys
 
 import pytest
 
-from cooperllm.cli import build_parser
+from cooperllm_app.cli import build_parser
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cooperllm.cli", *args], capture_output=True, text=True, check=check, timeout=300
+        [sys.executable, "-m", "cooperllm_app.cli", *args], capture_output=True, text=True, check=check, timeout=300
     )
 
 

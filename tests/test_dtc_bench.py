@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cooperllm.cli import main
+from cooperllm_app.cli import main
 
 
 def test_bench_dtc_on_tiny_model(tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path, capsys) -> None:

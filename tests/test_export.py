@@ -258,7 +258,7 @@ def test_missing_model_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_input_with_nonzero_exit(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from cooperllm.cli import main
+    from cooperllm_app.cli import main
 
     base = ["export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--no-progress"]
     assert main([*base, "--quant", "8da8w"]) != 0
@@ -272,7 +272,7 @@ def test_cli_reports_bad_input_with_nonzero_exit(tiny_model_dir: Path, tmp_path:
 
 
 def test_cli_export_writes_a_valid_folder(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from cooperllm.cli import main
+    from cooperllm_app.cli import main
 
     out = tmp_path / "cli"
     rc = main(

@@ -232,7 +232,16 @@ def test_link_proxy_cli(server: str) -> None:
 
     port = server.rsplit(":", 1)[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cooperllm.cli", "link-proxy", "--target", f"127.0.0.1:{port}", "--spec", "inf:20ms"],
+        [
+            sys.executable,
+            "-m",
+            "cooperllm_app.cli",
+            "link-proxy",
+            "--target",
+            f"127.0.0.1:{port}",
+            "--spec",
+            "inf:20ms",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -246,7 +255,7 @@ def test_link_proxy_cli(server: str) -> None:
         proc.terminate()
         proc.wait(10)
     bad = subprocess.run(
-        [sys.executable, "-m", "cooperllm.cli", "link-proxy", "--target", "x", "--spec", "fast"],
+        [sys.executable, "-m", "cooperllm_app.cli", "link-proxy", "--target", "x", "--spec", "fast"],
         capture_output=True,
         text=True,
     )

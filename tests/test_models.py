@@ -133,7 +133,7 @@ def test_torch_free_modules_do_not_import_torch():
     code = (
         "import sys\n"
         "import cooperllm.perturb, cooperllm.layout, cooperllm.zgr, cooperllm.adapter, cooperllm.tasks\n"
-        "import cooperllm.data, cooperllm.tokenization, cooperllm.checkpoint, cooperllm.manifest, cooperllm.cli\n"
+        "import cooperllm.data, cooperllm.tokenization, cooperllm.checkpoint, cooperllm.manifest, cooperllm_app.cli\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -10,6 +10,7 @@ from live_cloud import ADMIN, ENROL, LiveServer, start_server
 
 __all__ = ["ADMIN", "ENROL", "LiveServer", "start_server"]
 
+
 @pytest.fixture(scope="session")
 def public_tsv(tmp_path_factory: pytest.TempPathFactory, sst2_dir: Path) -> Path:
     """A small public split (first 200 rows of SST-2 dev, the public data) so the tiny server starts fast."""

@@ -47,7 +47,7 @@ class Server:
         cmd = [
             sys.executable,
             "-m",
-            "cooperllm.cli",
+            "cooperllm_app.cli",
             "--log-level",
             "WARNING",
             "serve",

@@ -13,7 +13,7 @@ def test_bench_memory_reports_peaks_and_reduction(tiny_artifacts, tiny_model_dir
         [
             sys.executable,
             "-m",
-            "cooperllm.cli",
+            "cooperllm_app.cli",
             "--log-level",
             "WARNING",
             "bench",

@@ -13,7 +13,7 @@ def test_bench_pipeline_measures_every_mode(tiny_artifacts, tiny_model_dir, toy_
         [
             sys.executable,
             "-m",
-            "cooperllm.cli",
+            "cooperllm_app.cli",
             "--log-level",
             "WARNING",
             "bench",

@@ -28,7 +28,7 @@ TORCH_FREE_MODULES = [
     "device_runtime.client",
     "device_runtime.client_cli",
     "device_runtime.cli",
-    "device_runtime.bench_memory",
+    "cooperllm_app.bench.memory",
 ]
 
 

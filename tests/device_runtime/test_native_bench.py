@@ -10,7 +10,7 @@ import pytest
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "cooperllm.cli", "bench", "device", *args]
+    cmd = [sys.executable, "-m", "cooperllm_app.cli", "bench", "device", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from cooperllm.manifest import read_manifest
-from cooperllm.simulation.config import SimConfig
-from cooperllm.simulation.metrics import ROUND_FIELDS, read_lines
-from cooperllm.simulation.runner import simulate
+from cooperllm_app.simulation.config import SimConfig
+from cooperllm_app.simulation.metrics import ROUND_FIELDS, read_lines
+from cooperllm_app.simulation.runner import simulate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ def test_zgr_simulation_writes_a_complete_metrics_line_per_round(zgr_run):
 def test_a_killed_simulation_resumes_without_repeating_a_round(sig, tmp_path, tiny_artifacts, tiny_model_dir):
     out = tmp_path / "run"
     opts = _options(tiny_artifacts, tiny_model_dir, rounds=3, guidance_codec="plain")  # the DTC-off arm
-    cmd = [sys.executable, "-m", "cooperllm.cli", *_argv(opts, out)]
+    cmd = [sys.executable, "-m", "cooperllm_app.cli", *_argv(opts, out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -181,7 +181,7 @@ def test_bp_simulation_fedavgs_backprop_deltas(tmp_path, tiny_artifacts, tiny_mo
 
 
 def test_report_renders_figures_and_a_table(zgr_run, zo_run, tmp_path):
-    from cooperllm.cli import main
+    from cooperllm_app.cli import main
 
     md = tmp_path / "docs" / "RESULTS.md"
     notes = tmp_path / "notes.md"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from cooperllm.simulation.config import SimConfig, block_list, command_line, save_or_check_config
-from cooperllm.simulation.metrics import append_line, read_lines
-from cooperllm.simulation.resume import select_devices
+from cooperllm_app.simulation.config import SimConfig, block_list, command_line, save_or_check_config
+from cooperllm_app.simulation.metrics import append_line, read_lines
+from cooperllm_app.simulation.resume import select_devices
 
 
 def test_each_round_draws_k_distinct_devices_the_same_way_every_time():
@@ -55,7 +55,7 @@ def test_the_recorded_command_names_only_what_differs_from_the_defaults():
 
 
 def test_shards_smaller_than_a_batch_are_refused_before_anything_starts(tmp_path, tiny_artifacts, tiny_model_dir):
-    from cooperllm.simulation.runner import simulate
+    from cooperllm_app.simulation.runner import simulate
 
     train = tmp_path / "train.tsv"
     train.write_text("sentence\tlabel\n" + "".join(f"a fine film {i}\t{i % 2}\n" for i in range(20)))
@@ -70,7 +70,7 @@ def test_shards_smaller_than_a_batch_are_refused_before_anything_starts(tmp_path
 def _run(strategy: str, task: str, accs: list[float], rss: float, losses: list[float] | None = None):
     from pathlib import Path
 
-    from cooperllm.simulation.plots import Run
+    from cooperllm_app.simulation.plots import Run
 
     losses = losses or [0.7] * len(accs)
     rounds = [
@@ -81,7 +81,7 @@ def _run(strategy: str, task: str, accs: list[float], rss: float, losses: list[f
 
 
 def test_headline_measures_speedup_gain_and_memory_beside_the_paper():
-    from cooperllm.simulation.headline import headline_for, headline_markdown
+    from cooperllm_app.simulation.headline import headline_for, headline_markdown
 
     zo = _run("zo", "seq-cls", [0.5, 0.52, 0.55, 0.55, 0.56, 0.6, 0.6, 0.58], 200.0, [0.69, 0.68] * 3 + [0.67, 0.66])
     zgr = _run("zgr", "seq-cls", [0.61, 0.7, 0.75, 0.8, 0.8, 0.82], 250.0, [0.68, 0.65, 0.6] * 2)  # budget is 6
@@ -104,7 +104,7 @@ def test_headline_measures_speedup_gain_and_memory_beside_the_paper():
 
 
 def test_a_run_read_at_an_earlier_round_drops_the_later_rounds():
-    from cooperllm.simulation.plots import summary_row
+    from cooperllm_app.simulation.plots import summary_row
 
     run = _run("zgr", "seq-cls", [0.6, 0.7, 0.65], 250.0, [0.6, 0.5, 0.55])
     run.config.update(clients=20, per_round=5, partition="dirichlet", rounds=3)

@@ -1,7 +1,7 @@
 """``cooperllm bench device``: one table, one batch, one fresh process per row — what a phone's graph costs.
 
 Each row is an artifact folder on a backend (native ExecuTorch runner, ONNX Runtime, ExecuTorch's Python runtime,
-eager PyTorch). A row runs in its own process (``python -m device_runtime.native.bench ROW_JSON``) so its peak RSS
+eager PyTorch). A row runs in its own process (``python -m cooperllm_app.bench.device ROW_JSON``) so its peak RSS
 is its own; every row encodes the same SST-2 batch and starts from the same θ (initial adapter + a fixed
 perturbation). Columns: file MB, load s, forward ms (median), ZO steps/s (two forwards + perturb + update), peak RSS,
 the loss (rows must agree), and ratios against a speed and a memory reference row measured in the same run.
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _spawn(cfg: dict, timeout: float) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "device_runtime.native.bench", json.dumps(cfg)]
+    cmd = [sys.executable, "-m", "cooperllm_app.bench.device", json.dumps(cfg)]
     t0 = time.perf_counter()
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -61,7 +61,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _child(args: list[str], timeout: int) -> dict:
-    cmd = [sys.executable, "-m", "exporters.bench_child", *args]
+    cmd = [sys.executable, "-m", "cooperllm_app.bench.export_child", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):

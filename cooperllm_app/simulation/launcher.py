@@ -136,7 +136,7 @@ def start_cloud(
     cmd = [
         sys.executable,
         "-m",
-        "cooperllm.cli",
+        "cooperllm_app.cli",
         "serve",
         "--model",
         model,
@@ -173,7 +173,7 @@ def start_cloud(
 
 
 class Worker:
-    """One worker process (``python -m cooperllm.simulation.worker``): a device host or the evaluator."""
+    """One worker process (``python -m cooperllm_app.simulation.worker``): a device host or the evaluator."""
 
     def __init__(self, name: str, run_dir: Path, role: str, threads: int, keep_fds: tuple[int, ...] = ()):
         self.name = name
@@ -181,7 +181,7 @@ class Worker:
         cmd = [
             sys.executable,
             "-m",
-            "cooperllm.simulation.worker",
+            "cooperllm_app.simulation.worker",
             "--run-dir",
             str(run_dir),
             "--role",

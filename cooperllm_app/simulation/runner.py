@@ -19,10 +19,10 @@ from pathlib import Path
 from cooperllm.api_client import ApiError, CooperClient
 from cooperllm.manifest import read_manifest
 from cooperllm.protocol import RoundSummary, RunConfig, RunInfo
-from cooperllm.simulation.config import SimConfig, command_line, save_or_check_config
-from cooperllm.simulation.launcher import Cloud, SimulationError, Worker, WorkerPool, start_cloud
-from cooperllm.simulation.metrics import RunRecord, fmt_bytes, round_line
-from cooperllm.simulation.resume import RunLock, ensure_partition, public_data_file, select_devices
+from cooperllm_app.simulation.config import SimConfig, command_line, save_or_check_config
+from cooperllm_app.simulation.launcher import Cloud, SimulationError, Worker, WorkerPool, start_cloud
+from cooperllm_app.simulation.metrics import RunRecord, fmt_bytes, round_line
+from cooperllm_app.simulation.resume import RunLock, ensure_partition, public_data_file, select_devices
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from cooperllm.commands.options import add_data_options, add_model_options, add_task_options, task_from_args
+from cooperllm_app.commands.options import add_data_options, add_model_options, add_task_options, task_from_args
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cooperllm.serve_process import start_serve, stop_serve
+from cooperllm_app.serve_process import start_serve, stop_serve
 
 
 class _Conn:
@@ -56,6 +56,23 @@ class _Conn:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cloud",
+        help="upload throughput and latency of the cloud service with N concurrent devices on loopback",
+        description="Start `cooperllm serve` (tiny model, SQLite) as a subprocess, enrol N devices and let them "
+        "upload report batches concurrently for a fixed time. Prints batches/s, p50/p99 latency, the ratio to a "
+        "GET /v1/health baseline measured in the same run, and checks the database for lost or duplicated reports.",
+    )
+    p.add_argument("--devices", type=int, default=100, help="concurrent devices (default 100)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of uploading (default 10)")
+    p.add_argument("--rate", type=float, default=500.0, help="offered batches/s in the paced phase (default 500)")
+    p.add_argument("--reports-per-batch", type=int, default=4, help="reports per upload (default 4)")
+    p.add_argument("--model", help="model for the server (default: a tiny random Llama built in a temp folder)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_bench)
 
 
 def _cpu_s(pid: int) -> float:

@@ -1,6 +1,6 @@
 """A simulation worker process: hosts simulated devices (or the evaluator) and runs one task at a time.
 
-``python -m cooperllm.simulation.worker --run-dir RUN_DIR --role device|eval --threads T``; tasks and results are
+``python -m cooperllm_app.simulation.worker --run-dir RUN_DIR --role device|eval --threads T``; tasks and results are
 JSON lines on stdin/stdout (stdout is kept for the protocol: anything else the process prints goes to stderr).
 
 * ``device`` for ``zgr``/``zo``: the exported graph is opened once (the artifacts are the same for every device) and
@@ -28,9 +28,9 @@ from cooperllm.api_client import CooperClient
 from cooperllm.data import load_dataset
 from cooperllm.link import Link, LinkTransport
 from cooperllm.protocol import decode_tensor_frame
-from cooperllm.simulation.config import SimConfig, load_config
-from cooperllm.simulation.resume import read_partition
 from cooperllm.tokenization import TokenizedCorpus
+from cooperllm_app.simulation.config import SimConfig, load_config
+from cooperllm_app.simulation.resume import read_partition
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class DeviceHost:
         self.backoff = Backoff(initial_s=0.2, max_s=5.0, give_up_after_s=300.0)
         if cfg.strategy == "bp":
             from cooperllm.manifest import read_manifest
-            from cooperllm.simulation.bp_device import BackpropDevice
+            from cooperllm_app.simulation.bp_device import BackpropDevice
 
             manifest = read_manifest(cfg.artifacts, verify_hashes=True)
             self.bp = BackpropDevice(manifest, Path(cfg.artifacts), cfg.model, threads)
@@ -196,7 +196,7 @@ class Evaluator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cooperllm.simulation.worker")
+    p = argparse.ArgumentParser(prog="python -m cooperllm_app.simulation.worker")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--role", choices=["device", "eval"], required=True)
     p.add_argument("--threads", type=int, default=1)

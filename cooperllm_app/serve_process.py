@@ -15,7 +15,7 @@ READY_PREFIX = "cooperllm cloud listening on "
 
 def start_serve(options: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start ``cooperllm serve --port 0 --env test OPTIONS…``; returns the process and its ``http://host:port``."""
-    cmd = [sys.executable, "-m", "cooperllm.cli", "--log-level", "WARNING", "serve", "--port", "0", "--env", "test"]
+    cmd = [sys.executable, "-m", "cooperllm_app.cli", "--log-level", "WARNING", "serve", "--port", "0", "--env", "test"]
     proc = subprocess.Popen([*cmd, *options], stdout=subprocess.PIPE, env=env, text=True)
     line = proc.stdout.readline() if proc.stdout is not None else ""
     if not line.startswith(READY_PREFIX):

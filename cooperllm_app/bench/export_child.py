@@ -1,4 +1,5 @@
-"""One measurement in a fresh process, printed as one JSON line: ``python -m exporters.bench_child MODE ...``.
+"""One measurement in a fresh process, printed as one JSON line:
+``python -m cooperllm_app.bench.export_child MODE ...``.
 
 ``run FOLDER FILE REPEATS`` loads one artifact with its runtime and times forward calls (no torch for .onnx; the
 ExecuTorch Python runtime imports libtorch). ``eager MODEL FOLDER REPEATS`` is the eager PyTorch fp32 baseline.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cooperllm.commands.options import add_model_options, add_task_options, task_from_args
+from cooperllm_app.commands.options import add_model_options, add_task_options, task_from_args
 
 QUANT_CHOICES = ("none", "int8", "int4")
 
@@ -105,9 +105,3 @@ def run(args: argparse.Namespace) -> int:
     if v.get("checked") and not v.get("passed"):
         print("WARNING: validation failed; manifest written because of --force", file=sys.stderr)
     return 0
-
-
-def register_bench(sub: argparse._SubParsersAction) -> None:
-    from exporters.bench import register_bench as _register
-
-    _register(sub)

@@ -4,7 +4,7 @@
 (b) MeZO in eager PyTorch fp32 — the ZO reference;
 (c) the device's ZO loop on the exported artifact over each backend (ONNX Runtime: torch-free; ExecuTorch: its
     Python runtime, which loads libtorch until the native runner replaces it).
-Each configuration runs in its own process (``python -m device_runtime.bench_memory WORKER``) and reports its peak
+Each configuration runs in its own process (``python -m cooperllm_app.bench.memory WORKER``) and reports its peak
 resident set (VmHWM of its own address space); the parent prints each peak and the reduction against (a).
 """
 
@@ -57,7 +57,7 @@ def _spawn(worker: str, cfg: dict, timeout: float) -> dict:
 
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cmd = [sys.executable, "-m", "device_runtime.bench_memory", worker, json.dumps(cfg)]
+    cmd = [sys.executable, "-m", "cooperllm_app.bench.memory", worker, json.dumps(cfg)]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)

@@ -44,8 +44,8 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.simulation.headline import headline_markdown
-    from cooperllm.simulation.plots import load_run, markdown_table, plot_runs, summary_row
+    from cooperllm_app.simulation.headline import headline_markdown
+    from cooperllm_app.simulation.plots import load_run, markdown_table, plot_runs, summary_row
 
     labels = args.labels.split(",") if args.labels else [None] * len(args.runs)
     if len(labels) != len(args.runs):

@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cooperllm.simulation.config import CONFIG_FILE
-from cooperllm.simulation.metrics import METRICS_FILE, fmt_bytes, mean_of, read_lines
+from cooperllm_app.simulation.config import CONFIG_FILE
+from cooperllm_app.simulation.metrics import METRICS_FILE, fmt_bytes, mean_of, read_lines
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cooperllm.simulation.plots import Run
+from cooperllm_app.simulation.plots import Run
 
 PAPER_SPEEDUP = 8.8  # × fewer rounds than federated ZO to reach the same accuracy
 PAPER_GAIN_PP = 10.0  # accuracy points over federated ZO

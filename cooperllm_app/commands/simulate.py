@@ -63,7 +63,7 @@ def add_simulation_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, command: str):
-    from cooperllm.simulation.config import SimConfig
+    from cooperllm_app.simulation.config import SimConfig
 
     classes = None
     if args.public_classes:
@@ -122,9 +122,9 @@ def stop_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.simulation.launcher import SimulationError
-    from cooperllm.simulation.metrics import fmt_bytes
-    from cooperllm.simulation.runner import simulate
+    from cooperllm_app.simulation.launcher import SimulationError
+    from cooperllm_app.simulation.metrics import fmt_bytes
+    from cooperllm_app.simulation.runner import simulate
 
     stop_on_sigterm()
     cfg = config_from_args(args, "")

@@ -46,23 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=serve)
 
 
-def register_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "cloud",
-        help="upload throughput and latency of the cloud service with N concurrent devices on loopback",
-        description="Start `cooperllm serve` (tiny model, SQLite) as a subprocess, enrol N devices and let them "
-        "upload report batches concurrently for a fixed time. Prints batches/s, p50/p99 latency, the ratio to a "
-        "GET /v1/health baseline measured in the same run, and checks the database for lost or duplicated reports.",
-    )
-    p.add_argument("--devices", type=int, default=100, help="concurrent devices (default 100)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of uploading (default 10)")
-    p.add_argument("--rate", type=float, default=500.0, help="offered batches/s in the paced phase (default 500)")
-    p.add_argument("--reports-per-batch", type=int, default=4, help="reports per upload (default 4)")
-    p.add_argument("--model", help="model for the server (default: a tiny random Llama built in a temp folder)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=bench)
-
-
 _SETTING_ARGS = (
     "model",
     "artifacts",
@@ -95,7 +78,7 @@ def serve(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
-    from cooperllm.serve_process import READY_PREFIX
+    from cooperllm_app.serve_process import READY_PREFIX
 
     _wrap_lifespan(app, args.create_run, f"{READY_PREFIX}http://{args.host}:{port}/v1 (docs at /docs)")
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
@@ -122,12 +105,6 @@ def _wrap_lifespan(app, create_run: str | None, ready_line: str) -> None:
             yield
 
     app.router.lifespan_context = lifespan
-
-
-def bench(args: argparse.Namespace) -> int:
-    from cloud_api.bench import run_bench
-
-    return run_bench(args)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

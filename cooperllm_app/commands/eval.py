@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cooperllm.commands.options import add_data_options, add_model_options, add_task_options, task_from_args
+from cooperllm_app.commands.options import add_data_options, add_model_options, add_task_options, task_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

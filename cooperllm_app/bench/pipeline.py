@@ -228,7 +228,7 @@ def _prepare(args, tmp: Path) -> tuple[str, Path]:
     if args.artifacts:
         return model, Path(args.artifacts)
     out = tmp / "artifacts"
-    cmd = [sys.executable, "-m", "cooperllm.cli", "--log-level", "WARNING", "export", "--model", model]
+    cmd = [sys.executable, "-m", "cooperllm_app.cli", "--log-level", "WARNING", "export", "--model", model]
     cmd += ["--format", "onnx", "--out", str(out), "--batch", str(args.batch_size), "--seq-len", str(args.seq_len)]
     cmd += ["--no-validate", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cooperllm.data import shared_data_dir
-    from cooperllm.serve_process import start_serve, stop_serve
+    from cooperllm_app.serve_process import start_serve, stop_serve
     from device_runtime.corpus import CorpusSource
     from device_runtime.session import open_session
 

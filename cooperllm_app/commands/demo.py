@@ -73,10 +73,10 @@ def ensure_export(folder: Path, progress: bool) -> tuple[float, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.commands.simulate import stop_on_sigterm
-    from cooperllm.simulation.config import SimConfig, command_line
-    from cooperllm.simulation.metrics import fmt_bytes, mean_of
-    from cooperllm.simulation.runner import simulate
+    from cooperllm_app.commands.simulate import stop_on_sigterm
+    from cooperllm_app.simulation.config import SimConfig, command_line
+    from cooperllm_app.simulation.metrics import fmt_bytes, mean_of
+    from cooperllm_app.simulation.runner import simulate
 
     stop_on_sigterm()
     t_start = time.perf_counter()
