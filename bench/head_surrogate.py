@@ -95,15 +95,17 @@ class HeadTask:
 def simulate(task: HeadTask, strategy: str, eta: float, lam: float, alpha: float, args, seed: int) -> list[float]:
     """Test accuracy after each round, as ``cooperllm simulate`` would run the head (blocks=all, batch 8)."""
     from cooperllm.data import partition_dirichlet
+    from cooperllm.strategies import get_strategy
 
     rng = np.random.default_rng(seed)
     xt, yt = task.split["train"]["x"], task.split["train"]["y"]
     xp, yp = task.split["dev"]["x"], task.split["dev"]["y"]
     shards = partition_dirichlet(yt, args.clients, args.beta, seed)
     theta, window, accs = np.zeros(task.n), [], [task.accuracy(np.zeros(task.n))]
+    guided = get_strategy(strategy).guided  # zgr: the cloud's subspace and the λ-mixed update
     for _ in range(args.rounds):
         basis = coeffs = None
-        if strategy == "zgr":
+        if guided:
             grads = [task.grad(theta, xp[r], yp[r]) for r in (rng.choice(len(yp), 8, replace=False) for _ in range(2))]
             window = (window + grads)[-args.window :]
             basis = np.linalg.svd(np.array(window).T, full_matrices=False)[0][:, : args.rank]
@@ -122,7 +124,7 @@ def simulate(task: HeadTask, strategy: str, eta: float, lam: float, alpha: float
                 g_z += p * z
                 reports += 1
         g_z /= reports
-        theta -= eta * ((1 - lam) * g_z + lam * (basis @ coeffs)) if strategy == "zgr" else eta * g_z
+        theta -= eta * ((1 - lam) * g_z + lam * (basis @ coeffs)) if guided else eta * g_z
         accs.append(task.accuracy(theta))
     return accs
 

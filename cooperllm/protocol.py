@@ -41,7 +41,8 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report
+from cooperllm.strategies import STRATEGY_NAMES
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, check_report
 
 API_PREFIX = "/v1"
 PROTOCOL_VERSION = 1
@@ -53,7 +54,7 @@ GUIDANCE_ID_HEADER = "X-Guidance-Id"
 MAX_BATCH_REPORTS = 4096
 MAX_SEED = (1 << 63) - 1
 
-STRATEGIES = ("zgr", "zo", "bp")
+STRATEGIES = STRATEGY_NAMES  # the registry in cooperllm.strategies is the one list
 
 # Fixed error messages: clients may match on them.
 ERRORS = {
@@ -100,7 +101,7 @@ class EnrollResponse(_Model):
 class RunConfig(_Model):
     """One federated run. ``blocks``: None = every layout block separately; ``[-1]`` = all blocks jointly."""
 
-    strategy: Literal["zgr", "zo", "bp"] = "zgr"
+    strategy: Literal[STRATEGY_NAMES] = "zgr"  # type: ignore[valid-type]  # the registry's names
     rounds: Annotated[int, Field(ge=1, le=100_000)] = 10
     epsilon: Annotated[float, Field(gt=0, le=1.0)] = 1e-3
     local_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
@@ -192,8 +193,7 @@ class ReportIn(_Model):
     @field_validator("scalar")
     @classmethod
     def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("scalar must be finite")
+        check_report(Report(0, 0, 0, v, 1))  # the one report check: here, a finite scalar
         return v
 
     def to_report(self) -> Report:

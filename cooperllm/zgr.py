@@ -7,7 +7,7 @@ device that replays it from seeds and scalars reach the same θ bit for bit.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +29,39 @@ class Report:
     n_examples: int
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.scalar):
-            raise ValueError(f"report scalar must be finite, got {self.scalar}")
+        check_report(self)
+
+
+class ReportError(ValueError):
+    """A report that breaks a rule; ``key`` names the rule (a key of ``cooperllm.protocol.ERRORS``)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def check_report(
+    report: Report,
+    *,
+    blocks: Collection[int] | None = None,
+    local_steps: int | None = None,
+    seeds: tuple[int, int] | None = None,
+    max_abs_scalar: float | None = None,
+) -> None:
+    """The one report check, used wherever a report is made or received (device engine, outbox, wire models, DTC
+    decoder, the cloud's upload desk): the scalar is finite and, where the caller knows the round, within
+    ``max_abs_scalar``; the block is one the round trains; the step is in [0, local_steps); the seed is in the device's
+    range [lo, hi). Raises :class:`ReportError` naming the first rule broken, in that order of cost."""
+    if not math.isfinite(report.scalar):
+        raise ReportError("scalar_out_of_range", f"report scalar must be finite, got {report.scalar}")
+    if blocks is not None and report.block not in blocks:
+        raise ReportError("unknown_block", f"report names block {report.block}, not one of this round's")
+    if local_steps is not None and not 0 <= report.step < local_steps:
+        raise ReportError("bad_step", f"report step {report.step} outside [0, {local_steps})")
+    if seeds is not None and not seeds[0] <= report.seed < seeds[1]:
+        raise ReportError("seed_out_of_range", f"report seed {report.seed} outside [{seeds[0]}, {seeds[1]})")
+    if max_abs_scalar is not None and abs(report.scalar) > max_abs_scalar:
+        raise ReportError("scalar_out_of_range", f"report scalar {report.scalar} beyond ±{max_abs_scalar}")
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ import numpy as np
 from cooperllm.layout import theta_checksum
 from cooperllm.manifest import MANIFEST_FILE, sha256_file
 from cooperllm.protocol import sync_guidance, sync_reports
+from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
-from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, apply_round
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance
 from device_runtime.batches import BatchSchedule
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
 from device_runtime.outbox import Outbox
@@ -243,7 +244,9 @@ class DeviceClient:
             log.warning("cannot replay round %d: %s", prev_round, exc)
             return None
         theta = base.copy()
-        apply_round(theta, self.layout, sync_reports(sync), sync_guidance(sync, bases), sync.alpha, sync.lam, sync.eta)
+        get_strategy(sync.strategy).replay(
+            theta, self.layout, sync_reports(sync), sync_guidance(sync, bases), sync.alpha, sync.lam, sync.eta
+        )
         after = theta_checksum(theta)
         if after != sync.theta_checksum_after or (expected is not None and after != expected):
             log.warning("replay of round %d disagrees with the published checksum; downloading", prev_round)
@@ -306,8 +309,15 @@ class DeviceClient:
         st = self.state
         seen_at = time.perf_counter() if seen_at is None else seen_at
         wire_seen = self._wire() if wire_seen is None else wire_seen
-        if info.strategy == "bp":
-            raise ClientError("strategy 'bp' needs backpropagation; the device runtime runs zeroth-order steps only")
+        try:
+            strategy = get_strategy(info.strategy)
+        except ValueError as exc:
+            raise ClientError(str(exc)) from exc
+        if strategy.device_work is not DeviceWork.ZO:
+            raise ClientError(
+                f"strategy {info.strategy!r} needs {strategy.device_work} on the device; "
+                "the device runtime runs zeroth-order steps only"
+            )
         if self.session.backend.batch_size != info.batch_size:
             log.warning(
                 "round batch size %d differs from the graph's fixed %d; using the graph's",
@@ -318,7 +328,7 @@ class DeviceClient:
         shas = {g.sha256 for g in info.guidance}
         self.stats.guidance_kept += len(shas & self._round_shas)
         self._round_shas = shas
-        alpha = 1.0 if info.strategy == "zo" or not refs else info.alpha
+        alpha = info.alpha if refs else 1.0  # the round's α (1.0 for unguided strategies); no bases: plain z
         zo = ZOConfig(lr=self.cfg.local_lr, eps=info.epsilon, alpha=alpha)
         engine = ZOEngine(st.theta, self.layout, self.session.backend.run, zo, {})
         plan = [(t, b) for t in range(info.local_steps) for b in info.blocks]

@@ -1,4 +1,4 @@
-"""``cooperllm serve`` (the cloud service under uvicorn) and ``cooperllm bench cloud`` (its upload benchmark).
+"""``cooperllm serve``: the cloud service under uvicorn, with settings from flags or the environment.
 
 Cheap to import: FastAPI, torch and the model load only when a command runs.
 """

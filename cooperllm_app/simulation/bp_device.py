@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cooperllm.manifest import Manifest
+from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,15 @@ class BackpropDevice:
         if st.round_id > round_ or (st.round_id == round_ and st.extra.get("submitted")):
             return {"skipped": True, "reports": 0}
         info = transfers.call("current round", api.current_round)
-        if info.strategy != "bp" or info.round != round_ or info.status != "open":
-            raise RuntimeError(f"{name} was sent to bp round {round_}, the cloud is at {info.round} ({info.status})")
+        if (
+            get_strategy(info.strategy).device_work is not DeviceWork.BACKPROP
+            or info.round != round_
+            or info.status != "open"
+        ):
+            raise RuntimeError(
+                f"{name} was sent to backprop round {round_}, the cloud is at {info.round} ({info.status}, "
+                f"strategy {info.strategy})"
+            )
         theta = load_theta_bytes(transfers.call(f"adapter v{round_}", api.adapter, round_), self.layout)
         if theta_checksum(theta) != info.theta_checksum:
             raise RuntimeError(f"downloaded adapter v{round_} does not match the round's checksum")

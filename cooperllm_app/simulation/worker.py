@@ -28,6 +28,7 @@ from cooperllm.api_client import CooperClient
 from cooperllm.data import load_dataset
 from cooperllm.link import Link, LinkTransport
 from cooperllm.protocol import decode_tensor_frame
+from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
 from cooperllm_app.simulation.config import SimConfig, load_config
 from cooperllm_app.simulation.resume import read_partition
@@ -70,23 +71,32 @@ class DeviceHost:
 
         self.cfg, self.run_dir = cfg, run_dir
         self.backoff = Backoff(initial_s=0.2, max_s=5.0, give_up_after_s=300.0)
-        if cfg.strategy == "bp":
-            from cooperllm.manifest import read_manifest
-            from cooperllm_app.simulation.bp_device import BackpropDevice
-
-            manifest = read_manifest(cfg.artifacts, verify_hashes=True)
-            self.bp = BackpropDevice(manifest, Path(cfg.artifacts), cfg.model, threads)
-            self.train = self.bp.encoder.tokenize(load_dataset(cfg.train_data, label_names=manifest.task.label_names))
-        else:
-            from device_runtime.corpus import CorpusSource
-            from device_runtime.session import open_session
-
-            data = {"train": CorpusSource(str(cfg.train_data))}
-            self.session = open_session(
-                cfg.artifacts, cfg.backend, threads=threads, data=data, corpus_cache=run_dir / "corpora"
-            )
-            self.train = self.session.corpora["train"]
+        # what a device computes is the strategy's choice: forward-only ZO through the device runtime, or backprop
+        openers = {DeviceWork.ZO: self._open_zo, DeviceWork.BACKPROP: self._open_backprop}
+        self._round = openers[get_strategy(cfg.strategy).device_work](threads)
         self.shards = read_partition(run_dir)
+
+    def _open_zo(self, threads: int):
+        """The exported graph, opened once for every device this process plays (the artifacts are shared)."""
+        from device_runtime.corpus import CorpusSource
+        from device_runtime.session import open_session
+
+        data = {"train": CorpusSource(str(self.cfg.train_data))}
+        self.session = open_session(
+            self.cfg.artifacts, self.cfg.backend, threads=threads, data=data, corpus_cache=self.run_dir / "corpora"
+        )
+        self.train = self.session.corpora["train"]
+        return self._zo_round
+
+    def _open_backprop(self, threads: int):
+        """The eager fp32 model for FedAvg backprop devices (torch; not what a phone runs)."""
+        from cooperllm.manifest import read_manifest
+        from cooperllm_app.simulation.bp_device import BackpropDevice
+
+        manifest = read_manifest(self.cfg.artifacts, verify_hashes=True)
+        self.bp = BackpropDevice(manifest, Path(self.cfg.artifacts), self.cfg.model, threads)
+        self.train = self.bp.encoder.tokenize(load_dataset(self.cfg.train_data, label_names=manifest.task.label_names))
+        return self._backprop_round
 
     def shard(self, device: int) -> TokenizedCorpus:
         return self.train.subset(self.shards[device])
@@ -96,20 +106,7 @@ class DeviceHost:
         link = Link(self.cfg.link, seed=link_seed(self.cfg, r, d))
         t0 = time.perf_counter()
         with MeteredClient(task["cloud"], transport=LinkTransport(link), timeout=120.0) as api:
-            if self.cfg.strategy == "bp":
-                out = self.bp.run_round(
-                    api,
-                    self._transfers(),
-                    round_=r,
-                    data=self.shard(d),
-                    state_dir=device_dir(self.run_dir, d),
-                    enrol_key=task["enrol_key"],
-                    name=device_name(d),
-                    lr=float(self.cfg.local_lr),
-                    data_seed=self.cfg.seed * 1000 + d,
-                )
-            else:
-                out = self._zo_round(api, task, r, d)
+            out = self._round(api, task, r, d)
             out.update(guidance_bytes=api.guidance_bytes, guidance_values=api.guidance_values)
         from device_runtime.budget import peak_rss_mb
 
@@ -129,6 +126,19 @@ class DeviceHost:
         from device_runtime.transfer import Transfers
 
         return Transfers(self.backoff)
+
+    def _backprop_round(self, api: MeteredClient, task: dict, r: int, d: int) -> dict:
+        return self.bp.run_round(
+            api,
+            self._transfers(),
+            round_=r,
+            data=self.shard(d),
+            state_dir=device_dir(self.run_dir, d),
+            enrol_key=task["enrol_key"],
+            name=device_name(d),
+            lr=float(self.cfg.local_lr),
+            data_seed=self.cfg.seed * 1000 + d,
+        )
 
     def _zo_round(self, api: MeteredClient, task: dict, r: int, d: int) -> dict:
         from device_runtime.client import ClientConfig, DeviceClient

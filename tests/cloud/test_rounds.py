@@ -208,7 +208,7 @@ def test_dtc_report_frame_upload_counts_like_json(live):
     ack = dev.upload_report_frame(info.round, reports, "frame-1")
     assert (ack.accepted, ack.replay) == (4, False)
     assert dev.upload_reports(info.round, reports, "frame-1").replay  # same reports, same key, other encoding
-    stored = live.engine._round_reports(live.engine.state)
+    stored = live.engine.round_reports(live.engine.state)
     assert sorted((r.seed, r.scalar) for r in stored) == sorted((r.seed, r.scalar) for r in reports)  # exact f64
     import httpx
 
@@ -239,4 +239,4 @@ def test_scalar_clipping_option(live):
         info.round, [ReportIn(seed=info.seed_lo, block=0, step=0, scalar=-7.5, n_examples=2)], "clip-1"
     )
     assert (ack.accepted, ack.clipped) == (1, 1)
-    assert [r.scalar for r in live.engine._round_reports(live.engine.state)] == [-1.0]
+    assert [r.scalar for r in live.engine.round_reports(live.engine.state)] == [-1.0]

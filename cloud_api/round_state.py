@@ -1,0 +1,108 @@
+"""The state the round engine's parts share: the open round (``RoundState``) and the service-wide context.
+
+``EngineContext`` is what every part of the engine (run lifecycle, uploads, round clock, aggregation) holds: the model
+host, the database, the state folder, the one lock that orders changes of the round, the counters for ``/metrics``,
+and the waiters of long polls. Parts are composed around it rather than inheriting from each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine
+
+from cloud_api.errors import ServiceError
+from cloud_api.model_host import ModelHost
+from cloud_api.waiters import RoundWaiters
+from cooperllm.protocol import GuidanceRef, RunConfig
+from cooperllm.strategies import RoundPlan, Strategy, get_strategy
+
+SEEDS_PER_DEVICE = 1 << 16
+
+
+def seed_range(run_seed: int, run_id: int, round_: int, device_id: int) -> tuple[int, int]:
+    """This device's seeds for the round: a 2^16-wide slice of [0, 2^63) chosen by hashing (run, round, device)."""
+    h = hashlib.blake2b(f"{run_seed}:{run_id}:{round_}:{device_id}".encode(), digest_size=8).digest()
+    lo = (int.from_bytes(h, "little") & ((1 << 47) - 1)) << 16
+    return lo, lo + SEEDS_PER_DEVICE
+
+
+@dataclass
+class RoundState:
+    run_id: int
+    round: int
+    cfg: RunConfig
+    blocks: list[int]
+    status: str  # open | closing | closed | failed | finished
+    opened_at: float
+    deadline: float
+    extensions: int
+    theta: np.ndarray
+    checksum: str
+    seen: set[tuple[int, int, int, int]] = field(default_factory=set)
+    per_device: dict[int, int] = field(default_factory=dict)
+    guidance: list[GuidanceRef] = field(default_factory=list)
+    n_complete: int = 0
+
+    @property
+    def strategy(self) -> Strategy:
+        return get_strategy(self.cfg.strategy)
+
+    @property
+    def plan(self) -> RoundPlan:
+        return self.strategy.configure_round(self.cfg, self.blocks)
+
+    @property
+    def expected_per_device(self) -> int:
+        return self.plan.uploads_per_device
+
+    def complete_devices(self) -> int:
+        need = self.expected_per_device
+        return sum(1 for n in self.per_device.values() if n >= need)
+
+
+COUNTER_NAMES = (
+    "uploads_total",
+    "idempotent_replays",
+    "duplicates",
+    "late_reports",
+    "rounds_closed",
+    "rounds_failed",
+    "rounds_extended",
+)
+
+
+@dataclass
+class EngineContext:
+    host: ModelHost
+    db: Engine
+    state_dir: Path
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    state: RoundState | None = None
+    run_status: str | None = None
+    run_failure: str | None = None
+    started: float = field(default_factory=time.time)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
+    rejected: dict[str, int] = field(default_factory=dict)
+    last_lambda: float | None = None
+    wake: threading.Event = field(default_factory=threading.Event)  # the round clock looks now rather than later
+    waiters: RoundWaiters = field(default_factory=RoundWaiters)
+
+    def adapter_path(self, run_id: int, version: int) -> Path:
+        return self.state_dir / f"run{run_id}" / "adapters" / f"v{version:06d}.safetensors"
+
+    def current(self) -> RoundState:
+        st = self.state
+        if st is None:
+            raise ServiceError(404, "no_run")
+        return st
+
+    def reject(self, status: int, key: str, detail: str | None = None) -> ServiceError:
+        """A refusal counted in ``/metrics`` under its key."""
+        self.rejected[key] = self.rejected.get(key, 0) + 1
+        return ServiceError(status, key, detail)

@@ -1,0 +1,224 @@
+"""The upload desk: report batches and Δθ frames from devices, validated whole, then counted in one transaction.
+
+Idempotency: a batch is keyed by (device, idempotency key) in the store; a retry with the same body is answered from
+the store (``replay=true``) and counts nothing again, whenever it arrives; the same key with another body is refused.
+Staleness rule ``drop``: an upload for a round that is closed (or closing) is refused with 409 and counted as late.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from cloud_api import db
+from cloud_api.round_state import EngineContext, RoundState, seed_range
+from cooperllm.protocol import ERRORS, FrameError, ReportAck, ReportBatch, decode_tensor_frame
+from cooperllm.strategies import Upload
+from cooperllm.zgr import ReportError, check_report
+
+_INSERT_BATCH = db.upload_batches.insert()  # built once: the upload path runs hundreds of times a second
+_INSERT_REPORTS = db.reports.insert()
+
+
+class UploadDesk:
+    def __init__(self, ctx: EngineContext):
+        self.ctx = ctx
+
+    def _check_round(self, st: RoundState, round_: int, n_reports: int) -> None:
+        ctx = self.ctx
+        if ctx.run_status == "failed":
+            raise ctx.reject(409, "run_failed", f"{ERRORS['run_failed']}: {ctx.run_failure}")
+        if round_ < st.round or (round_ == st.round and st.status != "open"):
+            ctx.counters["late_reports"] += n_reports
+            raise ctx.reject(409, "round_closed")
+        if round_ > st.round:
+            raise ctx.reject(404, "unknown_round")
+
+    def _check_upload_kind(self, st: RoundState, kind: Upload) -> None:
+        if st.strategy.upload is not kind:
+            raise self.ctx.reject(409, "wrong_strategy")
+
+    def _replayed(self, conn, device_id: int, key: str, body_sha: str) -> ReportAck | None:
+        row = (
+            conn.execute(
+                select(db.upload_batches).where(
+                    db.upload_batches.c.device_id == device_id, db.upload_batches.c.idempotency_key == key
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        if row["body_sha256"] != body_sha:
+            raise self.ctx.reject(409, "idempotency_conflict")
+        self.ctx.counters["idempotent_replays"] += 1
+        status = "open"
+        st = self.ctx.state
+        if st is None or row["round"] != st.round or row["run_id"] != st.run_id or st.status != "open":
+            status = "closed"
+        return ReportAck(
+            round=row["round"],
+            accepted=0,
+            duplicates=row["duplicates"],
+            replay=True,
+            clipped=row["clipped"],
+            round_status=status,
+        )
+
+    def _replay_of(self, device_id: int, key: str, body_sha: str) -> ReportAck | None:
+        with self.ctx.db.connect() as conn:
+            return self._replayed(conn, device_id, key, body_sha)
+
+    def accept_reports(self, device_id: int, round_: int, batch: ReportBatch) -> ReportAck:
+        """Validate the whole batch, then count it in one transaction (committed before the answer)."""
+        ctx = self.ctx
+        body_sha = hashlib.sha256(
+            repr([(r.seed, r.block, r.step, r.scalar, r.n_examples) for r in batch.reports]).encode()
+        ).hexdigest()
+        with ctx.lock:
+            st = ctx.current()
+            if round_ != st.round or st.status != "open" or ctx.run_status != "running":
+                replay = self._replay_of(device_id, batch.idempotency_key, body_sha)  # maybe a retry of an accepted one
+                if replay is not None:
+                    return replay
+            self._check_round(st, round_, len(batch.reports))
+            self._check_upload_kind(st, Upload.REPORTS)
+            cfg = st.cfg
+            seeds = seed_range(cfg.seed, st.run_id, st.round, device_id)
+            allowed = set(st.blocks)
+            rows, clipped, dups = [], 0, 0
+            fresh: set[tuple[int, int, int, int]] = set()
+            for r in batch.reports:
+                try:
+                    check_report(
+                        r, blocks=allowed, local_steps=cfg.local_steps, seeds=seeds, max_abs_scalar=cfg.max_abs_scalar
+                    )
+                except ReportError as exc:
+                    raise ctx.reject(422, exc.key) from exc
+                key = (device_id, r.seed, r.block, r.step)
+                if key in st.seen or key in fresh:
+                    dups += 1
+                    continue
+                fresh.add(key)
+                scalar, was_clipped = r.scalar, False
+                if cfg.clip_scalar is not None and abs(scalar) > cfg.clip_scalar:
+                    scalar, was_clipped = float(np.clip(scalar, -cfg.clip_scalar, cfg.clip_scalar)), True
+                    clipped += 1
+                rows.append(
+                    {
+                        "run_id": st.run_id,
+                        "round": st.round,
+                        "device_id": device_id,
+                        "seed": r.seed,
+                        "block": r.block,
+                        "step": r.step,
+                        "scalar": scalar,
+                        "n_examples": r.n_examples,
+                        "clipped": was_clipped,
+                    }
+                )
+            try:
+                with ctx.db.begin() as conn:
+                    batch_id = conn.execute(
+                        _INSERT_BATCH,
+                        {
+                            "device_id": device_id,
+                            "idempotency_key": batch.idempotency_key,
+                            "run_id": st.run_id,
+                            "round": st.round,
+                            "body_sha256": body_sha,
+                            "accepted": len(rows),
+                            "duplicates": dups,
+                            "clipped": clipped,
+                            "created_at": time.time(),
+                        },
+                    ).inserted_primary_key[0]
+                    if rows:
+                        for row in rows:
+                            row["batch_id"] = batch_id
+                        conn.execute(_INSERT_REPORTS, rows)
+            except IntegrityError:  # the idempotency key exists: a retry of a batch already counted
+                replay = self._replay_of(device_id, batch.idempotency_key, body_sha)
+                if replay is None:
+                    raise
+                return replay
+            st.seen |= fresh
+            before = st.per_device.get(device_id, 0)
+            st.per_device[device_id] = before + len(rows)
+            if before < st.expected_per_device <= st.per_device[device_id]:
+                st.n_complete += 1
+            ctx.counters["uploads_total"] += 1
+            ctx.counters["duplicates"] += dups
+            if st.n_complete >= st.cfg.quorum:
+                ctx.wake.set()  # close now rather than at the next tick
+            return ReportAck(
+                round=st.round,
+                accepted=len(rows),
+                duplicates=dups,
+                replay=False,
+                clipped=clipped,
+                round_status="open",
+            )
+
+    def accept_delta(self, device_id: int, round_: int, key: str, n_examples: int, frame: bytes) -> ReportAck:
+        ctx = self.ctx
+        n_values = ctx.host.layout.total
+        body_sha = hashlib.sha256(frame + str(n_examples).encode()).hexdigest()
+        with ctx.lock:
+            st = ctx.current()
+            replay = self._replay_of(device_id, key, body_sha)
+            if replay is not None:
+                return replay
+            self._check_round(st, round_, 1)
+            self._check_upload_kind(st, Upload.DELTA)
+            try:
+                delta = decode_tensor_frame(frame, max_elements=n_values)
+            except FrameError as exc:
+                raise ctx.reject(422, "bad_frame", f"{ERRORS['bad_frame']}: {exc}") from exc
+            if delta.shape != (n_values,):
+                raise ctx.reject(
+                    422, "bad_frame", f"{ERRORS['bad_frame']}: delta must have shape ({n_values},), got {delta.shape}"
+                )
+            dup = device_id in st.per_device
+            with ctx.db.begin() as conn:
+                batch_id = conn.execute(
+                    insert(db.upload_batches).values(
+                        device_id=device_id,
+                        idempotency_key=key,
+                        run_id=st.run_id,
+                        round=st.round,
+                        body_sha256=body_sha,
+                        accepted=0 if dup else 1,
+                        duplicates=1 if dup else 0,
+                        clipped=0,
+                        created_at=time.time(),
+                    )
+                ).inserted_primary_key[0]
+                if not dup:
+                    conn.execute(
+                        insert(db.deltas).values(
+                            run_id=st.run_id,
+                            round=st.round,
+                            device_id=device_id,
+                            n_examples=n_examples,
+                            frame=frame,
+                            batch_id=batch_id,
+                        )
+                    )
+            if not dup:
+                st.n_complete += 1
+            st.per_device[device_id] = 1
+            ctx.counters["uploads_total"] += 1
+            ctx.wake.set()
+            return ReportAck(
+                round=st.round,
+                accepted=0 if dup else 1,
+                duplicates=1 if dup else 0,
+                replay=False,
+                round_status="open",
+            )
