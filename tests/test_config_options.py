@@ -12,6 +12,7 @@ import pytest
 from cooperllm.config_fields import add_config_options, model_fields_of, option_flag, owner_defaults
 from cooperllm.protocol import RunConfig
 from cooperllm_app.cli import build_parser
+from cooperllm_app.commands.demo import DEMO_DEFAULTS, demo_config
 from cooperllm_app.commands.simulate import config_from_args
 from cooperllm_app.simulation.config import SIMULATION_DEFAULTS, SimConfig, block_list, save_or_check_config
 
@@ -40,6 +41,7 @@ def _subparser(*path: str) -> argparse.ArgumentParser:
     ("command", "declared"),
     [
         (("simulate",), SIMULATION_DEFAULTS),
+        (("demo",), {**SIMULATION_DEFAULTS, **DEMO_DEFAULTS}),
         (("bench", "pipeline"), BENCH_PIPELINE_DIFFERS),
     ],
 )
@@ -117,6 +119,26 @@ def test_a_sim_config_outside_run_configs_bounds_is_refused_before_the_run_start
     with pytest.raises(ValueError, match=r"--deadline: Input should be less than or equal to 86400"):
         SimConfig(artifacts="", deadline_s=1e6).check()
     SimConfig(artifacts="", eta=None).check()  # unresolved η: RunConfig's own default stands in
+
+
+def test_the_demo_runs_the_same_simulation_as_before():
+    args = build_parser().parse_args(["demo"])
+    assert demo_config(args) == SimConfig(
+        artifacts="artifacts/demo-smollm2",
+        clients=4,
+        per_round=2,
+        rounds=3,
+        strategy="zgr",
+        partition="iid",
+        link="10mbit:50ms",
+        eval_limit=200,
+        local_steps=8,
+        blocks="all",
+        eta=1e-3,
+        lam=0.5,
+    )
+    args = build_parser().parse_args(["demo", "--rounds", "5", "--eta", "0.01"])
+    assert (demo_config(args).rounds, demo_config(args).eta) == (5, 0.01)
 
 
 def test_a_run_folder_written_before_the_shared_fields_still_resumes(tmp_path):
