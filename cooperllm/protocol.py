@@ -98,33 +98,71 @@ class EnrollResponse(_Model):
     token: str  # shown once; the server keeps only its hash
 
 
+# The one definition of a run's settings: each field's type, bounds, default and description (the description is
+# also the CLI's help text). The simulation's config takes its defaults from here and the CLI's options for these
+# fields are generated from here (cooperllm_app.simulation.config, cooperllm.config_fields), so a default is
+# written once. The class docstring is the schema's description in the OpenAPI document.
 class RunConfig(_Model):
     """One federated run. ``blocks``: None = every layout block separately; ``[-1]`` = all blocks jointly."""
 
-    strategy: Literal[STRATEGY_NAMES] = "zgr"  # type: ignore[valid-type]  # the registry's names
-    rounds: Annotated[int, Field(ge=1, le=100_000)] = 10
-    epsilon: Annotated[float, Field(gt=0, le=1.0)] = 1e-3
-    local_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
-    blocks: list[int] | None = None
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
-    quorum: Annotated[int, Field(ge=1, le=100_000)] = 2
-    min_devices: Annotated[int, Field(ge=1, le=100_000)] = 1
-    deadline_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
-    max_extensions: Annotated[int, Field(ge=0, le=100)] = 2
-    lam: float | Literal["auto"] = 0.5
-    lam_max: Annotated[float, Field(ge=0, le=1)] = 0.9
-    eta: Annotated[float, Field(gt=0, le=100)] = 1e-3
-    guidance_rank: Annotated[int, Field(ge=1, le=64)] = 4
-    window: Annotated[int, Field(ge=1, le=256)] = 8
+    strategy: Annotated[
+        Literal[STRATEGY_NAMES],  # type: ignore[valid-type]  # the registry's names
+        Field(description="zgr (ZO with cloud guidance, ours), zo (plain federated ZO) or bp (FedAvg of backprop)"),
+    ] = "zgr"
+    rounds: Annotated[int, Field(ge=1, le=100_000, description="federated rounds R")] = 10
+    epsilon: Annotated[float, Field(gt=0, le=1.0, description="ZO perturbation scale ε")] = 1e-3
+    local_steps: Annotated[
+        int,
+        Field(ge=1, le=10_000, description="steps per device per round (ZO: one report per step and trained block)"),
+    ] = 1
+    blocks: Annotated[
+        list[int] | None,
+        Field(description="blocks trained: null = every layout block separately, [-1] = all blocks jointly"),
+    ] = None
+    alpha: Annotated[
+        float, Field(ge=0, le=1, description="isotropic share α of the guided perturbation (zo uses 1)")
+    ] = 0.5
+    batch_size: Annotated[int, Field(ge=1, le=4096, description="examples per device forward pass")] = 8
+    quorum: Annotated[
+        int, Field(ge=1, le=100_000, description="devices whose reports close a round before its deadline")
+    ] = 2
+    min_devices: Annotated[
+        int, Field(ge=1, le=100_000, description="fewest devices a round may close with at its deadline")
+    ] = 1
+    deadline_s: Annotated[
+        float, Field(gt=0, le=86_400, description="round deadline, s: a round without its quorum closes then")
+    ] = 300.0
+    max_extensions: Annotated[
+        int, Field(ge=0, le=100, description="deadline extensions of a round short of min_devices before it fails")
+    ] = 2
+    lam: Annotated[
+        float | Literal["auto"],
+        Field(description="mixing weight λ of the cloud gradient in [0, 1], or 'auto' for the online λ*"),
+    ] = 0.5
+    lam_max: Annotated[float, Field(ge=0, le=1, description="upper clip of the online λ*")] = 0.9
+    eta: Annotated[float, Field(gt=0, le=100, description="server learning rate η")] = 1e-3
+    guidance_rank: Annotated[int, Field(ge=1, le=64, description="guidance subspace rank m")] = 4
+    window: Annotated[int, Field(ge=1, le=256, description="cloud gradients kept per block for the basis")] = 8
     # send only what changed: a block whose new basis is within this subspace distance of the block's current
     # version keeps that version (same frame, new coefficients), and devices that hold it download nothing
-    guidance_tau: Annotated[float, Field(ge=0, le=1)] = 0.0
-    grad_batches: Annotated[int, Field(ge=1, le=64)] = 2
-    grad_batch_size: Annotated[int, Field(ge=1, le=512)] = 8
-    clip_scalar: Annotated[float, Field(gt=0)] | None = None
-    max_abs_scalar: Annotated[float, Field(gt=0)] = 1e6
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    guidance_tau: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description="a block whose new basis lies within this subspace distance of its current version keeps "
+            "that version (0: a new version every round)",
+        ),
+    ] = 0.0
+    grad_batches: Annotated[int, Field(ge=1, le=64, description="cloud backward passes per round")] = 2
+    grad_batch_size: Annotated[int, Field(ge=1, le=512, description="public examples per backward pass")] = 8
+    clip_scalar: Annotated[
+        Annotated[float, Field(gt=0)] | None, Field(description="clip report scalars to ±this (null: no clipping)")
+    ] = None
+    max_abs_scalar: Annotated[float, Field(gt=0, description="reject a report whose |scalar| exceeds this")] = 1e6
+    seed: Annotated[
+        int, Field(ge=0, le=2**31 - 1, description="run seed: devices' seed ranges and the cloud's public minibatches")
+    ] = 0
 
     @field_validator("lam")
     @classmethod

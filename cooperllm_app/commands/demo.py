@@ -18,6 +18,24 @@ import sys
 import time
 from pathlib import Path
 
+from cooperllm.config_fields import add_config_options
+from cooperllm.strategies import get_strategy
+from cooperllm_app.simulation.config import SimConfig
+
+# The demo's own choices, sized to finish in about 15 minutes on 2 CPU cores; every other setting is the simulation's
+# default (SimConfig, RunConfig). DEMO_OPTIONS are the ones a user may change on the command line.
+DEMO_OPTIONS = ("clients", "per_round", "rounds", "local_steps", "eta", "eval_limit")
+DEMO_DEFAULTS = {
+    "clients": 4,
+    "per_round": 2,
+    "rounds": 3,
+    "local_steps": 8,  # ZO reports over all blocks per device per round
+    "eta": get_strategy("zgr").default_eta,  # the zgr default, shown in the command line the demo prints
+    "eval_limit": 200,  # SST-2 test examples scored
+    "strategy": "zgr",
+    "blocks": "all",  # one report over all of θ per step
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -31,12 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--artifacts", default="artifacts/demo-smollm2", help="export folder (default artifacts/demo-smollm2)"
     )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--clients", type=int, default=4, help="simulated devices (default 4)")
-    p.add_argument("--per-round", type=int, default=2, help="devices per round (default 2)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    p.add_argument("--local-steps", type=int, default=8, help="ZO reports per device per round (default 8)")
-    p.add_argument("--eta", type=float, default=1e-3, help="server learning rate (default 1e-3)")
-    p.add_argument("--eval-limit", type=int, default=200, help="SST-2 test examples scored (default 200)")
+    add_config_options(p, SimConfig, DEMO_OPTIONS, defaults=DEMO_DEFAULTS)
     p.add_argument("--fresh", action="store_true", help="delete the run folder and run again")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -72,9 +85,15 @@ def ensure_export(folder: Path, progress: bool) -> tuple[float, bool]:
     return time.perf_counter() - t0, False
 
 
+def demo_config(args: argparse.Namespace) -> SimConfig:
+    """The simulation the demo runs: its own choices, the options given, the simulation's defaults for the rest."""
+    chosen = {**DEMO_DEFAULTS, **{name: getattr(args, name) for name in DEMO_OPTIONS}}
+    return SimConfig(artifacts=args.artifacts, **chosen)
+
+
 def run(args: argparse.Namespace) -> int:
     from cooperllm_app.commands.simulate import stop_on_sigterm
-    from cooperllm_app.simulation.config import SimConfig, command_line
+    from cooperllm_app.simulation.config import command_line
     from cooperllm_app.simulation.metrics import fmt_bytes, mean_of
     from cooperllm_app.simulation.runner import simulate
 
@@ -84,20 +103,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"1/3 export int8 .pte to {args.artifacts} (reused when present)")
     export_s, reused = ensure_export(Path(args.artifacts), not args.no_progress)
     print(f"    {'reused the existing export' if reused else 'exported'} in {export_s:.0f} s")
-    cfg = SimConfig(
-        artifacts=args.artifacts,
-        clients=args.clients,
-        per_round=args.per_round,
-        rounds=args.rounds,
-        strategy="zgr",
-        partition="iid",
-        link="10mbit:50ms",
-        eval_limit=args.eval_limit,
-        local_steps=args.local_steps,
-        blocks="all",
-        eta=args.eta,
-        lam=0.5,
-    )
+    cfg = demo_config(args)
     if args.fresh and Path(args.out).exists():
         shutil.rmtree(args.out)
     print(

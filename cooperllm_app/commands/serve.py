@@ -42,7 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, help="request body cap, compressed and decompressed (default 8 MiB)")
     p.add_argument("--rate-limit", dest="rate_limit_per_s", type=float, help="requests/s per device (default 50)")
     p.add_argument("--rate-burst", type=int, help="burst per device (default 100)")
-    p.add_argument("--create-run", metavar="JSON", help="start a run at startup if none is running (RunConfig JSON)")
+    p.add_argument(
+        "--create-run",
+        metavar="JSON",
+        help="start a run at startup if none is running: RunConfig JSON, fields left out take RunConfig's defaults "
+        "(its schema, with each field's bounds and meaning, is in the OpenAPI document at /docs)",
+    )
     p.set_defaults(func=serve)
 
 

@@ -1,5 +1,11 @@
 """What one simulation is: its options, their defaults per strategy, the cloud's RunConfig, and the run folder's copy.
 
+:class:`SimConfig` is the one typed definition of ``cooperllm simulate``'s options: the command's parser is generated
+from its fields (:func:`cooperllm.config_fields.add_config_options`), and so is the recorded command line. The fields
+it shares with the cloud's run (ε, α, λ, η, m, …) are :class:`RunConfig`'s fields under the same names: their
+defaults, bounds and help come from RunConfig; where the simulation deliberately defaults otherwise, it is written
+in :data:`SIMULATION_DEFAULTS` and nowhere else.
+
 The resolved config is written to ``RUN_DIR/config.json`` on the first start; a later start on the same folder must
 ask for the same run (a different one is refused with the differing fields named), which is what makes a resumed
 run the same experiment.
@@ -11,54 +17,90 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
+from pydantic import ValidationError
+
+from cooperllm.config_fields import config_field, model_fields_of, option_flag, owner_defaults
 from cooperllm.data import parse_partition, shared_data_dir
-from cooperllm.link import LinkSpec
-from cooperllm.protocol import STRATEGIES, RunConfig
+from cooperllm.protocol import RunConfig
+from cooperllm.strategies import get_strategy
 from cooperllm.zgr import ALL_BLOCKS
 
 CONFIG_FILE = "config.json"
 # Options that change how fast a run goes, not what it computes: a resumed run may use other values.
 _FREE_ON_RESUME = ("workers", "command")
-DEFAULT_ETA = {"zgr": 1e-3, "zo": 1e-3, "bp": 1.0}  # bp uploads Δθ of local AdamW steps: FedAvg applies it as is
-DEFAULT_LOCAL_LR = {"zgr": 0.0, "zo": 0.0, "bp": 1e-3}  # ZO devices measure θ_r; bp devices train locally (AdamW)
+
+# Where the simulation's default for a RunConfig field is not RunConfig's, on purpose. Every other shared field
+# defaults to RunConfig's value (tests/test_config_options.py holds every command to this).
+SIMULATION_DEFAULTS: dict[str, Any] = {
+    "eta": None,  # per strategy, filled in by SimConfig.resolved(): the strategy's default_eta
+    "deadline_s": 21600.0,  # a safety net only: a simulated round closes when its K devices have reported
+}
+
+
+def run_field(name: str, **option: Any) -> Any:
+    """SimConfig's copy of RunConfig's field ``name``: RunConfig's default (or SIMULATION_DEFAULTS'), help, bounds."""
+    if name in SIMULATION_DEFAULTS:
+        option["default"] = SIMULATION_DEFAULTS[name]
+    return config_field(of=(RunConfig, name), **option)
+
+
+def parse_classes(text: str) -> list[int]:
+    """``--public-classes``: ``'1'`` or ``'0,1'`` → class indices."""
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"class indices like '1' or '0,1', got {text!r}") from None
 
 
 @dataclass
 class SimConfig:
-    artifacts: str
-    clients: int = 20
-    per_round: int = 5
-    rounds: int = 10
-    strategy: str = "zgr"
-    partition: str = "iid"
-    link: str = "10mbit:50ms"
-    backend: str | None = None  # device graph backend (default: the manifest's first graph)
-    model: str | None = None  # HF model the artifacts came from (cloud, bp devices); default: the manifest's
-    seed: int = 0
-    train_data: str = ""
-    public_data: str = ""
-    public_n: int = 2000
-    public_classes: list[int] | None = None  # shifted public data: keep only these classes
-    test_data: str = ""
-    eval_limit: int | None = None
-    eval_every: int = 1
-    local_steps: int = 1
-    blocks: str = "each"  # each (one report per block per step) | all (one report over all blocks) | 0,3,5
-    epsilon: float = 1e-3
-    alpha: float = 0.5
-    lam: float | str = 0.5
-    lam_max: float = 0.9
-    eta: float | None = None
-    guidance_rank: int = 4
-    window: int = 8
-    grad_batches: int = 2
-    grad_batch_size: int = 8
-    local_lr: float | None = None
-    guidance_codec: str = "dtc"
-    deadline_s: float = 21600.0  # a safety net only: a round closes when its K devices have reported
-    workers: int | None = None
-    command: str = ""
+    artifacts: str = config_field(help="exported artifact folder (cooperllm export)")
+    clients: int = config_field(20, help="simulated devices N")
+    per_round: int = config_field(5, help="devices per round K, the round's quorum")
+    rounds: int = run_field("rounds")
+    strategy: str = run_field("strategy")
+    partition: str = config_field("iid", help="iid or dirichlet:BETA label skew")
+    link: str = config_field("10mbit:50ms", help="emulated device link RATE[/UP][:LAT[:JITTER[:LOSS]]]")
+    backend: str | None = config_field(  # default: the manifest's first graph
+        None, help="device graph backend", choices=("onnx", "native", "executorch", "eager")
+    )
+    model: str | None = config_field(  # HF model the artifacts came from (cloud, bp devices)
+        None, help="HF model folder the artifacts came from", unset="the manifest's, smollm2"
+    )
+    seed: int = run_field(
+        "seed", help="seed of the partition, the device draw and the run (perturbations, minibatches)"
+    )
+    train_data: str = config_field("", help="devices' private data", unset="../shared/data/sst2/train.tsv")
+    public_data: str = config_field("", help="cloud's public data", unset="../shared/data/sst2/dev.tsv")
+    public_n: int = config_field(2000, help="public examples the cloud samples")
+    public_classes: list[int] | None = config_field(  # noqa: RUF009 - config_field is dataclasses.field
+        None, help="shifted public data: keep only these classes, e.g. '1'", unset="all classes", parse=parse_classes
+    )
+    test_data: str = config_field("", help="evaluation data", unset="../shared/data/sst2/test.tsv")
+    eval_limit: int | None = config_field(None, help="score on the first N test examples only")
+    eval_every: int = config_field(1, help="score θ every N rounds and after the last")
+    local_steps: int = run_field("local_steps")
+    blocks: str = config_field(  # RunConfig.blocks in words: each = None, all = [-1], 0,3,5 = a list
+        "each", help="each (a report per block), all (one over θ), or 0,3,5"
+    )
+    epsilon: float = run_field("epsilon")
+    alpha: float = run_field("alpha")
+    lam: float | str = run_field("lam")
+    lam_max: float = run_field("lam_max")
+    eta: float | None = run_field("eta", unset="per strategy: 1e-3; bp 1, FedAvg of Δθ")
+    guidance_rank: int = run_field("guidance_rank", flag="--rank")
+    window: int = run_field("window")
+    grad_batches: int = run_field("grad_batches")
+    grad_batch_size: int = run_field("grad_batch_size")
+    local_lr: float | None = config_field(None, help="device learning rate", unset="0 for ZO; bp: AdamW 1e-3")
+    guidance_codec: str = config_field("dtc", help="guidance frames: dtc or plain f32", choices=("dtc", "plain"))
+    deadline_s: float = run_field(
+        "deadline_s", flag="--deadline", help="round deadline, s (a safety net: a round closes when K reported)"
+    )
+    workers: int | None = config_field(None, help="device worker processes", unset="min(K, CPU cores)")
+    command: str = ""  # the command line that asked for this run (recorded, not an option)
 
     def resolved(self) -> SimConfig:
         """Defaults filled in (paths absolute, per-strategy η and local lr, worker count) and every field checked."""
@@ -69,9 +111,9 @@ class SimConfig:
         c.public_data = str(Path(c.public_data or data / "dev.tsv").resolve())
         c.test_data = str(Path(c.test_data or data / "test.tsv").resolve())
         if c.eta is None:
-            c.eta = DEFAULT_ETA.get(c.strategy, 1e-3)
+            c.eta = get_strategy(c.strategy).default_eta
         if c.local_lr is None:
-            c.local_lr = DEFAULT_LOCAL_LR.get(c.strategy, 0.0)
+            c.local_lr = get_strategy(c.strategy).default_local_lr
         if c.workers is None:
             c.workers = max(1, min(c.per_round, os.cpu_count() or 1))
         if isinstance(c.lam, str) and c.lam != "auto":
@@ -81,8 +123,9 @@ class SimConfig:
         return c
 
     def check(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        from cooperllm.link import LinkSpec  # httpx: only when a run is checked, not when the CLI starts
+
+        get_strategy(self.strategy)  # an unknown name is refused with the registry's list
         if self.clients < 1 or not 1 <= self.per_round <= self.clients:
             raise ValueError(f"need 1 <= per-round ({self.per_round}) <= clients ({self.clients})")
         if self.rounds < 1 or self.local_steps < 1 or self.eval_every < 1:
@@ -94,55 +137,56 @@ class SimConfig:
         parse_partition(self.partition)
         LinkSpec.parse(self.link)
         block_list(self.blocks)
+        self._check_run_fields()
         for name in ("artifacts", "train_data", "public_data", "test_data"):
             path = getattr(self, name)
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"{name.replace('_', ' ')}: {path} does not exist")
 
+    def _check_run_fields(self) -> None:
+        """The run's fields within RunConfig's bounds now, not when the cloud is asked for the run after start-up."""
+        given = {k: v for k, v in self._run_fields().items() if v is not None}
+        try:
+            RunConfig(**given, blocks=block_list(self.blocks))
+        except ValidationError as exc:
+            said = "; ".join(
+                f"{option_flag(SimConfig, str(e['loc'][0])) if e['loc'] else 'run'}: "
+                + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+            raise ValueError(f"invalid run settings: {said}") from None
+
+    def _run_fields(self) -> dict[str, Any]:
+        """This config's values of the fields it shares with RunConfig, by RunConfig's names."""
+        return {model_name: getattr(self, name) for name, (_, model_name) in model_fields_of(SimConfig).items()}
+
     def run_config(self, batch_size: int) -> RunConfig:
         """The cloud's run: K devices per round make the quorum (and the minimum), so a round waits for all K."""
         return RunConfig(
-            strategy=self.strategy,
-            rounds=self.rounds,
-            epsilon=self.epsilon,
-            local_steps=self.local_steps,
+            **self._run_fields(),
             blocks=block_list(self.blocks),
-            alpha=self.alpha,
             batch_size=batch_size,
             quorum=self.per_round,
             min_devices=self.per_round,
-            deadline_s=self.deadline_s,
-            lam=self.lam,
-            lam_max=self.lam_max,
-            eta=self.eta,
-            guidance_rank=self.guidance_rank,
-            window=self.window,
-            grad_batches=self.grad_batches,
-            grad_batch_size=self.grad_batch_size,
-            seed=self.seed,
         )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-# SimConfig field -> its ``cooperllm simulate`` option, where the names differ
-_OPTION_OF = {"guidance_rank": "--rank", "deadline_s": "--deadline"}
-
-
 def command_line(cfg: SimConfig, out: str | os.PathLike) -> str:
     """The ``cooperllm simulate`` command that asks for this run: every option that differs from its default."""
     import shlex
 
-    default = SimConfig(artifacts="")
+    default = owner_defaults(SimConfig)
     parts = ["cooperllm", "simulate", "--artifacts", cfg.artifacts, "--out", str(out)]
     for f in fields(SimConfig):
         value = getattr(cfg, f.name)
-        if f.name in ("artifacts", "command") or value == getattr(default, f.name) or value is None:
+        if f.name in ("artifacts", "command") or value == default.get(f.name) or value is None:
             continue
         if f.name == "public_classes":
             value = ",".join(str(c) for c in value)
-        parts += [_OPTION_OF.get(f.name, "--" + f.name.replace("_", "-")), str(value)]
+        parts += [option_flag(SimConfig, f.name), str(value)]
     return shlex.join(parts)
 
 
