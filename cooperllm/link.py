@@ -11,6 +11,10 @@ a jitter draw, then its bytes (body + an estimate of the headers) pass a token b
 rate, in slices, so concurrent transfers share the bandwidth. A lost request never reaches the server
 (``httpx.ConnectError``); a lost response was processed by the server but never arrives (``httpx.ReadError``) —
 the case idempotency keys exist for.
+
+Time is a seam: a :class:`Link` takes its clock and its sleeps (sync and async) as arguments, real ones by default,
+and with ``trace=True`` keeps every delay it scheduled (:class:`Scheduled`), so tests check the exact schedule —
+latency, jitter by seed, bytes over the rate — on a virtual clock instead of bounding wall time on a busy machine.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -143,6 +148,17 @@ class TokenBucket:
             return max(0.0, -self._tokens / self.rate)
 
 
+@dataclass(frozen=True)
+class Scheduled:
+    """One delay a :class:`Link` scheduled (kept with ``trace=True``): a message's latency + jitter draw, or a slice's
+    wait in its direction's token bucket. What the link would sleep, whatever the clock and the sleeps are."""
+
+    direction: str | None  # "up" or "down"; None when the caller of Link.delay() did not say
+    kind: str  # "latency" or "slice"
+    seconds: float
+    nbytes: int = 0  # the slice's bytes (0 for a latency)
+
+
 @dataclass
 class LinkStats:
     requests: int = 0
@@ -153,16 +169,34 @@ class LinkStats:
 
 
 class Link:
-    """One emulated link: the buckets and random state every transport on it shares."""
+    """One emulated link: the buckets and random state every transport on it shares.
 
-    def __init__(self, spec: LinkSpec | str, seed: int | None = None):
+    ``clock``, ``sleep`` and ``asleep`` are what the buckets read and what the transports and the proxy wait with
+    (real time by default); ``trace=True`` records every scheduled delay in :attr:`trace` (off by default: a long
+    benchmark would grow the list without end). Latency draws are recorded in the order of the seed's draws; slices
+    in booking order per caller (threads sharing a bucket may interleave their entries).
+    """
+
+    def __init__(
+        self,
+        spec: LinkSpec | str,
+        seed: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+        asleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        trace: bool = False,
+    ):
         self.spec = LinkSpec.parse(spec) if isinstance(spec, str) else spec
         self.rng = random.Random(seed)
         self._rng_lock = threading.Lock()
-        self.buckets = {
-            "up": None if self.spec.up_bps is None else TokenBucket(self.spec.up_bps / 8, burst_bytes=0),
-            "down": None if self.spec.down_bps is None else TokenBucket(self.spec.down_bps / 8, burst_bytes=0),
-        }
+        self.clock, self.sleep, self.asleep = clock, sleep, asleep
+        self.trace: list[Scheduled] | None = [] if trace else None
+
+        def bucket(bps: float | None) -> TokenBucket | None:
+            return None if bps is None else TokenBucket(bps / 8, burst_bytes=0, clock=clock)
+
+        self.buckets = {"up": bucket(self.spec.up_bps), "down": bucket(self.spec.down_bps)}
         self.stats = LinkStats()
 
     def count(self, **increments: int) -> None:
@@ -170,12 +204,18 @@ class Link:
             for name, n in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + n)
 
-    def delay(self) -> float:
-        """One-way latency plus a jitter draw (normal, σ = jitter, truncated at zero extra delay below −latency)."""
-        if not self.spec.jitter_s:
-            return self.spec.latency_s
+    def delay(self, direction: str | None = None) -> float:
+        """One-way latency plus a jitter draw (normal, σ = jitter, truncated at zero extra delay below −latency).
+
+        ``direction`` only labels the trace entry."""
         with self._rng_lock:
-            return max(0.0, self.spec.latency_s + self.rng.gauss(0.0, self.spec.jitter_s))
+            if not self.spec.jitter_s:
+                seconds = self.spec.latency_s
+            else:
+                seconds = max(0.0, self.spec.latency_s + self.rng.gauss(0.0, self.spec.jitter_s))
+            if self.trace is not None:
+                self.trace.append(Scheduled(direction, "latency", seconds))
+        return seconds
 
     def lost(self) -> bool:
         if not self.spec.loss:
@@ -183,7 +223,7 @@ class Link:
         with self._rng_lock:
             return self.rng.random() < self.spec.loss
 
-    def slices(self, nbytes: int, direction: str):
+    def slices(self, nbytes: int, direction: str) -> Iterator[float]:
         """Waits, one per slice of ``nbytes`` through the direction's bucket."""
         bucket = self.buckets[direction]
         if bucket is None:
@@ -192,20 +232,24 @@ class Link:
         while left > 0:
             n = min(left, SLICE_BYTES)
             left -= n
-            yield bucket.reserve(n)
+            wait = bucket.reserve(n)
+            if self.trace is not None:
+                with self._rng_lock:
+                    self.trace.append(Scheduled(direction, "slice", wait, n))
+            yield wait
 
     def send(self, nbytes: int, direction: str) -> None:
         """Block for one message's latency and serialization (sync)."""
-        time.sleep(self.delay())
+        self.sleep(self.delay(direction))
         for wait in self.slices(nbytes, direction):
             if wait:
-                time.sleep(wait)
+                self.sleep(wait)
 
     async def asend(self, nbytes: int, direction: str) -> None:
-        await asyncio.sleep(self.delay())
+        await self.asleep(self.delay(direction))
         for wait in self.slices(nbytes, direction):
             if wait:
-                await asyncio.sleep(wait)
+                await self.asleep(wait)
 
 
 def _request_size(request: httpx.Request, body: bytes) -> int:
@@ -386,23 +430,23 @@ class LinkProxy:
         async def receive() -> None:
             while True:
                 data = await reader.read(SLICE_BYTES)
-                await queue.put((time.monotonic() + self.link.delay(), data))
+                await queue.put((self.link.clock() + self.link.delay(direction), data))
                 if not data:
                     return
 
         async def deliver() -> None:
             while True:
                 due, data = await queue.get()
-                wait = due - time.monotonic()
+                wait = due - self.link.clock()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    await self.link.asleep(wait)
                 if not data:
                     if writer.can_write_eof():
                         writer.write_eof()
                     return
                 for pause in self.link.slices(len(data), direction):
                     if pause:
-                        await asyncio.sleep(pause)
+                        await self.link.asleep(pause)
                 writer.write(data)
                 await writer.drain()
                 self.link.count(**{f"bytes_{direction}": len(data)})

@@ -1,7 +1,6 @@
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +38,27 @@ def test_missing_smollm2_package_names_the_install(monkeypatch):
 
 def test_conversion_runs_once_when_processes_race(tmp_path, monkeypatch):
     monkeypatch.setenv("COOPERLLM_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "smollm2_gguf", lambda: tmp_path / "fake.gguf")
+    # ensure_smollm2 looks up the GGUF after its unlocked "already converted?" check and before taking the lock, so
+    # a call here marks a racer that found nothing converted; the conversion holds the lock until all three have
+    # (instead of sleeping and hoping they arrived): the two others must then wait and find the finished folder
+    raced = threading.Condition()
+    past_check = [0]
+
+    def gguf() -> Path:
+        with raced:
+            past_check[0] += 1
+            raced.notify_all()
+        return tmp_path / "fake.gguf"
+
     calls = []
 
     def slow_convert(gguf, out):
         calls.append(out)
-        time.sleep(0.3)
+        with raced:
+            raced.wait_for(lambda: past_check[0] == 3, timeout=60)
         (out / "config.json").write_text("{}")
 
+    monkeypatch.setattr(models, "smollm2_gguf", gguf)
     monkeypatch.setattr(models, "_convert_gguf", slow_convert)
     results = []
     threads = [threading.Thread(target=lambda: results.append(models.ensure_smollm2())) for _ in range(3)]
@@ -54,6 +66,7 @@ def test_conversion_runs_once_when_processes_race(tmp_path, monkeypatch):
         t.start()
     for t in threads:
         t.join()
+    assert past_check[0] == 3, "the racers did not all find the model unconverted before the conversion ended"
     assert len(calls) == 1
     assert len(set(results)) == 1 and (results[0] / "config.json").is_file()
     leftovers = [p for p in results[0].parent.iterdir() if p != results[0] and not p.name.endswith(".lock")]

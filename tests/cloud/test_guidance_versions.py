@@ -34,14 +34,26 @@ def _config(**kw) -> RunConfig:
 
 
 def _refs_when_published(client, round_: int, timeout: float = 60.0):
-    deadline = time.time() + timeout
+    """Poll (bounded) until the rectifier has published the round's guidance list: a condition, not a pause."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             return client.guidance_refs(round_)
         except ApiError as exc:
-            if exc.status_code != 404 or time.time() > deadline:
+            if exc.status_code != 404:
                 raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"guidance for round {round_} not published after {timeout} s") from exc
             time.sleep(0.02)
+
+
+def _wait_for_held_polls(engine, n: int, timeout: float = 30.0) -> None:
+    """Until the server holds ``n`` long polls (waiters registered with the engine), bounded: the requests are then
+    known to have arrived and to be waiting, which no pause can promise."""
+    deadline = time.monotonic() + timeout
+    while len(engine.waiters._waiters) != n:
+        assert time.monotonic() < deadline, f"the server holds {len(engine.waiters._waiters)} long polls, not {n}"
+        time.sleep(0.005)
 
 
 def test_subspace_distance():
@@ -112,8 +124,9 @@ def test_long_polls_answer_as_soon_as_the_round_closes(live):
     with ThreadPoolExecutor(2) as pool:
         nxt = pool.submit(poller.current_round, after=0, wait_s=60)
         sync = pool.submit(syncer.sync, 0, wait_s=60)
-        time.sleep(0.3)
+        _wait_for_held_polls(live.engine, 2)
         assert not nxt.done() and not sync.done()  # held by the server while round 0 is open
+        assert live.engine.state.round == 0 and live.engine.state.status == "open"
         dev.upload_reports(0, make_reports(info, np.random.default_rng(2)), "long-poll-r0")
         finished, record = nxt.result(timeout=60), sync.result(timeout=60)
     assert finished.status == "finished" and record.round == 0
