@@ -16,6 +16,11 @@ class RoundWaiters:
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
+    def pending(self) -> int:
+        """How many long polls are waiting now (for /metrics and for tests that order events by it)."""
+        with self._lock:
+            return len(self._waiters)
+
     def notify(self) -> None:
         with self._lock:
             waiters = list(self._waiters)

@@ -51,8 +51,8 @@ def _wait_for_held_polls(engine, n: int, timeout: float = 30.0) -> None:
     """Until the server holds ``n`` long polls (waiters registered with the engine), bounded: the requests are then
     known to have arrived and to be waiting, which no pause can promise."""
     deadline = time.monotonic() + timeout
-    while len(engine.waiters._waiters) != n:
-        assert time.monotonic() < deadline, f"the server holds {len(engine.waiters._waiters)} long polls, not {n}"
+    while engine.waiters.pending() != n:
+        assert time.monotonic() < deadline, f"the server holds {engine.waiters.pending()} long polls, not {n}"
         time.sleep(0.005)
 
 
