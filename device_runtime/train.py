@@ -17,9 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from cooperllm.checkpoint import load_theta
+from cooperllm.evaluate import EvalResult, PairedChange, evaluate, paired_change
 from cooperllm.tokenization import TokenizedCorpus
 from device_runtime.backends.base import GraphBackend
-from device_runtime.batches import BatchSchedule, EvalResult, PairedChange, evaluate, paired_change
+from device_runtime.batches import BatchSchedule
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
 from device_runtime.state import DeviceState, StateError, load_state, save_state
 
