@@ -29,11 +29,10 @@ def batch_gradients(folder: Path, data: str, batches: int, theta_file: str | Non
     from cooperllm.tokenization import PromptEncoder
     from device_runtime.backends import open_backend
     from device_runtime.batches import BatchSchedule
-    from device_runtime.train import initial_theta
 
     backend = open_backend(folder, "eager")
     layout = backend.manifest.layout
-    theta0 = load_theta(theta_file, layout) if theta_file else initial_theta(backend)
+    theta0 = load_theta(theta_file, layout) if theta_file else backend.initial_theta()
     encoder = PromptEncoder.for_artifacts(folder, backend.manifest)
     schedule = BatchSchedule(encoder.tokenize(load_dataset(data)), backend.batch_size, seed=0)
     grads = []

@@ -471,7 +471,7 @@ def test_java_graph_inputs_run_the_real_pte(java_build: Path, tiny_model_dir: Pa
     from executorch.runtime import Runtime
     from safetensors import safe_open
 
-    from cooperllm.checkpoint import load_theta
+    from cooperllm.checkpoint import initial_theta
     from cooperllm.manifest import read_manifest
     from cooperllm.tasks import TaskSpec
     from cooperllm.tokenization import EncodedBatch
@@ -511,7 +511,7 @@ def test_java_graph_inputs_run_the_real_pte(java_build: Path, tiny_model_dir: Pa
     method = Runtime.get().load_program(art / manifest.graph("pte").file).load_method("forward")
     loss_java, logits_java = method.execute(inputs)[:2]
 
-    theta = load_theta(art / manifest.initial_adapter_file, manifest.layout)
+    theta = initial_theta(art, manifest)
     assert np.array_equal(np.concatenate([t.numpy().reshape(-1) for t in inputs[3:]]), theta)
     batch = EncodedBatch(inputs[0].numpy(), inputs[1].numpy(), inputs[2].numpy())
     loss_py, logits_py = open_backend(art, "executorch", manifest=manifest).run(batch, theta)

@@ -84,7 +84,7 @@ def _batch(folder: Path, manifest):
 
 @pytest.mark.parametrize("folder_name", ["int8_folder", "fp32_folder"])
 def test_manifest_describes_a_verified_folder(folder_name: str, request: pytest.FixtureRequest) -> None:
-    from cooperllm.checkpoint import load_theta
+    from cooperllm.checkpoint import initial_theta
 
     folder: Path = request.getfixturevalue(folder_name)
     manifest = read_manifest(folder)  # checks schema and every sha256
@@ -93,7 +93,7 @@ def test_manifest_describes_a_verified_folder(folder_name: str, request: pytest.
     assert {g.format for g in manifest.graphs} == {"pte", "onnx"}
     assert all(g.batch_size == BATCH and g.seq_len == SEQ for g in manifest.graphs)
     assert set(manifest.files) == {"tokenizer.json", "adapter_init.safetensors", *(g.file for g in manifest.graphs)}
-    theta = load_theta(folder / manifest.initial_adapter_file, manifest.layout)
+    theta = initial_theta(folder, manifest)
     b_values = [theta[t.offset : t.offset + t.size] for t in manifest.layout.tensors if "lora_B" in t.name]
     assert b_values and all(np.all(b == 0) for b in b_values)  # PEFT init: B = 0, A random
     assert np.any(theta != 0)
@@ -117,14 +117,14 @@ def test_runtimes_match_eager_at_a_perturbed_theta(
     folder_name: str, quant: str, tiny_model_dir: Path, request: pytest.FixtureRequest
 ) -> None:
     """Both real runtimes, a fresh batch and a θ the export never saw, against an independently rebuilt module."""
-    from cooperllm.checkpoint import load_theta
+    from cooperllm.checkpoint import initial_theta
     from exporters.inputs import direction, graph_inputs
     from exporters.runners import open_runner
 
     folder: Path = request.getfixturevalue(folder_name)
     manifest = read_manifest(folder)
     batch = _batch(folder, manifest)
-    theta = load_theta(folder / manifest.initial_adapter_file, manifest.layout)
+    theta = initial_theta(folder, manifest)
     theta = theta + np.float32(0.05) * direction(7, manifest.layout)
     eager = _eager(tiny_model_dir, manifest, quant)
     ref_loss, ref_logits = eager(batch, theta)
@@ -325,7 +325,7 @@ def test_layer_blocks_are_checked_against_optimum_layer_count(tiny_model_dir: Pa
 
 def test_paired_graph_returns_both_losses_in_one_call(tiny_model_dir: Path, tmp_path: Path) -> None:
     """model.paired.onnx takes stacked [θ₊, θ₋] and gives the same two losses as two calls of model.onnx."""
-    from cooperllm.checkpoint import load_theta
+    from cooperllm.checkpoint import initial_theta
     from exporters.inputs import direction, graph_inputs, paired_inputs
     from exporters.runners import OrtRunner
 
@@ -344,7 +344,7 @@ def test_paired_graph_returns_both_losses_in_one_call(tiny_model_dir: Path, tmp_
     assert manifest.validation["graphs"]["model.paired.onnx"]["passed"]
     read_manifest(tmp_path)
     batch = _batch(tmp_path, manifest)
-    theta = load_theta(tmp_path / manifest.initial_adapter_file, manifest.layout)
+    theta = initial_theta(tmp_path, manifest)
     z = np.float32(1e-2) * direction(3, manifest.layout)
     losses, logits = OrtRunner(tmp_path / "model.paired.onnx")(
         paired_inputs(batch, theta + z, theta - z, manifest.layout)

@@ -14,7 +14,7 @@ def test_smollm2_onnx_int8_export_matches_eager(tmp_path: Path) -> None:
     import onnx
 
     from cooperllm.adapter import AdapterSpec
-    from cooperllm.checkpoint import load_theta
+    from cooperllm.checkpoint import initial_theta
     from cooperllm.manifest import read_manifest
     from cooperllm.modeling import build_task_model
     from cooperllm.models import load_causal_lm, resolve_model
@@ -52,7 +52,7 @@ def test_smollm2_onnx_int8_export_matches_eager(tmp_path: Path) -> None:
     batch = encoder.encode(
         ["an utterly charming film", "a waste of two hours", "fine.", "i loved every minute"], [1, 0, 1, 1]
     )
-    theta = load_theta(tmp_path / manifest.initial_adapter_file, layout) + np.float32(1e-3) * direction(5, layout)
+    theta = initial_theta(tmp_path, manifest) + np.float32(1e-3) * direction(5, layout)
     loss, logits = OrtRunner(tmp_path / "model.onnx")(graph_inputs(batch, theta, layout))
     ref_loss, ref_logits = eager(batch, theta)
     assert abs(loss - ref_loss) <= 1e-4

@@ -158,7 +158,6 @@ def worker(cfg: dict) -> dict:
     from cooperllm.tokenization import PromptEncoder
     from device_runtime.backends import open_backend
     from device_runtime.engine import ZOConfig, ZOEngine
-    from device_runtime.train import initial_theta
 
     folder = Path(cfg["folder"])
     manifest = read_manifest(folder, verify_hashes=False)  # the parent verified the hashes
@@ -171,7 +170,7 @@ def worker(cfg: dict) -> dict:
     if len(data.texts) < n:
         raise ValueError(f"{cfg['data']} has {len(data.texts)} rows, the batch needs {n}")
     batch = encoder.encode(list(data.texts[:n]), np.asarray(data.labels[:n]))
-    theta = initial_theta(backend)
+    theta = backend.initial_theta()
     for b in manifest.layout.blocks:
         theta[b.slice] += np.float32(THETA_SHIFT) * perturbation(7, b.index, b.size)
     loss, _ = backend.run(batch, theta)  # warm-up (XNNPACK workspace, first-touch pages)

@@ -15,6 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+from cooperllm.adapter import AdapterSpec
+from cooperllm.checkpoint import initial_theta
+from cooperllm.manifest import read_manifest
+from cooperllm.models import load_causal_lm, resolve_model
+from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
+from exporters.inputs import graph_inputs, paired_inputs, validation_batch
+
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -26,19 +34,12 @@ def _cpu_s() -> float:
 
 
 def _inputs(folder: Path, graph_file: str):
-    from cooperllm.checkpoint import load_theta
-    from cooperllm.manifest import read_manifest
-    from cooperllm.tokenization import PromptEncoder
-    from exporters.inputs import graph_inputs, validation_batch
-
     manifest = read_manifest(folder, verify_hashes=False)
     graph = next(g for g in manifest.graphs if g.file == graph_file)
     encoder = PromptEncoder(folder / manifest.tokenizer_file, manifest.task, graph.seq_len)
     batch = validation_batch(encoder, graph.batch_size)
-    theta = load_theta(folder / manifest.initial_adapter_file, manifest.layout)
+    theta = initial_theta(folder, manifest)
     if graph.paired:
-        from exporters.inputs import paired_inputs
-
         return manifest, graph, batch, paired_inputs(batch, theta, theta, manifest.layout)
     return manifest, graph, batch, graph_inputs(batch, theta, manifest.layout)
 
@@ -79,14 +80,11 @@ def run_eager(model: str, folder: Path, repeats: int) -> dict:
     t0 = time.perf_counter()
     import torch
 
-    from cooperllm.checkpoint import load_theta
     from cooperllm.modeling import build_task_model, theta_to_tensors
-    from cooperllm.models import load_causal_lm, resolve_model
-    from cooperllm.tokenization import PromptEncoder
 
     encoder = PromptEncoder.for_artifacts(folder, manifest)
     module, layout = build_task_model(load_causal_lm(resolve_model(model)), encoder, manifest.adapter)
-    params = theta_to_tensors(load_theta(folder / manifest.initial_adapter_file, layout), layout)
+    params = theta_to_tensors(initial_theta(folder, manifest), layout)
     args = tuple(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.labels))
     load_s = time.perf_counter() - t0
 
@@ -106,9 +104,7 @@ def run_eager(model: str, folder: Path, repeats: int) -> dict:
 
 
 def run_export(request: dict) -> dict:
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.tasks import TaskSpec
-    from exporters import export_artifacts
+    from exporters import export_artifacts  # imports torch
 
     t0 = time.perf_counter()
     manifest = export_artifacts(

@@ -228,13 +228,12 @@ def _worker_zo_graph(cfg: dict, backend: str) -> dict:
     from device_runtime.corpus import CorpusSource
     from device_runtime.engine import ZOConfig, ZOEngine
     from device_runtime.session import open_session
-    from device_runtime.train import initial_theta
 
     # the corpus cache is private to this bench run: the first graph worker tokenizes in a child, the others reuse it
     data = {"train": CorpusSource(cfg["data"])}
     session = open_session(cfg["artifacts"], backend, data=data, corpus_cache=cfg["cache"])
     schedule = BatchSchedule(session.corpora["train"], session.backend.batch_size, 0)
-    theta = initial_theta(session.backend)
+    theta = session.backend.initial_theta()
     engine = ZOEngine(theta, session.manifest.layout, session.backend.run, ZOConfig(lr=1e-4, eps=1e-3))
     result = _zo_loop(engine, schedule, cfg["steps"])
     # the tokenizing child ran (and exited) before the graph was loaded; its peak is reported, not hidden

@@ -175,10 +175,9 @@ def test_device_session_defaults_to_native_without_torch(tiny_artifacts):
     code = (
         "import sys, json, numpy as np\n"
         "from device_runtime.session import open_session\n"
-        "from device_runtime.train import initial_theta\n"
         f"s = open_session({str(tiny_artifacts)!r})\n"
         "b = s.encoder.encode(['a good film'] * 8, np.arange(8) % 2)\n"
-        "loss, logits = s.backend.run(b, initial_theta(s.backend))\n"
+        "loss, logits = s.backend.run(b, s.backend.initial_theta())\n"
         "print(json.dumps({'backend': s.backend.name, 'loss': loss, 'torch': 'torch' in sys.modules}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -192,12 +191,11 @@ def test_device_session_defaults_to_native_without_torch(tiny_artifacts):
 
 def test_native_backend_matches_python_executorch_backend(tiny_artifacts, toy_dataset):
     from device_runtime.session import open_session
-    from device_runtime.train import initial_theta
 
     native = open_session(tiny_artifacts, "native")
     python = open_session(tiny_artifacts, "executorch")
     batch = native.encoder.encode(toy_dataset.texts, toy_dataset.labels)
-    theta = initial_theta(native.backend)
+    theta = native.backend.initial_theta()
     theta[::3] += np.float32(0.05)
     a, b = native.backend.run(batch, theta), python.backend.run(batch, theta)
     assert a[0] == pytest.approx(b[0], abs=1e-6)
