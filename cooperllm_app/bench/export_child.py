@@ -19,13 +19,10 @@ from cooperllm.adapter import AdapterSpec
 from cooperllm.checkpoint import initial_theta
 from cooperllm.manifest import read_manifest
 from cooperllm.models import load_causal_lm, resolve_model
+from cooperllm.rusage import maxrss_mb
 from cooperllm.tasks import TaskSpec
 from cooperllm.tokenization import PromptEncoder
 from exporters.inputs import graph_inputs, paired_inputs, validation_batch
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _cpu_s() -> float:
@@ -56,7 +53,7 @@ def _time_calls(fn, repeats: int) -> tuple[float, object]:
 
 def run_artifact(folder: Path, graph_file: str, repeats: int) -> dict:
     manifest, graph, _, inputs = _inputs(folder, graph_file)
-    rss_before = _peak_rss_mb()
+    rss_before = maxrss_mb()
     t0 = time.perf_counter()
     from exporters.runners import open_runner
 
@@ -69,7 +66,7 @@ def run_artifact(folder: Path, graph_file: str, repeats: int) -> dict:
         "load_s": load_s,
         "forward_ms": forward_ms,
         "loss": loss,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": maxrss_mb(),
         "rss_before_load_mb": rss_before,
         "torch_imported": "torch" in sys.modules,
     }
@@ -98,7 +95,7 @@ def run_eager(model: str, folder: Path, repeats: int) -> dict:
         "load_s": load_s,
         "forward_ms": forward_ms,
         "loss": float(loss),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": maxrss_mb(),
         "torch_imported": True,
     }
 
@@ -124,7 +121,7 @@ def run_export(request: dict) -> dict:
     return {
         "wall_s": time.perf_counter() - t0,
         "cpu_s": _cpu_s(),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": maxrss_mb(),
         "passed": manifest.validation.get("passed"),
         "timings_s": manifest.validation.get("timings_s"),
     }
