@@ -37,7 +37,9 @@ class GraphSpec:
     backend: str
     batch_size: int
     seq_len: int
-    paired: bool = False  # evaluates θ+εz and θ−εz in one call (batch of two θ)
+    # θ+εz and θ−εz in one call. No exporter writes one any more (measured no faster than two calls); the field stays
+    # in the manifest format, and readers that cannot run such a graph (the Android demo) refuse it.
+    paired: bool = False
 
     def to_dict(self) -> dict:
         return {

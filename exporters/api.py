@@ -37,8 +37,8 @@ MAX_SEQ_LEN = 8192
 MAX_BATCH = 4096
 
 
-def graph_file(fmt: str, paired: bool = False) -> str:
-    return f"model.paired.{fmt}" if paired else f"model.{fmt}"
+def graph_file(fmt: str) -> str:
+    return f"model.{fmt}"
 
 
 def resolve_backend(backend: str, formats: Sequence[str], quant: str) -> str:
@@ -120,13 +120,11 @@ def export_artifacts(
     progress: bool = True,
     quantize_embeddings: bool = True,
     validation_texts: Sequence[str] | None = None,
-    paired: bool = False,
 ) -> Manifest:
     """Export, validate and describe one artifact folder; raises ExportError on a bad request or a failed check.
 
     The graph is traced at a fixed ``batch_size`` × ``seq_len`` (devices pad to it). ``validation_texts`` (default:
-    built-in sentences) fill the batch used for tracing and for the parity and fidelity checks. ``paired`` adds, per
-    format, ``model.paired.<fmt>`` that evaluates [θ₊, θ₋] in one call (see ``exporters.paired``).
+    built-in sentences) fill the batch used for tracing and for the parity and fidelity checks.
     """
     fmts, scheme = check_request(formats, backend, quant, batch_size, seq_len)
     if adapter is None and task.mode != "seq-cls":
@@ -141,8 +139,6 @@ def export_artifacts(
     from tqdm import tqdm
 
     stages = ["load", "quantize", "trace", *(f"export {f}" for f in fmts), *(["validate"] if validate else [])]
-    if paired:
-        stages[3:3] = ["trace paired", *(f"export paired {f}" for f in fmts)]
     bar = tqdm(total=len(stages), desc="export", disable=not progress, unit="stage")
     timings: dict[str, float] = {}
 
@@ -170,7 +166,6 @@ def export_artifacts(
             force,
             quantize_embeddings,
             validation_texts,
-            paired,
             stage,
             done,
             timings,
@@ -194,7 +189,6 @@ def _export(
     force,
     quantize_embeddings,
     validation_texts,
-    paired,
     stage,
     done,
     timings,
@@ -263,10 +257,6 @@ def _export(
             graphs.append(GraphSpec(name, "pte", backend, batch_size, seq_len))
         details[name]["file_mb"] = round((out / name).stat().st_size / 1e6, 3)
         done(f"export {fmt}")
-    if paired:
-        _export_paired(
-            module, layout, args, fmts, backend, scheme, batch_size, seq_len, out, graphs, details, stage, done
-        )
 
     validation: dict = {"checked": validate}
     failed = []
@@ -279,13 +269,7 @@ def _export(
         results = {}
         for g in graphs:
             runner = open_runner(out / g.file, g.format)
-            if g.paired:
-                from exporters.paired import validate_paired
-                from exporters.validate import FIDELITY_EPS, FIDELITY_SEEDS
-
-                r = validate_paired(runner, eager32, eager64, batch, theta0, FIDELITY_SEEDS, FIDELITY_EPS)
-            else:
-                r = validate_graph(runner, eager32, eager64, batch, theta0)
+            r = validate_graph(runner, eager32, eager64, batch, theta0)
             r.update(details[g.file])
             results[g.file] = r
             if not r["passed"]:
@@ -323,32 +307,3 @@ def _export(
         )
     write_manifest(out, manifest)
     return manifest
-
-
-def _export_paired(module, layout, args, fmts, backend, scheme, batch_size, seq_len, out, graphs, details, stage, done):
-    """``model.paired.<fmt>``: every θ input stacked (2, *shape) = [θ₊, θ₋]; outputs loss (2,), logits (2, B, C)."""
-    import torch
-
-    from exporters.graph import export_program
-    from exporters.lower import to_onnx, to_pte
-    from exporters.paired import PairedThetaInputs, make_paired
-
-    stage("trace paired")
-    wrapper = PairedThetaInputs(make_paired(module, layout), layout.names)
-    stacked = tuple(torch.stack([t, t]) for t in args[3:])
-    paired_args = (*args[:3], *stacked)
-    done("trace paired")
-    input_names = [*DATA_INPUTS, *layout.names]
-    for fmt in fmts:
-        stage(f"export paired {fmt}")
-        name = graph_file(fmt, paired=True)
-        program = export_program(wrapper, paired_args)
-        if fmt == "onnx":
-            details[name] = {"onnx": to_onnx(program, input_names, out / name)}
-            graphs.append(GraphSpec(name, "onnx", "ort", batch_size, seq_len, paired=True))
-        else:
-            delegation = to_pte(program, backend, out / name, dynamic_weights=scheme != "none")
-            details[name] = {"delegation": delegation} if backend.startswith("xnnpack") else {}
-            graphs.append(GraphSpec(name, "pte", backend, batch_size, seq_len, paired=True))
-        details[name]["file_mb"] = round((out / name).stat().st_size / 1e6, 3)
-        done(f"export paired {fmt}")

@@ -323,41 +323,6 @@ def test_layer_blocks_are_checked_against_optimum_layer_count(tiny_model_dir: Pa
         check_layer_blocks(config, gpt2_style, AdapterSpec())
 
 
-def test_paired_graph_returns_both_losses_in_one_call(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """model.paired.onnx takes stacked [θ₊, θ₋] and gives the same two losses as two calls of model.onnx."""
-    from cooperllm.checkpoint import initial_theta
-    from exporters.inputs import direction, graph_inputs, paired_inputs
-    from exporters.runners import OrtRunner
-
-    manifest = export_artifacts(
-        tiny_model_dir,
-        tmp_path,
-        task=TaskSpec(mode=SEQ_CLS),
-        formats=("onnx",),
-        quant="int8",
-        batch_size=BATCH,
-        seq_len=SEQ,
-        paired=True,
-        progress=False,
-    )
-    assert [(g.file, g.paired) for g in manifest.graphs] == [("model.onnx", False), ("model.paired.onnx", True)]
-    assert manifest.validation["graphs"]["model.paired.onnx"]["passed"]
-    read_manifest(tmp_path)
-    batch = _batch(tmp_path, manifest)
-    theta = initial_theta(tmp_path, manifest)
-    z = np.float32(1e-2) * direction(3, manifest.layout)
-    losses, logits = OrtRunner(tmp_path / "model.paired.onnx")(
-        paired_inputs(batch, theta + z, theta - z, manifest.layout)
-    )
-    single = OrtRunner(tmp_path / "model.onnx")
-    plus, logits_plus = single(graph_inputs(batch, theta + z, manifest.layout))
-    minus, _ = single(graph_inputs(batch, theta - z, manifest.layout))
-    assert losses.shape == (2,) and logits.shape == (2, BATCH, 2)
-    np.testing.assert_allclose(losses, [plus, minus], atol=1e-5)
-    np.testing.assert_allclose(logits[0], logits_plus, atol=1e-5)
-    assert plus != minus
-
-
 @pytest.mark.parametrize(
     ("formats", "quant", "expected"),
     [(["pte"], "int8", "xnnpack-qc8w"), (["pte", "onnx"], "int8", "xnnpack"), (["pte"], "none", "xnnpack")],

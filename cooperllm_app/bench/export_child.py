@@ -22,7 +22,7 @@ from cooperllm.models import load_causal_lm, resolve_model
 from cooperllm.rusage import maxrss_mb
 from cooperllm.tasks import TaskSpec
 from cooperllm.tokenization import PromptEncoder
-from exporters.inputs import graph_inputs, paired_inputs, validation_batch
+from exporters.inputs import graph_inputs, validation_batch
 
 
 def _cpu_s() -> float:
@@ -36,8 +36,6 @@ def _inputs(folder: Path, graph_file: str):
     encoder = PromptEncoder(folder / manifest.tokenizer_file, manifest.task, graph.seq_len)
     batch = validation_batch(encoder, graph.batch_size)
     theta = initial_theta(folder, manifest)
-    if graph.paired:
-        return manifest, graph, batch, paired_inputs(batch, theta, theta, manifest.layout)
     return manifest, graph, batch, graph_inputs(batch, theta, manifest.layout)
 
 
@@ -60,7 +58,6 @@ def run_artifact(folder: Path, graph_file: str, repeats: int) -> dict:
     runner = open_runner(folder / graph_file, graph.format)
     load_s = time.perf_counter() - t0
     forward_ms, (loss, _) = _time_calls(lambda: runner(inputs), repeats)
-    loss = float(loss[0]) if graph.paired else loss  # paired: [L₊, L₋] at θ₊ = θ₋ = θ₀
     return {
         "file": graph_file,
         "load_s": load_s,
@@ -116,7 +113,6 @@ def run_export(request: dict) -> dict:
         seq_len=request["seq_len"],
         progress=False,
         force=True,
-        paired=bool(request.get("paired", False)),
     )
     return {
         "wall_s": time.perf_counter() - t0,

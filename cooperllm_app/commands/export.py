@@ -49,9 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-column", help="text column of --data (default: auto)")
     p.add_argument("--no-validate", action="store_true", help="skip parity and fidelity checks (not recommended)")
     p.add_argument("--force", action="store_true", help="write the manifest even when a check fails")
-    p.add_argument(
-        "--paired", action="store_true", help="also export model.paired.<fmt>: L(θ+εz) and L(θ−εz) in one call"
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -88,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             quantize_embeddings=not args.no_embedding_quant,
             validation_texts=texts,
-            paired=args.paired,
         )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)

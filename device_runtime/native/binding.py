@@ -141,7 +141,7 @@ class NativeRunner:
         return float(loss[0]), logits.reshape(batch, -1)
 
     def run_all(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Every output of one call, flattened float32 (e.g. a paired graph's [L₊, L₋] and its stacked logits)."""
+        """Every output of one call, flattened float32."""
         if self._handle is None:
             raise NativeRunnerError("runner is closed")
         n = len(self.input_specs)

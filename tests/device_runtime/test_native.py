@@ -200,37 +200,3 @@ def test_native_backend_matches_python_executorch_backend(tiny_artifacts, toy_da
     a, b = native.backend.run(batch, theta), python.backend.run(batch, theta)
     assert a[0] == pytest.approx(b[0], abs=1e-6)
     assert np.abs(a[1] - b[1]).max() <= 1e-5
-
-
-def test_paired_graph_returns_both_losses(tiny_model_dir, tmp_path):
-    """run_all on a paired graph ([θ₊, θ₋] stacked in one call) gives the Python runtime's [L₊, L₋] and logits."""
-    from cooperllm.manifest import read_manifest
-    from cooperllm.tasks import TaskSpec
-    from exporters import export_artifacts
-    from exporters.runners import PteRunner
-
-    export_artifacts(
-        tiny_model_dir,
-        tmp_path,
-        task=TaskSpec(),
-        formats=("pte",),
-        backend="portable",
-        quant="int8",
-        batch_size=BATCH,
-        seq_len=SEQ,
-        paired=True,
-        validate=False,
-        progress=False,
-    )
-    paired = next(g for g in read_manifest(tmp_path).graphs if g.paired)
-    native = NativeRunner(tmp_path / paired.file)
-    inputs = random_inputs(native.input_specs, 4)
-    losses, logits = native.run_all(inputs)[:2]
-    assert losses.shape == (2,) and logits.size == 2 * BATCH * 2
-    with pytest.raises(NativeRunnerError, match="paired"):
-        native.run(inputs)
-    import torch
-
-    ref = PteRunner(tmp_path / paired.file).method.execute([torch.from_numpy(a) for a in inputs])
-    assert np.abs(losses - ref[0].numpy().ravel()).max() <= 1e-6
-    assert np.abs(logits - ref[1].numpy().ravel()).max() <= 1e-5
