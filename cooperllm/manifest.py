@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cooperllm.adapter import AdapterSpec
+from cooperllm.checkpoint import atomic_write_bytes
 from cooperllm.layout import ParamLayout
 from cooperllm.tasks import TaskSpec
 
@@ -160,8 +161,6 @@ def _safe_child(root: Path, name: str) -> Path:
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
-    from cooperllm.checkpoint import atomic_write_bytes
-
     path = Path(folder) / MANIFEST_FILE
     atomic_write_bytes(path, (json.dumps(manifest.to_dict(), indent=1) + "\n").encode())
     return path

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cooperllm.adapter import HEAD_PREFIX, AdapterSpec, layout_for
+from cooperllm.checkpoint import load_theta
 from cooperllm.layout import ParamLayout
 from cooperllm.tasks import SEQ_CLS, TaskSpec
 from cooperllm.tokenization import EncodedBatch, PromptEncoder
@@ -187,8 +188,6 @@ def forward_at(
 
 def load_theta_into(module: nn.Module, layout: ParamLayout, path: str) -> np.ndarray:
     """Copy θ from a safetensors file into the module's trainable parameters."""
-    from cooperllm.checkpoint import load_theta
-
     theta = load_theta(path, layout)
     params = dict(module.named_parameters())
     with torch.no_grad():

@@ -13,7 +13,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from cooperllm.adapter import AdapterSpec
+from cooperllm.checkpoint import save_theta
 from cooperllm.manifest import (
     DATA_INPUTS,
     MANIFEST_FILE,
@@ -23,9 +26,12 @@ from cooperllm.manifest import (
     sha256_file,
     write_manifest,
 )
-from cooperllm.models import TOKENIZER_FILE, resolve_model
+from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
 from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
 from exporters.errors import ExportError
+from exporters.inputs import graph_inputs, validation_batch
+from exporters.runners import open_runner
 from exporters.schemes import check_scheme
 
 log = logging.getLogger(__name__)
@@ -136,8 +142,6 @@ def export_artifacts(
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # a stale manifest must never describe new files
 
-    from tqdm import tqdm
-
     stages = ["load", "quantize", "trace", *(f"export {f}" for f in fmts), *(["validate"] if validate else [])]
     bar = tqdm(total=len(stages), desc="export", disable=not progress, unit="stage")
     timings: dict[str, float] = {}
@@ -195,12 +199,8 @@ def _export(
 ) -> Manifest:
     import torch
 
-    from cooperllm.checkpoint import save_theta
     from cooperllm.modeling import build_task_model, theta_from_module
-    from cooperllm.models import load_causal_lm
-    from cooperllm.tokenization import PromptEncoder
     from exporters.graph import ThetaInputs, export_program
-    from exporters.inputs import graph_inputs, validation_batch
     from exporters.lower import to_onnx, to_pte
     from exporters.quantize import quantize_frozen
     from exporters.validate import EagerFunction, format_table, validate_graph
@@ -262,8 +262,6 @@ def _export(
     failed = []
     if validate:
         stage("validate")
-        from exporters.runners import open_runner
-
         eager32 = EagerFunction(module, layout, torch.float32)
         eager64 = EagerFunction(module, layout, torch.float64)
         results = {}

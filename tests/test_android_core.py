@@ -13,10 +13,29 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+from cooperllm import dtc
+from cooperllm.adapter import AdapterSpec
+from cooperllm.api_client import CooperClient
+from cooperllm.checkpoint import initial_theta, save_theta
+from cooperllm.layout import ParamLayout, theta_checksum
+from cooperllm.manifest import DATA_INPUTS, OUTPUTS, GraphSpec, Manifest, read_manifest, sha256_file, write_manifest
+from cooperllm.protocol import RunConfig, encode_plain_frame
+from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import EncodedBatch, PromptEncoder
+from cooperllm.zgr import BlockGuidance, Report, apply_round
+from device_runtime.backends import open_backend
+from device_runtime.engine import step_seed
+from exporters import export_artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "android_demo" / "core"
@@ -101,12 +120,6 @@ def _f32(a: np.ndarray) -> bytes:
 
 def make_dtc_fixtures(folder: Path) -> dict:
     """Frames made by cooperllm.dtc / zstandard now, with the Python decoder's output as the expected values."""
-    import zstandard
-
-    from cooperllm import dtc
-    from cooperllm.protocol import encode_plain_frame
-    from device_runtime.engine import step_seed
-
     rng = np.random.default_rng(20260101)
     folder.mkdir(parents=True, exist_ok=True)
     cases: dict = {"tensors": [], "zstd": [], "reports": [], "bad_frames": []}
@@ -182,8 +195,6 @@ def make_dtc_fixtures(folder: Path) -> dict:
         (folder / f"bad_{name}.bin").write_bytes(frame)
         cases["bad_frames"].append({"frame": f"bad_{name}.bin", "why": name})
 
-    from cooperllm.zgr import Report
-
     reports = [
         Report(seed=int(s), block=int(b), step=int(t), scalar=float(p), n_examples=int(n))
         for s, b, t, p, n in zip(
@@ -222,8 +233,6 @@ def make_dtc_fixtures(folder: Path) -> dict:
 
 
 def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_build: Path, tmp_path: Path) -> None:
-    from cooperllm import dtc
-
     cases = make_dtc_fixtures(tmp_path / "fixtures")
     passed, failed, skipped, out = run_java(java_build, ["DtcTest"], {"cooperllm.fixtures": str(tmp_path / "fixtures")})
     assert failed == 0 and skipped == 0 and passed == 7, out
@@ -243,11 +252,6 @@ def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_bui
 def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(java_build: Path, tmp_path: Path) -> None:
     """460,800 values in 30 blocks, rank-4 guidance everywhere, 2 reports per block plus all-block ones, λ = 0.3:
     Java and Python must agree on θ's checksum after the round. Both replay times are printed (-s to see them)."""
-    import time
-
-    from cooperllm.layout import ParamLayout, theta_checksum
-    from cooperllm.zgr import BlockGuidance, Report, apply_round
-
     rng = np.random.default_rng(11)
     layout = ParamLayout.build(
         [(f"l{i}.{p}", (8, 960), f"layer.{i}") for i in range(30) for p in ("A", "B")]
@@ -293,13 +297,6 @@ def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(java_build: P
 def make_artifacts(folder: Path, tiny_model_dir: Path) -> dict:
     """A manifest written by cooperllm.manifest over real files (tokenizer, initial adapter; the graph's bytes are
     only hashed here, running it needs a phone), plus the values the Java side must find."""
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.checkpoint import save_theta
-    from cooperllm.layout import ParamLayout, theta_checksum
-    from cooperllm.manifest import DATA_INPUTS, OUTPUTS, GraphSpec, Manifest, sha256_file, write_manifest
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import PromptEncoder
-
     folder.mkdir(parents=True)
     task = TaskSpec()
     shutil.copy(tiny_model_dir / "tokenizer.json", folder / "tokenizer.json")
@@ -347,10 +344,6 @@ def make_artifacts(folder: Path, tiny_model_dir: Path) -> dict:
 def test_java_reads_artifacts_and_device_data_made_in_python(
     java_build: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
 ) -> None:
-    import sys
-
-    from safetensors.numpy import load_file
-
     sys.path.insert(0, str(ROOT / "android_demo" / "tools"))
     try:
         from prepare_device_data import prepare
@@ -406,9 +399,6 @@ def live_cloud(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, s
 def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_path: Path) -> None:
     """Enrol, take every round of a zgr run, download guidance, upload toy-loss reports, restart with a pending
     batch, and sync by replay to the server's checksum — all from Java against the real cloud."""
-    from cooperllm.api_client import CooperClient
-    from cooperllm.protocol import RunConfig
-
     url, app = live_cloud
     admin = CooperClient(url, ADMIN)
     rounds = 3
@@ -465,18 +455,8 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
 def test_java_graph_inputs_run_the_real_pte(java_build: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path):
     """The inputs the app builds (GraphInputs: order, shapes, int64/float32) for a real exported tiny .pte run through
     ExecuTorch's runtime and give the same loss and logits as the Python device backend on the same batch and θ."""
-    import sys
-
     import torch
     from executorch.runtime import Runtime
-    from safetensors import safe_open
-
-    from cooperllm.checkpoint import initial_theta
-    from cooperllm.manifest import read_manifest
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import EncodedBatch
-    from device_runtime.backends import open_backend
-    from exporters import export_artifacts
 
     art = tmp_path / "art"
     export_artifacts(

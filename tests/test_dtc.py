@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -233,9 +236,6 @@ def test_encode_rejects_bad_input() -> None:
 
 def test_codec_and_link_are_torch_free() -> None:
     """The device imports these: no torch or transformers may come along."""
-    import subprocess
-    import sys
-
     code = "import sys, cooperllm.dtc, cooperllm.link\nprint({'torch', 'transformers'} & set(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "set()"

@@ -7,13 +7,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
-from cooperllm.adapter import AdapterSpec
+from cooperllm.adapter import AdapterSpec, layout_for
+from cooperllm.checkpoint import initial_theta
 from cooperllm.manifest import DATA_INPUTS, ManifestError, read_manifest
-from cooperllm.models import ModelNotFoundError
+from cooperllm.models import ModelNotFoundError, load_causal_lm
 from cooperllm.tasks import SEQ_CLS, TaskSpec
+from cooperllm.tokenization import PromptEncoder
+from cooperllm_app.cli import main
 from exporters import ExportError, export_artifacts
+from exporters.api import check_layer_blocks, model_num_layers, resolve_backend
+from exporters.inputs import direction, graph_inputs
+from exporters.runners import open_runner
 
 SEQ = 24
 BATCH = 3
@@ -61,8 +68,6 @@ def _eager(tiny_model_dir: Path, manifest, quant: str):
     import torch
 
     from cooperllm.modeling import build_task_model
-    from cooperllm.models import load_causal_lm
-    from cooperllm.tokenization import PromptEncoder
     from exporters.quantize import quantize_frozen
     from exporters.validate import EagerFunction
 
@@ -76,16 +81,12 @@ def _eager(tiny_model_dir: Path, manifest, quant: str):
 
 
 def _batch(folder: Path, manifest):
-    from cooperllm.tokenization import PromptEncoder
-
     g = manifest.graphs[0]
     return PromptEncoder(folder / manifest.tokenizer_file, manifest.task, g.seq_len).encode(SENTENCES, [1, 0, 1])
 
 
 @pytest.mark.parametrize("folder_name", ["int8_folder", "fp32_folder"])
 def test_manifest_describes_a_verified_folder(folder_name: str, request: pytest.FixtureRequest) -> None:
-    from cooperllm.checkpoint import initial_theta
-
     folder: Path = request.getfixturevalue(folder_name)
     manifest = read_manifest(folder)  # checks schema and every sha256
     assert manifest.input_names == [*DATA_INPUTS, *manifest.layout.names]
@@ -117,10 +118,6 @@ def test_runtimes_match_eager_at_a_perturbed_theta(
     folder_name: str, quant: str, tiny_model_dir: Path, request: pytest.FixtureRequest
 ) -> None:
     """Both real runtimes, a fresh batch and a θ the export never saw, against an independently rebuilt module."""
-    from cooperllm.checkpoint import initial_theta
-    from exporters.inputs import direction, graph_inputs
-    from exporters.runners import open_runner
-
     folder: Path = request.getfixturevalue(folder_name)
     manifest = read_manifest(folder)
     batch = _batch(folder, manifest)
@@ -140,8 +137,6 @@ def test_runtimes_match_eager_at_a_perturbed_theta(
 
 
 def test_int8_weights_stay_int8_and_lm_head_is_not_in_the_graph(int8_folder: Path, fp32_folder: Path) -> None:
-    import onnx
-
     def initializer_bytes(path: Path) -> dict[str, int]:
         model = onnx.load(str(path))
         sizes: dict[str, int] = {}
@@ -196,8 +191,6 @@ def test_tampered_and_corrupt_folders_are_rejected(int8_folder: Path, tmp_path: 
 
 
 def test_int4_onnx_export_validates(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import onnx
-
     manifest = export_artifacts(
         tiny_model_dir,
         tmp_path,
@@ -258,8 +251,6 @@ def test_missing_model_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_input_with_nonzero_exit(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from cooperllm_app.cli import main
-
     base = ["export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--no-progress"]
     assert main([*base, "--quant", "8da8w"]) != 0
     assert "finite difference" in capsys.readouterr().err
@@ -272,8 +263,6 @@ def test_cli_reports_bad_input_with_nonzero_exit(tiny_model_dir: Path, tmp_path:
 
 
 def test_cli_export_writes_a_valid_folder(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from cooperllm_app.cli import main
-
     out = tmp_path / "cli"
     rc = main(
         [
@@ -311,9 +300,6 @@ def test_layer_blocks_are_checked_against_optimum_layer_count(tiny_model_dir: Pa
     """An architecture whose layers are not named '.layers.<i>.' would put every adapter in one block: refused."""
     from transformers import AutoConfig
 
-    from cooperllm.adapter import layout_for
-    from exporters.api import check_layer_blocks, model_num_layers
-
     config = AutoConfig.from_pretrained(tiny_model_dir)
     assert model_num_layers(config) == 2
     good = layout_for([(f"lm.model.layers.{i}.self_attn.q_proj.lora_A.weight", (8, 64)) for i in range(2)])
@@ -328,7 +314,5 @@ def test_layer_blocks_are_checked_against_optimum_layer_count(tiny_model_dir: Pa
     [(["pte"], "int8", "xnnpack-qc8w"), (["pte", "onnx"], "int8", "xnnpack"), (["pte"], "none", "xnnpack")],
 )
 def test_cli_auto_backend_picks_the_fast_int8_path_only_where_it_applies(formats, quant, expected):
-    from exporters.api import resolve_backend
-
     assert resolve_backend("auto", formats, quant) == expected
     assert resolve_backend("portable", formats, quant) == "portable"

@@ -5,25 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+
+from cooperllm.adapter import AdapterSpec
+from cooperllm.checkpoint import initial_theta
+from cooperllm.manifest import read_manifest
+from cooperllm.models import load_causal_lm, resolve_model
+from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
+from exporters import export_artifacts
+from exporters.inputs import direction, graph_inputs
+from exporters.runners import OrtRunner
 
 pytestmark = pytest.mark.integration
 
 
 def test_smollm2_onnx_int8_export_matches_eager(tmp_path: Path) -> None:
-    import onnx
-
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.checkpoint import initial_theta
-    from cooperllm.manifest import read_manifest
     from cooperllm.modeling import build_task_model
-    from cooperllm.models import load_causal_lm, resolve_model
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import PromptEncoder
-    from exporters import export_artifacts
-    from exporters.inputs import direction, graph_inputs
     from exporters.quantize import quantize_frozen
-    from exporters.runners import OrtRunner
     from exporters.validate import EagerFunction
 
     model_dir = resolve_model("smollm2")

@@ -4,16 +4,18 @@ import functools
 
 import pytest
 
+from cooperllm.adapter import AdapterSpec
+from cooperllm.data import load_dataset
+from cooperllm.evaluate import evaluate
+from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
+from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
+
 pytestmark = pytest.mark.integration
 
 
 def test_smollm2_converts_offline_and_beats_chance_zero_shot(sst2_dir):
-    from cooperllm.data import load_dataset
-    from cooperllm.evaluate import evaluate
     from cooperllm.modeling import build_task_model, forward_at, theta_from_module
-    from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import PromptEncoder
 
     model_dir = resolve_model("smollm2")
     task = TaskSpec()
@@ -28,11 +30,7 @@ def test_smollm2_converts_offline_and_beats_chance_zero_shot(sst2_dir):
 
 
 def test_smollm2_lora_layout_matches_the_design():
-    from cooperllm.adapter import AdapterSpec
     from cooperllm.modeling import build_task_model
-    from cooperllm.models import load_causal_lm, resolve_model
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import PromptEncoder
 
     model_dir = resolve_model("smollm2")
     encoder = PromptEncoder(model_dir / "tokenizer.json", TaskSpec(), seq_len=64)

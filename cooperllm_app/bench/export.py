@@ -16,6 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cooperllm.adapter import AdapterSpec
+from cooperllm.manifest import read_manifest
+from cooperllm.tasks import TaskSpec
+
 log = logging.getLogger(__name__)
 
 # export name -> export_artifacts arguments
@@ -66,10 +70,6 @@ def _child(args: list[str], timeout: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.manifest import read_manifest
-    from cooperllm.tasks import TaskSpec
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     names = [n for n in EXPORTS if n not in OPTIONAL or getattr(args, OPTIONAL[n])]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cooperllm.adapter import AdapterSpec
+from cooperllm.data import load_dataset
 from cooperllm_app.commands.options import add_model_options, add_task_options, task_from_args
+from exporters import ExportError, export_artifacts
+from exporters.api import resolve_backend
 
 QUANT_CHOICES = ("none", "int8", "int4")
 
@@ -54,10 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.adapter import AdapterSpec
-    from exporters import ExportError, export_artifacts
-    from exporters.api import resolve_backend
-
     task = task_from_args(args)
     adapter = None
     if not args.no_lora:
@@ -65,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
         adapter = AdapterSpec(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets, init_seed=args.lora_seed)
     texts = None
     if args.data:
-        from cooperllm.data import load_dataset
-
         texts = load_dataset(args.data, args.text_column, "label", task.label_names).texts[: args.batch]
     formats = [f.strip() for f in args.format.split(",")]
     try:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from device_runtime.native.build import NativeBuildError, build
+
 log = logging.getLogger(__name__)
 
 ABI_VERSION = 1
@@ -32,8 +34,6 @@ class NativeRunnerError(RuntimeError):
 
 def library_path() -> Path:
     """Path of the host library, building it (once, cached by source hash) when needed."""
-    from device_runtime.native.build import NativeBuildError, build
-
     override = os.environ.get("COOPERLLM_NATIVE_LIB")
     if override:
         return Path(override)

@@ -5,7 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from cooperllm.manifest import ManifestError
+from cooperllm.manifest import ManifestError, read_manifest
+from device_runtime.backends import choose_backend
 from device_runtime.backends.base import BackendError
 from device_runtime.engine import ZOConfig
 from device_runtime.session import open_session
@@ -76,9 +77,6 @@ def test_wrong_batch_shape_and_theta_are_rejected(sessions, toy_dataset):
 
 
 def test_backend_choice_follows_the_manifest(tiny_artifacts, tmp_path):
-    from cooperllm.manifest import read_manifest
-    from device_runtime.backends import choose_backend
-
     manifest = read_manifest(tiny_artifacts)
     assert choose_backend(manifest, None) == "native"  # first graph is .pte: the torch-free runner
     with pytest.raises(ValueError, match="unknown backend"):

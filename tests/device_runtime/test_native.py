@@ -15,8 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cooperllm.adapter import AdapterSpec
+from cooperllm.models import TOKENIZER_FILE, load_causal_lm
+from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
 from device_runtime.native.binding import NativeRunner, NativeRunnerError
 from device_runtime.native.build import NativeBuildError, build
+from device_runtime.session import open_session
+from exporters.runners import PteRunner
 
 BATCH, SEQ = 4, 16
 COMBOS = (("xnnpack", "none"), ("portable", "none"), ("xnnpack", "int8"), ("portable", "int8"))
@@ -27,11 +33,7 @@ def export_tiny_ptes(model_dir: Path, out: Path, combos=EXPORTED_HERE) -> dict[t
     """One traced program per quantization, lowered to each requested ExecuTorch backend (cheaper than full exports)."""
     import torch
 
-    from cooperllm.adapter import AdapterSpec
     from cooperllm.modeling import build_task_model
-    from cooperllm.models import TOKENIZER_FILE, load_causal_lm
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import PromptEncoder
     from exporters.graph import ThetaInputs, example_inputs, export_program
     from exporters.lower import to_pte
     from exporters.quantize import quantize_frozen
@@ -83,8 +85,6 @@ def tiny_ptes(tiny_model_dir, tiny_artifacts, tmp_path_factory) -> dict[tuple[st
 
 @pytest.mark.parametrize("combo", COMBOS, ids=lambda c: "-".join(c))
 def test_native_matches_the_python_runtime(tiny_ptes, combo):
-    from exporters.runners import PteRunner
-
     path = tiny_ptes[combo]
     native = NativeRunner(path)
     python = PteRunner(path)
@@ -190,8 +190,6 @@ def test_device_session_defaults_to_native_without_torch(tiny_artifacts):
 
 
 def test_native_backend_matches_python_executorch_backend(tiny_artifacts, toy_dataset):
-    from device_runtime.session import open_session
-
     native = open_session(tiny_artifacts, "native")
     python = open_session(tiny_artifacts, "executorch")
     batch = native.encoder.encode(toy_dataset.texts, toy_dataset.labels)
