@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from live_cloud import ADMIN, ENROL, small_run, start_server
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -29,7 +30,7 @@ from cooperllm.api_client import CooperClient
 from cooperllm.checkpoint import initial_theta, save_theta
 from cooperllm.layout import ParamLayout, theta_checksum
 from cooperllm.manifest import DATA_INPUTS, OUTPUTS, GraphSpec, Manifest, read_manifest, sha256_file, write_manifest
-from cooperllm.protocol import RunConfig, encode_plain_frame
+from cooperllm.protocol import encode_plain_frame
 from cooperllm.tasks import TaskSpec
 from cooperllm.tokenization import EncodedBatch, PromptEncoder
 from cooperllm.zgr import BlockGuidance, Report, apply_round
@@ -368,30 +369,14 @@ def test_java_reads_artifacts_and_device_data_made_in_python(
 
 # --- the live cloud -------------------------------------------------------------------------------------------------
 
-ADMIN = "android-test-admin-token-0123456789"
-ENROL = "android-test-enrolment-key-0123456789"
-
 
 @pytest.fixture(scope="module")
 def live_cloud(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, sst2_dir: Path):
     """The real cloud: uvicorn on 127.0.0.1 (ephemeral port), tiny model, SQLite file, small public split."""
-
-    from live_cloud import start_server
-
     tmp = tmp_path_factory.mktemp("android-cloud")
     public = tmp / "public.tsv"
     public.write_text("\n".join((sst2_dir / "dev.tsv").read_text().splitlines()[:101]) + "\n")
-    server = start_server(
-        tmp,
-        tiny_model_dir,
-        public,
-        admin_token=ADMIN,
-        enrolment_key=ENROL,
-        public_n=16,
-        seq_len=24,
-        rate_burst=1000,
-        rate_limit_per_s=1000.0,
-    )
+    server = start_server(tmp, tiny_model_dir, public, public_n=16, seq_len=24)
     yield server.url, server.app
     server.stop()
 
@@ -402,23 +387,7 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
     url, app = live_cloud
     admin = CooperClient(url, ADMIN)
     rounds = 3
-    run = admin.create_run(
-        RunConfig(
-            strategy="zgr",
-            rounds=rounds,
-            quorum=1,
-            min_devices=1,
-            local_steps=2,
-            lam=0.3,
-            eta=0.05,
-            alpha=0.5,
-            guidance_rank=2,
-            window=4,
-            grad_batches=1,
-            grad_batch_size=4,
-            deadline_s=120,
-        )
-    )
+    run = admin.create_run(small_run(rounds=rounds, deadline_s=120))
     layout = app.state.cooper.engine.host.layout
     # what a phone reads from the artifact's manifest.json: the θ layout (the cloud and the exporter share it)
     config = {
