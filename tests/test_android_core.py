@@ -36,7 +36,6 @@ from cooperllm.tokenization import EncodedBatch, PromptEncoder
 from cooperllm.zgr import BlockGuidance, Report, apply_round
 from device_runtime.backends import open_backend
 from device_runtime.engine import step_seed
-from exporters import export_artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "android_demo" / "core"
@@ -421,24 +420,14 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
 
 
 @pytest.mark.integration
-def test_java_graph_inputs_run_the_real_pte(java_build: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path):
+def test_java_graph_inputs_run_the_real_pte(java_build: Path, export_tiny, sst2_dir: Path, tmp_path: Path):
     """The inputs the app builds (GraphInputs: order, shapes, int64/float32) for a real exported tiny .pte run through
     ExecuTorch's runtime and give the same loss and logits as the Python device backend on the same batch and θ."""
     import torch
     from executorch.runtime import Runtime
 
     art = tmp_path / "art"
-    export_artifacts(
-        tiny_model_dir,
-        art,
-        task=TaskSpec(),
-        formats=("pte",),
-        quant="int8",
-        batch_size=4,
-        seq_len=32,
-        validate=False,
-        progress=False,
-    )
+    export_tiny(art, formats=("pte",), quant="int8", batch_size=4, seq_len=32, validate=False)
     sys.path.insert(0, str(ROOT / "android_demo" / "tools"))
     try:
         from prepare_device_data import prepare

@@ -28,38 +28,19 @@ SENTENCES = ["a gorgeous , witty , seductive movie .", "the story is lame and th
 
 
 @pytest.fixture(scope="module")
-def int8_folder(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def int8_folder(export_tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """causal-lm-cls, int8, XNNPACK .pte and ONNX in one folder."""
     out = tmp_path_factory.mktemp("export-int8")
-    export_artifacts(
-        tiny_model_dir,
-        out,
-        task=TaskSpec(),
-        formats=("pte", "onnx"),
-        backend="xnnpack",
-        quant="int8",
-        batch_size=BATCH,
-        seq_len=SEQ,
-        progress=False,
-    )
+    export_tiny(out, formats=("pte", "onnx"), backend="xnnpack", quant="int8", batch_size=BATCH, seq_len=SEQ)
     return out
 
 
 @pytest.fixture(scope="module")
-def fp32_folder(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fp32_folder(export_tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """seq-cls (trainable head + LoRA), fp32, portable .pte and ONNX."""
     out = tmp_path_factory.mktemp("export-fp32")
-    export_artifacts(
-        tiny_model_dir,
-        out,
-        task=TaskSpec(mode=SEQ_CLS),
-        formats="all",
-        backend="portable",
-        quant="none",
-        batch_size=BATCH,
-        seq_len=SEQ,
-        progress=False,
-    )
+    task = TaskSpec(mode=SEQ_CLS)
+    export_tiny(out, task=task, formats="all", backend="portable", quant="none", batch_size=BATCH, seq_len=SEQ)
     return out
 
 
@@ -190,17 +171,8 @@ def test_tampered_and_corrupt_folders_are_rejected(int8_folder: Path, tmp_path: 
         read_manifest(folder, verify_hashes=False)
 
 
-def test_int4_onnx_export_validates(tiny_model_dir: Path, tmp_path: Path) -> None:
-    manifest = export_artifacts(
-        tiny_model_dir,
-        tmp_path,
-        task=TaskSpec(),
-        formats=("onnx",),
-        quant="int4",
-        batch_size=2,
-        seq_len=SEQ,
-        progress=False,
-    )
+def test_int4_onnx_export_validates(export_tiny, tmp_path: Path) -> None:
+    manifest = export_tiny(tmp_path, formats=("onnx",), quant="int4", batch_size=2, seq_len=SEQ)
     assert manifest.quantization["scheme"] == "int4" and manifest.quantization["group_size"] == 32
     assert manifest.validation["passed"]
     model = onnx.load(str(tmp_path / "model.onnx"))
