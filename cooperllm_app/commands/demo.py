@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
+
+from cooperllm.console import fail
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -112,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         if "holds another simulation" not in str(exc):
             raise
-        print(f"error: {exc}\n`cooperllm demo --fresh` starts the demo's run over", file=sys.stderr)
-        return 2
+        return fail(f"{exc}\n`cooperllm demo --fresh` starts the demo's run over", 2)
     sim_s = time.perf_counter() - t_sim
     rounds, base = result.rounds, result.baseline
     last = rounds[-1]

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from cooperllm.adapter import AdapterSpec
+from cooperllm.console import fail
 from cooperllm.data import load_dataset
 from cooperllm_app.commands.options import add_model_options, add_task_options, task_from_args
 from exporters import ExportError, export_artifacts
@@ -85,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
             validation_texts=texts,
         )
     except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc, 1)
     v = manifest.validation
     if v.get("table"):
         print(v["table"])
