@@ -21,12 +21,13 @@ from exporters.schemes import INT4_GROUP_SIZE, check_scheme
 log = logging.getLogger(__name__)
 
 
-def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric round-to-nearest int8 per row (a linear's output channel, an embedding's token): int8 codes in
-    [-127, 127] and the fp32 (rows, 1) scales that map them back."""
+def _register_int8_rows(module: nn.Module, weight: torch.Tensor) -> None:
+    """Symmetric round-to-nearest int8 per row (a linear's output channel, an embedding's token), kept as the
+    module's buffers ``qweight`` (int8 codes in [-127, 127]) and ``scale`` (fp32, (rows, 1)) that maps them back."""
     w = weight.detach().to(torch.float32)
     scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-    return torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8), scale
+    module.register_buffer("qweight", torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8))
+    module.register_buffer("scale", scale)
 
 
 class Int8Linear(nn.Module):
@@ -34,9 +35,7 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        qweight, scale = _int8_rows(linear.weight)
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("scale", scale)
+        _register_int8_rows(self, linear.weight)
         bias = linear.bias.detach().clone() if linear.bias is not None else None
         self.register_buffer("bias", bias)
 
@@ -88,9 +87,7 @@ class Int8Embedding(nn.Module):
 
     def __init__(self, emb: nn.Embedding):
         super().__init__()
-        qweight, scale = _int8_rows(emb.weight)
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("scale", scale)
+        _register_int8_rows(self, emb.weight)
         self.padding_idx = emb.padding_idx
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
