@@ -19,21 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
+from cooperllm.checkpoint import load_theta
+from cooperllm.data import load_dataset
+from cooperllm.tokenization import PromptEncoder
+from device_runtime.backends import open_backend
+from device_runtime.batches import BatchSchedule
+
 
 def batch_gradients(folder: Path, data: str, batches: int, theta_file: str | None) -> tuple[np.ndarray, object]:
     """One flat gradient of the loss w.r.t. θ per train batch (batch t of seed 0, as `device train` draws them)."""
     import torch
 
-    from cooperllm.checkpoint import load_theta
-    from cooperllm.data import load_dataset
-    from cooperllm.tokenization import PromptEncoder
-    from device_runtime.backends import open_backend
-    from device_runtime.batches import BatchSchedule
-    from device_runtime.train import initial_theta
-
     backend = open_backend(folder, "eager")
     layout = backend.manifest.layout
-    theta0 = load_theta(theta_file, layout) if theta_file else initial_theta(backend)
+    theta0 = load_theta(theta_file, layout) if theta_file else backend.initial_theta()
     encoder = PromptEncoder.for_artifacts(folder, backend.manifest)
     schedule = BatchSchedule(encoder.tokenize(load_dataset(data)), backend.batch_size, seed=0)
     grads = []

@@ -16,8 +16,13 @@ import numpy as np
 
 from cloud_api.settings import Settings
 from cooperllm.adapter import AdapterSpec
+from cooperllm.checkpoint import initial_theta
+from cooperllm.data import load_dataset, public_split, shared_data_dir
 from cooperllm.layout import ParamLayout
+from cooperllm.manifest import MANIFEST_FILE, read_manifest, sha256_file
+from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
 from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +102,7 @@ def load_model_host(settings: Settings) -> ModelHost:
     """Resolve and load the model, build the task module and layout, read the artifacts and encode public data."""
     import torch
 
-    from cooperllm.data import load_dataset, public_split, shared_data_dir
-    from cooperllm.manifest import MANIFEST_FILE, read_manifest, sha256_file
     from cooperllm.modeling import build_task_model, theta_from_module
-    from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
-    from cooperllm.tokenization import PromptEncoder
 
     torch.set_num_threads(settings.torch_threads)
     task, adapter, seq_len = _task_and_adapter(settings)
@@ -128,9 +129,7 @@ def load_model_host(settings: Settings) -> ModelHost:
             )
         if list(manifest.label_token_ids) != list(encoder.label_token_ids):
             raise ArtifactMismatchError(f"{settings.artifacts}: label token ids differ from the model's tokenizer")
-        from cooperllm.checkpoint import load_theta
-
-        theta0 = load_theta(Path(settings.artifacts) / manifest.initial_adapter_file, layout)
+        theta0 = initial_theta(settings.artifacts, manifest)
         hashes = dict(manifest.files)
         hashes[MANIFEST_FILE] = sha256_file(Path(settings.artifacts) / MANIFEST_FILE)
     else:

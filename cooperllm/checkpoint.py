@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load, load_file, save_file
 
 from cooperllm.layout import ParamLayout
+
+if TYPE_CHECKING:
+    from cooperllm.manifest import Manifest
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -50,6 +54,12 @@ def load_theta(path: str | os.PathLike, layout: ParamLayout) -> np.ndarray:
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
     return _theta_from_tensors(tensors, layout, str(path))
+
+
+def initial_theta(folder: str | os.PathLike, manifest: Manifest) -> np.ndarray:
+    """θ₀ shipped in an artifact folder (the exporter's adapter at its start): what a device, the cloud and the
+    benchmarks all begin from, read one way."""
+    return load_theta(Path(folder) / manifest.initial_adapter_file, manifest.layout)
 
 
 def load_theta_bytes(data: bytes, layout: ParamLayout, what: str = "adapter") -> np.ndarray:

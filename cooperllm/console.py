@@ -19,6 +19,13 @@ def add_log_level(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="logging verbosity")
 
 
+def fail(message: object, code: int) -> int:
+    """Print ``error: <message>`` on stderr and return ``code``: how every entry point turns a refusal into its
+    exit status (one line, no traceback)."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def run_parsed(args: argparse.Namespace) -> int:
     """Set up logging and run the chosen command; bad input becomes a one-line error and exit code 2."""
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -30,5 +37,4 @@ def run_parsed(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc, 2)

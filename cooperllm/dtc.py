@@ -297,14 +297,6 @@ def encode(
     return frame
 
 
-def byte_budget_for(bandwidth_bps: float, seconds: float, latency_s: float = 0.0) -> int:
-    """Bytes a link of ``bandwidth_bps`` moves in the ``seconds`` the device computes a block, after the latency:
-    the ``byte_budget`` that keeps the next block's guidance from stalling the pipeline."""
-    if not bandwidth_bps > 0 or seconds < 0 or latency_s < 0:
-        raise DTCError(f"bandwidth must be > 0 and times >= 0, got {bandwidth_bps}, {seconds}, {latency_s}")
-    return int(max(seconds - latency_s, 0.0) * bandwidth_bps / 8)
-
-
 def _noise(seed: int, shape: tuple[int, int]) -> np.ndarray:
     return np.random.default_rng(seed).random(shape, dtype=np.float32)
 

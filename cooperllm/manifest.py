@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cooperllm.adapter import AdapterSpec
+from cooperllm.checkpoint import atomic_write_bytes
 from cooperllm.layout import ParamLayout
 from cooperllm.tasks import TaskSpec
 
@@ -37,7 +38,9 @@ class GraphSpec:
     backend: str
     batch_size: int
     seq_len: int
-    paired: bool = False  # evaluates θ+εz and θ−εz in one call (batch of two θ)
+    # θ+εz and θ−εz in one call. No exporter writes one any more (measured no faster than two calls); the field stays
+    # in the manifest format, and readers that cannot run such a graph (the Android demo) refuse it.
+    paired: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -158,8 +161,6 @@ def _safe_child(root: Path, name: str) -> Path:
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
-    from cooperllm.checkpoint import atomic_write_bytes
-
     path = Path(folder) / MANIFEST_FILE
     atomic_write_bytes(path, (json.dumps(manifest.to_dict(), indent=1) + "\n").encode())
     return path

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cooperllm.adapter import HEAD_PREFIX, AdapterSpec, layout_for
+from cooperllm.checkpoint import load_theta
 from cooperllm.layout import ParamLayout
 from cooperllm.tasks import SEQ_CLS, TaskSpec
-from cooperllm.tokenization import PromptEncoder
+from cooperllm.tokenization import EncodedBatch, PromptEncoder
 
 # Neutral sentences whose prompts' mean last hidden state centres the seq-cls head's input (see ClassifierLoss).
 # Fixed here, not drawn from anyone's data, so the exporter, the cloud and the eager reference compute the same centre.
@@ -166,10 +167,27 @@ def theta_to_tensors(theta: np.ndarray, layout: ParamLayout) -> dict[str, torch.
     return {n: torch.from_numpy(v) for n, v in layout.unflatten(theta).items()}
 
 
+def forward_at(
+    module: nn.Module, layout: ParamLayout, batch: EncodedBatch, theta: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """(mean CE loss, label logits) of the loss module at θ, swapped in with ``functional_call`` (the module's own
+    parameters untouched): the eager counterpart of a graph backend's ``run``, so ``cooperllm.evaluate`` takes both."""
+    with torch.inference_mode():
+        loss, logits = torch.func.functional_call(
+            module,
+            theta_to_tensors(theta, layout),
+            (
+                torch.from_numpy(batch.input_ids),
+                torch.from_numpy(batch.attention_mask),
+                torch.from_numpy(batch.labels),
+            ),
+            strict=False,
+        )
+    return float(loss), logits.numpy().copy()
+
+
 def load_theta_into(module: nn.Module, layout: ParamLayout, path: str) -> np.ndarray:
     """Copy θ from a safetensors file into the module's trainable parameters."""
-    from cooperllm.checkpoint import load_theta
-
     theta = load_theta(path, layout)
     params = dict(module.named_parameters())
     with torch.no_grad():

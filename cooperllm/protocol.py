@@ -1,9 +1,9 @@
 """Wire schemas of API v1, shared by the cloud service and the device client (torch-free).
 
 JSON bodies are the pydantic models below; tensors travel as binary frames (``application/octet-stream``) made by
-:func:`encode_tensor_frame` and read by :func:`decode_tensor_frame`: the DTC codec (``cooperllm.dtc``) when it is
-installed, else a plain float32 frame with a small validated header. The decoder recognises both, so a device never
-needs to know which one the server sent. Nothing here unpickles anything.
+:func:`encode_tensor_frame` and read by :func:`decode_tensor_frame`: the DTC codec (``cooperllm.dtc``), or, where a
+frame must be lossless, a plain float32 frame with a small validated header. The decoder recognises both, so a device
+never needs to know which one the server sent. Nothing here unpickles anything.
 
 Endpoints (all under ``/v1``; device calls need ``Authorization: Bearer <device token>``, admin calls the admin token):
 
@@ -41,6 +41,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cooperllm import dtc
 from cooperllm.strategies import STRATEGY_NAMES
 from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, check_report
 
@@ -402,18 +403,9 @@ def decode_plain_frame(frame: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -
     return arr
 
 
-def _dtc():
-    try:
-        from cooperllm import dtc
-    except ImportError:
-        return None
-    return dtc if hasattr(dtc, "encode") and hasattr(dtc, "decode") else None
-
-
 def encode_tensor_frame(array: np.ndarray, *, lossless: bool = False) -> bytes:
-    """The one place that picks the wire format: DTC when available (lossy unless ``lossless``), else plain f32."""
-    dtc = _dtc()
-    if dtc is None or lossless:
+    """The one place that picks the wire format: DTC (lossy, adaptive quantization), or plain f32 if ``lossless``."""
+    if lossless:
         return encode_plain_frame(array)
     return dtc.encode(np.ascontiguousarray(array, dtype=np.float32))
 
@@ -423,9 +415,6 @@ def decode_tensor_frame(frame: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENT
     frame = bytes(frame)
     if frame[:4] == PLAIN_MAGIC:
         return decode_plain_frame(frame, max_elements)
-    dtc = _dtc()
-    if dtc is None:
-        raise FrameError("not a plain tensor frame and the DTC codec is not available")
     try:
         arr = dtc.decode(frame, max_elements=max_elements)
     except ValueError as exc:

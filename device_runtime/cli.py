@@ -10,6 +10,16 @@ import json
 import logging
 import sys
 
+from cooperllm.checkpoint import save_theta
+from cooperllm.console import fail
+from cooperllm.layout import theta_checksum
+from device_runtime.backends.base import BackendError
+from device_runtime.budget import MemoryBudgetError, peak_rss_mb
+from device_runtime.corpus import CorpusSource
+from device_runtime.engine import ZOConfig
+from device_runtime.session import open_session
+from device_runtime.train import TrainConfig, train
+
 log = logging.getLogger(__name__)
 
 EXIT_BUDGET = 3
@@ -22,7 +32,7 @@ EXIT_REJECTED = 7  # the cloud answered with an error
 def register_device_commands(dsub: argparse._SubParsersAction) -> None:
     """``train`` and ``run``; shared by ``cooperllm device`` and the torch-free ``python -m device_runtime``."""
     _register_train(dsub)
-    from device_runtime.client_cli import register_run
+    from device_runtime.client_cli import register_run  # here, not at the top: client_cli imports this module
 
     register_run(dsub)
 
@@ -104,8 +114,6 @@ def parse_blocks(spec: str | None, layout) -> tuple[int, ...] | None:
 
 def corpus_source(args: argparse.Namespace, path: str, limit: int | None = None):
     """``path`` read with the shared column options (first ``limit`` rows), for ``open_session(data=...)``."""
-    from device_runtime.corpus import CorpusSource
-
     return CorpusSource(path, args.text_column, args.label_column, limit)
 
 
@@ -114,10 +122,6 @@ def open_session_or_report(args: argparse.Namespace, data: dict | None = None):
 
     ``data`` maps names to data sources, which the session turns into token-id corpora (``session.corpora``).
     """
-    from device_runtime.backends.base import BackendError
-    from device_runtime.budget import MemoryBudgetError
-    from device_runtime.session import open_session
-
     try:
         return open_session(
             args.artifacts,
@@ -128,18 +132,12 @@ def open_session_or_report(args: argparse.Namespace, data: dict | None = None):
             threads=args.threads,
         )
     except MemoryBudgetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BUDGET
+        return fail(exc, EXIT_BUDGET)
     except BackendError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BACKEND
+        return fail(exc, EXIT_BACKEND)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cooperllm.checkpoint import save_theta
-    from device_runtime.engine import ZOConfig
-    from device_runtime.train import TrainConfig, train
-
     loaders = {"train": corpus_source(args, args.data)}
     if args.eval_data:
         loaders["eval"] = corpus_source(args, args.eval_data, args.eval_limit)
@@ -177,13 +175,9 @@ def run_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except MemoryError as exc:
-        print(f"error: out of memory during training ({exc}); raise --memory-budget", file=sys.stderr)
-        return EXIT_BUDGET
+        return fail(f"out of memory during training ({exc}); raise --memory-budget", EXIT_BUDGET)
     if args.out:
         save_theta(args.out, result.theta, session.manifest.layout, {"steps": result.steps_done})
-    from cooperllm.layout import theta_checksum
-    from device_runtime.budget import peak_rss_mb
-
     steps_run = result.steps_done - result.resumed_from
     change = result.change()
     summary = {

@@ -118,9 +118,9 @@ class DeviceClient:
         self.stats = ClientStats()
         self.schedule = BatchSchedule(data, session.backend.batch_size, cfg.data_seed)
         self.state = load_state(self.state_dir, self.layout) or DeviceState(
-            theta=self._initial_theta(), artifact=self._artifact_id()
+            theta=session.backend.initial_theta(), artifact=session.backend.artifact_id()
         )
-        if self.state.artifact != self._artifact_id():
+        if self.state.artifact != session.backend.artifact_id():
             raise ClientError(f"{self.state_dir}: device state belongs to another artifact; use a new --state folder")
         self.outbox = Outbox(self.state_dir)
         self.store = GuidanceStore(self.state_dir / GUIDANCE_DIR, self.layout)
@@ -141,17 +141,6 @@ class DeviceClient:
             self._save()
 
     # --- small helpers ------------------------------------------------------------------------------------------
-    def _artifact_id(self) -> str:
-        g = self.session.backend.graph
-        m = self.session.manifest
-        return m.files[g.file] if g is not None else "eager:" + m.files[m.initial_adapter_file]
-
-    def _initial_theta(self) -> np.ndarray:
-        from cooperllm.checkpoint import load_theta
-
-        m = self.session.manifest
-        return load_theta(self.session.backend.folder / m.initial_adapter_file, self.layout)
-
     def _device_id(self) -> int:
         return int(self.state.extra.get("device_id", 0))
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from cooperllm.console import fail
+from cooperllm.models import cache_dir
+from device_runtime.cli import (
+    EXIT_REFUSED,
+    EXIT_REJECTED,
+    EXIT_UNREACHABLE,
+    add_device_options,
+    corpus_source,
+    open_session_or_report,
+)
 
 
 def register_run(dsub: argparse._SubParsersAction) -> None:
-    from device_runtime.cli import add_device_options
-
     p = dsub.add_parser(
         "run",
         help="federated device client: enrol, join rounds, run ZO steps, upload reports, sync by replay",
@@ -42,9 +50,9 @@ def register_run(dsub: argparse._SubParsersAction) -> None:
 
 
 def run_client(args: argparse.Namespace) -> int:
+    # Here, not at the top: the parser registers this command in every device process, and the client's HTTP and
+    # wire-schema stack (httpx, pydantic: ~20 MB resident) must not weigh on `device train`, which never uses it.
     from cooperllm.api_client import ApiError, CooperClient
-    from cooperllm.models import cache_dir
-    from device_runtime.cli import EXIT_REFUSED, EXIT_REJECTED, EXIT_UNREACHABLE, corpus_source, open_session_or_report
     from device_runtime.client import ClientConfig, ClientError, DeviceClient
     from device_runtime.transfer import Backoff, CloudUnavailableError, Transfers
 
@@ -68,14 +76,11 @@ def run_client(args: argparse.Namespace) -> int:
             with DeviceClient(session, api, session.corpora["train"], state_dir, cfg, transfers) as client:
                 stats = client.run()
         except ClientError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
+            return fail(exc, EXIT_REFUSED)
         except CloudUnavailableError as exc:
-            print(f"error: {exc}; the device state (with any unsent reports) is kept in {state_dir}", file=sys.stderr)
-            return EXIT_UNREACHABLE
+            return fail(f"{exc}; the device state (with any unsent reports) is kept in {state_dir}", EXIT_UNREACHABLE)
         except ApiError as exc:
-            print(f"error: the cloud refused: {exc}", file=sys.stderr)
-            return EXIT_REJECTED
+            return fail(f"the cloud refused: {exc}", EXIT_REJECTED)
     summary = {
         "rounds": stats.rounds,
         "replays": stats.replays,

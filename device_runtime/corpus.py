@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cooperllm.console import fail
 from cooperllm.data import DataError
 from cooperllm.manifest import Manifest, sha256_file
 from cooperllm.tokenization import TokenizedCorpus
@@ -142,5 +143,4 @@ if __name__ == "__main__":
     try:
         _child(json.loads(sys.argv[1]))
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(fail(exc, 2))

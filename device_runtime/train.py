@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cooperllm.checkpoint import load_theta
+from cooperllm.evaluate import EvalResult, PairedChange, evaluate, paired_change
 from cooperllm.tokenization import TokenizedCorpus
 from device_runtime.backends.base import GraphBackend
-from device_runtime.batches import BatchSchedule, EvalResult, PairedChange, evaluate, paired_change
+from device_runtime.batches import BatchSchedule
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
 from device_runtime.state import DeviceState, StateError, load_state, save_state
 
@@ -64,18 +64,6 @@ class TrainResult:
         return paired_change(self.evals[0][1], self.evals[-1][1]) if len(self.evals) >= 2 else None
 
 
-def initial_theta(backend: GraphBackend) -> np.ndarray:
-    m = backend.manifest
-    return load_theta(backend.folder / m.initial_adapter_file, m.layout)
-
-
-def artifact_id(backend: GraphBackend) -> str:
-    m = backend.manifest
-    if backend.graph is not None:
-        return m.files[backend.graph.file]
-    return "eager:" + m.files[m.initial_adapter_file]
-
-
 def fingerprint(cfg: TrainConfig, data: TokenizedCorpus, batch_size: int) -> str:
     """What must be equal for a resumed run to continue the same trajectory (the step budget may grow)."""
     doc = {
@@ -104,13 +92,13 @@ def train(
     fp = fingerprint(cfg, train_data, backend.batch_size)
     state = load_state(state_dir, layout) if state_dir else None
     if state is not None:
-        if state.artifact != artifact_id(backend):
+        if state.artifact != backend.artifact_id():
             raise StateError(f"{state_dir}: state was computed with another artifact; use a new --state folder")
         if state.fingerprint != fp:
             raise StateError(f"{state_dir}: state was computed with other settings or data; use a new --state folder")
         log.info("resuming from step %d (%s)", state.step, state_dir)
     else:
-        state = DeviceState(theta=initial_theta(backend), artifact=artifact_id(backend), fingerprint=fp)
+        state = DeviceState(theta=backend.initial_theta(), artifact=backend.artifact_id(), fingerprint=fp)
     resumed_from = state.step
     engine = ZOEngine(state.theta, layout, backend.run, cfg.zo)
     schedule = BatchSchedule(train_data, backend.batch_size, cfg.data_seed)

@@ -11,9 +11,13 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from cooperllm.adapter import AdapterSpec
+from cooperllm.checkpoint import save_theta
 from cooperllm.manifest import (
     DATA_INPUTS,
     MANIFEST_FILE,
@@ -23,9 +27,12 @@ from cooperllm.manifest import (
     sha256_file,
     write_manifest,
 )
-from cooperllm.models import TOKENIZER_FILE, resolve_model
+from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
 from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
 from exporters.errors import ExportError
+from exporters.inputs import graph_inputs, validation_batch
+from exporters.runners import open_runner
 from exporters.schemes import check_scheme
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,8 @@ MAX_SEQ_LEN = 8192
 MAX_BATCH = 4096
 
 
-def graph_file(fmt: str, paired: bool = False) -> str:
-    return f"model.paired.{fmt}" if paired else f"model.{fmt}"
+def graph_file(fmt: str) -> str:
+    return f"model.{fmt}"
 
 
 def resolve_backend(backend: str, formats: Sequence[str], quant: str) -> str:
@@ -120,13 +127,11 @@ def export_artifacts(
     progress: bool = True,
     quantize_embeddings: bool = True,
     validation_texts: Sequence[str] | None = None,
-    paired: bool = False,
 ) -> Manifest:
     """Export, validate and describe one artifact folder; raises ExportError on a bad request or a failed check.
 
     The graph is traced at a fixed ``batch_size`` × ``seq_len`` (devices pad to it). ``validation_texts`` (default:
-    built-in sentences) fill the batch used for tracing and for the parity and fidelity checks. ``paired`` adds, per
-    format, ``model.paired.<fmt>`` that evaluates [θ₊, θ₋] in one call (see ``exporters.paired``).
+    built-in sentences) fill the batch used for tracing and for the parity and fidelity checks.
     """
     fmts, scheme = check_request(formats, backend, quant, batch_size, seq_len)
     if adapter is None and task.mode != "seq-cls":
@@ -138,154 +143,145 @@ def export_artifacts(
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # a stale manifest must never describe new files
 
-    from tqdm import tqdm
-
     stages = ["load", "quantize", "trace", *(f"export {f}" for f in fmts), *(["validate"] if validate else [])]
-    if paired:
-        stages[3:3] = ["trace paired", *(f"export paired {f}" for f in fmts)]
-    bar = tqdm(total=len(stages), desc="export", disable=not progress, unit="stage")
-    timings: dict[str, float] = {}
-
-    def stage(name: str) -> None:
-        bar.set_postfix_str(name)
-        timings[name] = time.perf_counter()
-
-    def done(name: str) -> None:
-        timings[name] = round(time.perf_counter() - timings[name], 3)
-        bar.update(1)
-
-    try:
-        return _export(
-            model,
-            model_dir,
-            out,
-            task,
-            adapter,
-            fmts,
-            backend,
-            scheme,
-            batch_size,
-            seq_len,
-            validate,
-            force,
-            quantize_embeddings,
-            validation_texts,
-            paired,
-            stage,
-            done,
-            timings,
-        )
-    finally:
-        bar.close()
+    job = _Job(
+        model,
+        model_dir,
+        out,
+        task,
+        adapter,
+        fmts,
+        backend,
+        scheme,
+        batch_size,
+        seq_len,
+        validate,
+        force,
+        quantize_embeddings,
+        validation_texts,
+    )
+    with _Progress(stages, progress) as bar:
+        return _export(job, bar)
 
 
-def _export(
-    model,
-    model_dir,
-    out,
-    task,
-    adapter,
-    fmts,
-    backend,
-    scheme,
-    batch_size,
-    seq_len,
-    validate,
-    force,
-    quantize_embeddings,
-    validation_texts,
-    paired,
-    stage,
-    done,
-    timings,
-) -> Manifest:
+@dataclass(frozen=True)
+class _Job:
+    """One checked export request, handed from ``export_artifacts`` to the heavy half in one piece."""
+
+    model: str | os.PathLike
+    model_dir: Path
+    out: Path
+    task: TaskSpec
+    adapter: AdapterSpec | None
+    fmts: list[str]
+    backend: str
+    scheme: str
+    batch_size: int
+    seq_len: int
+    validate: bool
+    force: bool
+    quantize_embeddings: bool
+    validation_texts: Sequence[str] | None
+
+
+class _Progress:
+    """The export's stage bar, and the seconds each stage took (kept in ``manifest.validation["timings_s"]``)."""
+
+    def __init__(self, stages: Sequence[str], enabled: bool):
+        self.bar = tqdm(total=len(stages), desc="export", disable=not enabled, unit="stage")
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str) -> None:
+        self.bar.set_postfix_str(name)
+        self.timings[name] = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        self.timings[name] = round(time.perf_counter() - self.timings[name], 3)
+        self.bar.update(1)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _export(job: _Job, progress: _Progress) -> Manifest:
+    """The heavy half (torch from here on): load, quantize, trace, lower, validate, then write the manifest."""
     import torch
 
-    from cooperllm.checkpoint import save_theta
     from cooperllm.modeling import build_task_model, theta_from_module
-    from cooperllm.models import load_causal_lm
-    from cooperllm.tokenization import PromptEncoder
     from exporters.graph import ThetaInputs, export_program
-    from exporters.inputs import graph_inputs, validation_batch
     from exporters.lower import to_onnx, to_pte
     from exporters.quantize import quantize_frozen
     from exporters.validate import EagerFunction, format_table, validate_graph
 
-    stage("load")
+    progress.stage("load")
     try:
-        encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, seq_len)
+        encoder = PromptEncoder(job.model_dir / TOKENIZER_FILE, job.task, job.seq_len)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
-    lm = load_causal_lm(model_dir)
+    lm = load_causal_lm(job.model_dir)
     try:
-        module, layout = build_task_model(lm, encoder, adapter)
+        module, layout = build_task_model(lm, encoder, job.adapter)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
     if not layout.names:
         raise ExportError("the task has no trainable tensor")
-    check_layer_blocks(lm.config, layout, adapter)
+    check_layer_blocks(lm.config, layout, job.adapter)
     theta0 = theta_from_module(module, layout)
-    save_theta(out / INITIAL_ADAPTER_FILE, theta0, layout)
-    shutil.copyfile(model_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
-    done("load")
+    save_theta(job.out / INITIAL_ADAPTER_FILE, theta0, layout)
+    shutil.copyfile(job.model_dir / TOKENIZER_FILE, job.out / TOKENIZER_FILE)
+    progress.done("load")
 
-    stage("quantize")
+    progress.stage("quantize")
     head = lm.get_output_embeddings()
-    if backend == "xnnpack-qc8w":  # int8 weights kept whole for XNNPACK's f32-qc8w GEMMs (exporters/int8_xnnpack.py)
+    # xnnpack-qc8w: int8 weights kept whole for XNNPACK's f32-qc8w GEMMs (exporters/int8_xnnpack.py)
+    if job.backend == "xnnpack-qc8w":
         from exporters.int8_xnnpack import quantize_qc8w
 
-        quantization = quantize_qc8w(module, embeddings=quantize_embeddings, skip=(head,) if head else ())
+        quantization = quantize_qc8w(module, embeddings=job.quantize_embeddings, skip=(head,) if head else ())
     else:
-        quantization = quantize_frozen(module, scheme, embeddings=quantize_embeddings, skip=(head,) if head else ())
-    done("quantize")
+        quantization = quantize_frozen(
+            module, job.scheme, embeddings=job.quantize_embeddings, skip=(head,) if head else ()
+        )
+    progress.done("quantize")
 
-    stage("trace")
-    batch = validation_batch(encoder, batch_size, *([list(validation_texts)] if validation_texts else []))
+    progress.stage("trace")
+    batch = validation_batch(encoder, job.batch_size, *([list(job.validation_texts)] if job.validation_texts else []))
     args = tuple(torch.from_numpy(a) for a in graph_inputs(batch, theta0, layout))
     wrapper = ThetaInputs(module, layout.names)
     program = export_program(wrapper, args)
-    done("trace")
+    progress.done("trace")
 
     input_names = [*DATA_INPUTS, *layout.names]
     graphs: list[GraphSpec] = []
     details: dict[str, dict] = {}
-    for fmt in fmts:
-        stage(f"export {fmt}")
+    for fmt in job.fmts:
+        progress.stage(f"export {fmt}")
         name = graph_file(fmt)
         if fmt == "onnx":
-            details[name] = {"onnx": to_onnx(program, input_names, out / name)}
-            graphs.append(GraphSpec(name, "onnx", "ort", batch_size, seq_len))
+            details[name] = {"onnx": to_onnx(program, input_names, job.out / name)}
+            graphs.append(GraphSpec(name, "onnx", "ort", job.batch_size, job.seq_len))
         else:
             # to_edge consumes the program; re-export so a later ONNX export (if any) sees a fresh one
-            prog = program if fmt == fmts[-1] else export_program(wrapper, args)
-            delegation = to_pte(prog, backend, out / name, dynamic_weights=scheme != "none")
-            details[name] = {"delegation": delegation} if backend.startswith("xnnpack") else {}
-            graphs.append(GraphSpec(name, "pte", backend, batch_size, seq_len))
-        details[name]["file_mb"] = round((out / name).stat().st_size / 1e6, 3)
-        done(f"export {fmt}")
-    if paired:
-        _export_paired(
-            module, layout, args, fmts, backend, scheme, batch_size, seq_len, out, graphs, details, stage, done
-        )
+            prog = program if fmt == job.fmts[-1] else export_program(wrapper, args)
+            delegation = to_pte(prog, job.backend, job.out / name, dynamic_weights=job.scheme != "none")
+            details[name] = {"delegation": delegation} if job.backend.startswith("xnnpack") else {}
+            graphs.append(GraphSpec(name, "pte", job.backend, job.batch_size, job.seq_len))
+        details[name]["file_mb"] = round((job.out / name).stat().st_size / 1e6, 3)
+        progress.done(f"export {fmt}")
 
-    validation: dict = {"checked": validate}
+    validation: dict = {"checked": job.validate}
     failed = []
-    if validate:
-        stage("validate")
-        from exporters.runners import open_runner
-
+    if job.validate:
+        progress.stage("validate")
         eager32 = EagerFunction(module, layout, torch.float32)
         eager64 = EagerFunction(module, layout, torch.float64)
         results = {}
         for g in graphs:
-            runner = open_runner(out / g.file, g.format)
-            if g.paired:
-                from exporters.paired import validate_paired
-                from exporters.validate import FIDELITY_EPS, FIDELITY_SEEDS
-
-                r = validate_paired(runner, eager32, eager64, batch, theta0, FIDELITY_SEEDS, FIDELITY_EPS)
-            else:
-                r = validate_graph(runner, eager32, eager64, batch, theta0)
+            runner = open_runner(job.out / g.file, g.format)
+            r = validate_graph(runner, eager32, eager64, batch, theta0)
             r.update(details[g.file])
             results[g.file] = r
             if not r["passed"]:
@@ -293,17 +289,17 @@ def _export(
         validation["graphs"] = results
         validation["table"] = format_table(results)
         validation["passed"] = not failed
-        done("validate")
+        progress.done("validate")
         log.debug("validation:\n%s", validation["table"])
     else:
         validation["graphs"] = {name: d for name, d in details.items()}
-    validation["timings_s"] = {k: v for k, v in timings.items()}
+    validation["timings_s"] = {k: v for k, v in progress.timings.items()}
 
-    files = {p: sha256_file(out / p) for p in [TOKENIZER_FILE, INITIAL_ADAPTER_FILE, *(g.file for g in graphs)]}
+    files = {p: sha256_file(job.out / p) for p in [TOKENIZER_FILE, INITIAL_ADAPTER_FILE, *(g.file for g in graphs)]}
     manifest = Manifest(
-        model_name=str(model) if str(model) == "smollm2" else model_dir.name,
-        task=task,
-        adapter=adapter,
+        model_name=str(job.model) if str(job.model) == "smollm2" else job.model_dir.name,
+        task=job.task,
+        adapter=job.adapter,
         layout=layout,
         graphs=graphs,
         input_names=input_names,
@@ -316,39 +312,10 @@ def _export(
         files=files,
         validation=validation,
     )
-    if failed and not force:
+    if failed and not job.force:
         raise ExportError(
             f"validation failed for {', '.join(failed)}; no manifest written (pass --force to keep it anyway):\n"
             + validation["table"]
         )
-    write_manifest(out, manifest)
+    write_manifest(job.out, manifest)
     return manifest
-
-
-def _export_paired(module, layout, args, fmts, backend, scheme, batch_size, seq_len, out, graphs, details, stage, done):
-    """``model.paired.<fmt>``: every θ input stacked (2, *shape) = [θ₊, θ₋]; outputs loss (2,), logits (2, B, C)."""
-    import torch
-
-    from exporters.graph import export_program
-    from exporters.lower import to_onnx, to_pte
-    from exporters.paired import PairedThetaInputs, make_paired
-
-    stage("trace paired")
-    wrapper = PairedThetaInputs(make_paired(module, layout), layout.names)
-    stacked = tuple(torch.stack([t, t]) for t in args[3:])
-    paired_args = (*args[:3], *stacked)
-    done("trace paired")
-    input_names = [*DATA_INPUTS, *layout.names]
-    for fmt in fmts:
-        stage(f"export paired {fmt}")
-        name = graph_file(fmt, paired=True)
-        program = export_program(wrapper, paired_args)
-        if fmt == "onnx":
-            details[name] = {"onnx": to_onnx(program, input_names, out / name)}
-            graphs.append(GraphSpec(name, "onnx", "ort", batch_size, seq_len, paired=True))
-        else:
-            delegation = to_pte(program, backend, out / name, dynamic_weights=scheme != "none")
-            details[name] = {"delegation": delegation} if backend.startswith("xnnpack") else {}
-            graphs.append(GraphSpec(name, "pte", backend, batch_size, seq_len, paired=True))
-        details[name]["file_mb"] = round((out / name).stat().st_size / 1e6, 3)
-        done(f"export paired {fmt}")

@@ -43,13 +43,3 @@ def graph_inputs(batch: EncodedBatch, theta: np.ndarray, layout: ParamLayout) ->
     """input_ids, attention_mask, labels, then θ's tensors in layout order (the manifest's input order)."""
     views = layout.unflatten(np.ascontiguousarray(theta, dtype=np.float32))
     return [batch.input_ids, batch.attention_mask, batch.labels, *(np.ascontiguousarray(v) for v in views.values())]
-
-
-def paired_inputs(
-    batch: EncodedBatch, theta_plus: np.ndarray, theta_minus: np.ndarray, layout: ParamLayout
-) -> list[np.ndarray]:
-    """Inputs of a paired graph: the batch once, then every θ tensor stacked (2, *shape) = [θ₊, θ₋]."""
-    plus = layout.unflatten(np.ascontiguousarray(theta_plus, dtype=np.float32))
-    minus = layout.unflatten(np.ascontiguousarray(theta_minus, dtype=np.float32))
-    stacked = [np.ascontiguousarray(np.stack([plus[n], minus[n]])) for n in layout.names]
-    return [batch.input_ids, batch.attention_mask, batch.labels, *stacked]

@@ -21,15 +21,21 @@ from exporters.schemes import INT4_GROUP_SIZE, check_scheme
 log = logging.getLogger(__name__)
 
 
+def _register_int8_rows(module: nn.Module, weight: torch.Tensor) -> None:
+    """Symmetric round-to-nearest int8 per row (a linear's output channel, an embedding's token), kept as the
+    module's buffers ``qweight`` (int8 codes in [-127, 127]) and ``scale`` (fp32, (rows, 1)) that maps them back."""
+    w = weight.detach().to(torch.float32)
+    scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    module.register_buffer("qweight", torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8))
+    module.register_buffer("scale", scale)
+
+
 class Int8Linear(nn.Module):
     """y = x·(q·s)ᵀ + b with q int8 per output channel (symmetric, round-to-nearest)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        w = linear.weight.detach().to(torch.float32)
-        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-        self.register_buffer("qweight", torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8))
-        self.register_buffer("scale", scale)
+        _register_int8_rows(self, linear.weight)
         bias = linear.bias.detach().clone() if linear.bias is not None else None
         self.register_buffer("bias", bias)
 
@@ -81,10 +87,7 @@ class Int8Embedding(nn.Module):
 
     def __init__(self, emb: nn.Embedding):
         super().__init__()
-        w = emb.weight.detach().to(torch.float32)
-        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-        self.register_buffer("qweight", torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8))
-        self.register_buffer("scale", scale)
+        _register_int8_rows(self, emb.weight)
         self.padding_idx = emb.padding_idx
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -56,10 +56,9 @@ class PteRunner:
         return _loss(loss.numpy()), logits.numpy().copy()
 
 
-def _loss(value) -> float | np.ndarray:
-    """A float for the plain graph; the (2,) array [L₊, L₋] for the paired one."""
-    arr = np.asarray(value, dtype=np.float64)
-    return float(arr) if arr.size == 1 else arr.copy()
+def _loss(value) -> float:
+    """The graph's scalar loss as a Python float (a 0-d tensor from ExecuTorch, a 0-d array from ORT)."""
+    return float(np.asarray(value, dtype=np.float64))
 
 
 def open_runner(path: str | os.PathLike, fmt: str):

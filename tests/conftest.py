@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cooperllm.data import shared_data_dir
+from cooperllm.manifest import Manifest
+from cooperllm.tasks import TaskSpec
+from exporters import export_artifacts
 
 
 @pytest.fixture(scope="session")
@@ -25,20 +29,18 @@ def sst2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_artifacts(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cooperllm.tasks import TaskSpec
-    from exporters import export_artifacts
+def export_tiny(tiny_model_dir: Path) -> Callable[..., Manifest]:
+    """``export_tiny(out, **kwargs)``: ``export_artifacts`` of the tiny model into ``out`` without a progress bar,
+    causal-lm-cls unless ``task`` is given; every other choice is the caller's."""
 
+    def export(out: Path, **kwargs) -> Manifest:
+        return export_artifacts(tiny_model_dir, out, **{"task": TaskSpec(), "progress": False, **kwargs})
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(export_tiny: Callable[..., Manifest], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-artifacts")
-    export_artifacts(
-        tiny_model_dir,
-        out,
-        task=TaskSpec(),
-        formats=("pte", "onnx"),
-        quant="int8",
-        batch_size=8,
-        seq_len=32,
-        validate=False,
-        progress=False,
-    )
+    export_tiny(out, formats=("pte", "onnx"), quant="int8", batch_size=8, seq_len=32, validate=False)
     return out

@@ -1,6 +1,7 @@
 """A real cloud for tests: uvicorn on 127.0.0.1 (ephemeral port) around the tiny model, started in a thread.
 
-Shared by the cloud, device-client and Android-core tests (``tests/`` is on ``sys.path`` through its conftest).
+Shared by the cloud, device-client and Android-core tests (``tests/`` is on ``sys.path`` through its conftest), with
+the small run they start on it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud_api.settings import Settings
 from cooperllm.api_client import CooperClient
+from cooperllm.protocol import RunConfig
 
 ADMIN = "test-admin-token-0123456789"
 ENROL = "test-enrolment-key-0123456789"
@@ -43,10 +46,10 @@ class LiveServer:
 
 
 def start_server(tmp: Path, model_dir: Path, public_data: Path, **overrides) -> LiveServer:
-    import uvicorn
+    """Settings for the tiny model, ``overrides`` on top. No rate limit unless a test sets one (the 429 test does)."""
+    import uvicorn  # the server stack (uvicorn, FastAPI) only where a test starts one
 
     from cloud_api.app import create_app
-    from cloud_api.settings import Settings
 
     values = dict(
         env="test",
@@ -59,6 +62,8 @@ def start_server(tmp: Path, model_dir: Path, public_data: Path, **overrides) -> 
         public_n=64,
         seq_len=24,
         tick_s=0.02,
+        rate_burst=1000,
+        rate_limit_per_s=1000.0,
     )
     values.update(overrides)
     settings = Settings(**values)
@@ -75,3 +80,25 @@ def start_server(tmp: Path, model_dir: Path, public_data: Path, **overrides) -> 
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     return LiveServer(f"http://127.0.0.1:{port}", settings, app, server, thread)
+
+
+def small_run(**overrides) -> RunConfig:
+    """A zgr run the tiny model finishes in seconds on loopback: 3 rounds of 2 local steps, one device is a quorum,
+    rank-2 guidance from one 4-example cloud batch; ``overrides`` on top."""
+    values = dict(
+        strategy="zgr",
+        rounds=3,
+        quorum=1,
+        min_devices=1,
+        local_steps=2,
+        lam=0.3,
+        eta=0.05,
+        alpha=0.5,
+        guidance_rank=2,
+        window=4,
+        grad_batches=1,
+        grad_batch_size=4,
+        deadline_s=60,
+    )
+    values.update(overrides)
+    return RunConfig(**values)

@@ -13,10 +13,29 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
+from live_cloud import ADMIN, ENROL, small_run, start_server
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+from cooperllm import dtc
+from cooperllm.adapter import AdapterSpec
+from cooperllm.api_client import CooperClient
+from cooperllm.checkpoint import initial_theta, save_theta
+from cooperllm.layout import ParamLayout, theta_checksum
+from cooperllm.manifest import DATA_INPUTS, OUTPUTS, GraphSpec, Manifest, read_manifest, sha256_file, write_manifest
+from cooperllm.protocol import encode_plain_frame
+from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import EncodedBatch, PromptEncoder
+from cooperllm.zgr import BlockGuidance, Report, apply_round
+from device_runtime.backends import open_backend
+from device_runtime.engine import step_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "android_demo" / "core"
@@ -101,12 +120,6 @@ def _f32(a: np.ndarray) -> bytes:
 
 def make_dtc_fixtures(folder: Path) -> dict:
     """Frames made by cooperllm.dtc / zstandard now, with the Python decoder's output as the expected values."""
-    import zstandard
-
-    from cooperllm import dtc
-    from cooperllm.protocol import encode_plain_frame
-    from device_runtime.engine import step_seed
-
     rng = np.random.default_rng(20260101)
     folder.mkdir(parents=True, exist_ok=True)
     cases: dict = {"tensors": [], "zstd": [], "reports": [], "bad_frames": []}
@@ -182,8 +195,6 @@ def make_dtc_fixtures(folder: Path) -> dict:
         (folder / f"bad_{name}.bin").write_bytes(frame)
         cases["bad_frames"].append({"frame": f"bad_{name}.bin", "why": name})
 
-    from cooperllm.zgr import Report
-
     reports = [
         Report(seed=int(s), block=int(b), step=int(t), scalar=float(p), n_examples=int(n))
         for s, b, t, p, n in zip(
@@ -222,8 +233,6 @@ def make_dtc_fixtures(folder: Path) -> dict:
 
 
 def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_build: Path, tmp_path: Path) -> None:
-    from cooperllm import dtc
-
     cases = make_dtc_fixtures(tmp_path / "fixtures")
     passed, failed, skipped, out = run_java(java_build, ["DtcTest"], {"cooperllm.fixtures": str(tmp_path / "fixtures")})
     assert failed == 0 and skipped == 0 and passed == 7, out
@@ -243,11 +252,6 @@ def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_bui
 def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(java_build: Path, tmp_path: Path) -> None:
     """460,800 values in 30 blocks, rank-4 guidance everywhere, 2 reports per block plus all-block ones, λ = 0.3:
     Java and Python must agree on θ's checksum after the round. Both replay times are printed (-s to see them)."""
-    import time
-
-    from cooperllm.layout import ParamLayout, theta_checksum
-    from cooperllm.zgr import BlockGuidance, Report, apply_round
-
     rng = np.random.default_rng(11)
     layout = ParamLayout.build(
         [(f"l{i}.{p}", (8, 960), f"layer.{i}") for i in range(30) for p in ("A", "B")]
@@ -293,13 +297,6 @@ def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(java_build: P
 def make_artifacts(folder: Path, tiny_model_dir: Path) -> dict:
     """A manifest written by cooperllm.manifest over real files (tokenizer, initial adapter; the graph's bytes are
     only hashed here, running it needs a phone), plus the values the Java side must find."""
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.checkpoint import save_theta
-    from cooperllm.layout import ParamLayout, theta_checksum
-    from cooperllm.manifest import DATA_INPUTS, OUTPUTS, GraphSpec, Manifest, sha256_file, write_manifest
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import PromptEncoder
-
     folder.mkdir(parents=True)
     task = TaskSpec()
     shutil.copy(tiny_model_dir / "tokenizer.json", folder / "tokenizer.json")
@@ -347,10 +344,6 @@ def make_artifacts(folder: Path, tiny_model_dir: Path) -> dict:
 def test_java_reads_artifacts_and_device_data_made_in_python(
     java_build: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
 ) -> None:
-    import sys
-
-    from safetensors.numpy import load_file
-
     sys.path.insert(0, str(ROOT / "android_demo" / "tools"))
     try:
         from prepare_device_data import prepare
@@ -375,30 +368,14 @@ def test_java_reads_artifacts_and_device_data_made_in_python(
 
 # --- the live cloud -------------------------------------------------------------------------------------------------
 
-ADMIN = "android-test-admin-token-0123456789"
-ENROL = "android-test-enrolment-key-0123456789"
-
 
 @pytest.fixture(scope="module")
 def live_cloud(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, sst2_dir: Path):
     """The real cloud: uvicorn on 127.0.0.1 (ephemeral port), tiny model, SQLite file, small public split."""
-
-    from live_cloud import start_server
-
     tmp = tmp_path_factory.mktemp("android-cloud")
     public = tmp / "public.tsv"
     public.write_text("\n".join((sst2_dir / "dev.tsv").read_text().splitlines()[:101]) + "\n")
-    server = start_server(
-        tmp,
-        tiny_model_dir,
-        public,
-        admin_token=ADMIN,
-        enrolment_key=ENROL,
-        public_n=16,
-        seq_len=24,
-        rate_burst=1000,
-        rate_limit_per_s=1000.0,
-    )
+    server = start_server(tmp, tiny_model_dir, public, public_n=16, seq_len=24)
     yield server.url, server.app
     server.stop()
 
@@ -406,29 +383,10 @@ def live_cloud(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, s
 def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_path: Path) -> None:
     """Enrol, take every round of a zgr run, download guidance, upload toy-loss reports, restart with a pending
     batch, and sync by replay to the server's checksum — all from Java against the real cloud."""
-    from cooperllm.api_client import CooperClient
-    from cooperllm.protocol import RunConfig
-
     url, app = live_cloud
     admin = CooperClient(url, ADMIN)
     rounds = 3
-    run = admin.create_run(
-        RunConfig(
-            strategy="zgr",
-            rounds=rounds,
-            quorum=1,
-            min_devices=1,
-            local_steps=2,
-            lam=0.3,
-            eta=0.05,
-            alpha=0.5,
-            guidance_rank=2,
-            window=4,
-            grad_batches=1,
-            grad_batch_size=4,
-            deadline_s=120,
-        )
-    )
+    run = admin.create_run(small_run(rounds=rounds, deadline_s=120))
     layout = app.state.cooper.engine.host.layout
     # what a phone reads from the artifact's manifest.json: the θ layout (the cloud and the exporter share it)
     config = {
@@ -462,34 +420,14 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
 
 
 @pytest.mark.integration
-def test_java_graph_inputs_run_the_real_pte(java_build: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path):
+def test_java_graph_inputs_run_the_real_pte(java_build: Path, export_tiny, sst2_dir: Path, tmp_path: Path):
     """The inputs the app builds (GraphInputs: order, shapes, int64/float32) for a real exported tiny .pte run through
     ExecuTorch's runtime and give the same loss and logits as the Python device backend on the same batch and θ."""
-    import sys
-
     import torch
     from executorch.runtime import Runtime
-    from safetensors import safe_open
-
-    from cooperllm.checkpoint import load_theta
-    from cooperllm.manifest import read_manifest
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import EncodedBatch
-    from device_runtime.backends import open_backend
-    from exporters import export_artifacts
 
     art = tmp_path / "art"
-    export_artifacts(
-        tiny_model_dir,
-        art,
-        task=TaskSpec(),
-        formats=("pte",),
-        quant="int8",
-        batch_size=4,
-        seq_len=32,
-        validate=False,
-        progress=False,
-    )
+    export_tiny(art, formats=("pte",), quant="int8", batch_size=4, seq_len=32, validate=False)
     sys.path.insert(0, str(ROOT / "android_demo" / "tools"))
     try:
         from prepare_device_data import prepare
@@ -511,7 +449,7 @@ def test_java_graph_inputs_run_the_real_pte(java_build: Path, tiny_model_dir: Pa
     method = Runtime.get().load_program(art / manifest.graph("pte").file).load_method("forward")
     loss_java, logits_java = method.execute(inputs)[:2]
 
-    theta = load_theta(art / manifest.initial_adapter_file, manifest.layout)
+    theta = initial_theta(art, manifest)
     assert np.array_equal(np.concatenate([t.numpy().reshape(-1) for t in inputs[3:]]), theta)
     batch = EncodedBatch(inputs[0].numpy(), inputs[1].numpy(), inputs[2].numpy())
     loss_py, logits_py = open_backend(art, "executorch", manifest=manifest).run(batch, theta)

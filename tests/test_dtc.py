@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -141,15 +144,10 @@ def test_byte_budget_caps_the_frame() -> None:
         encode(x, bits=32, byte_budget=1_000)
 
 
-def test_byte_budget_from_link_and_compute_time() -> None:
-    assert dtc.byte_budget_for(10e6, 0.5) == 625_000
-    assert dtc.byte_budget_for(2e6, 0.5, latency_s=0.1) == 100_000
-    assert dtc.byte_budget_for(2e6, 0.05, latency_s=0.1) == 0
+def test_byte_budget_below_the_default_choice_caps_a_large_frame() -> None:
     x = heavy_tailed(200_000)
-    budget = dtc.byte_budget_for(2e6, 0.3, latency_s=0.1)  # 50 kB: below the free choice at cos ≥ 0.999
+    budget = 50_000  # below the free choice at cos ≥ 0.999
     assert len(encode(x)) > budget >= len(encode(x, byte_budget=budget))
-    with pytest.raises(DTCError, match="bandwidth"):
-        dtc.byte_budget_for(0, 1.0)
 
 
 def test_stochastic_rounding_is_unbiased() -> None:
@@ -238,9 +236,6 @@ def test_encode_rejects_bad_input() -> None:
 
 def test_codec_and_link_are_torch_free() -> None:
     """The device imports these: no torch or transformers may come along."""
-    import subprocess
-    import sys
-
     code = "import sys, cooperllm.dtc, cooperllm.link\nprint({'torch', 'transformers'} & set(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "set()"

@@ -7,13 +7,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
-from cooperllm.adapter import AdapterSpec
+from cooperllm.adapter import AdapterSpec, layout_for
+from cooperllm.checkpoint import initial_theta
 from cooperllm.manifest import DATA_INPUTS, ManifestError, read_manifest
-from cooperllm.models import ModelNotFoundError
+from cooperllm.models import ModelNotFoundError, load_causal_lm
 from cooperllm.tasks import SEQ_CLS, TaskSpec
+from cooperllm.tokenization import PromptEncoder
+from cooperllm_app.cli import main
 from exporters import ExportError, export_artifacts
+from exporters.api import check_layer_blocks, model_num_layers, resolve_backend
+from exporters.inputs import direction, graph_inputs
+from exporters.runners import open_runner
 
 SEQ = 24
 BATCH = 3
@@ -21,38 +28,19 @@ SENTENCES = ["a gorgeous , witty , seductive movie .", "the story is lame and th
 
 
 @pytest.fixture(scope="module")
-def int8_folder(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def int8_folder(export_tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """causal-lm-cls, int8, XNNPACK .pte and ONNX in one folder."""
     out = tmp_path_factory.mktemp("export-int8")
-    export_artifacts(
-        tiny_model_dir,
-        out,
-        task=TaskSpec(),
-        formats=("pte", "onnx"),
-        backend="xnnpack",
-        quant="int8",
-        batch_size=BATCH,
-        seq_len=SEQ,
-        progress=False,
-    )
+    export_tiny(out, formats=("pte", "onnx"), backend="xnnpack", quant="int8", batch_size=BATCH, seq_len=SEQ)
     return out
 
 
 @pytest.fixture(scope="module")
-def fp32_folder(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fp32_folder(export_tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """seq-cls (trainable head + LoRA), fp32, portable .pte and ONNX."""
     out = tmp_path_factory.mktemp("export-fp32")
-    export_artifacts(
-        tiny_model_dir,
-        out,
-        task=TaskSpec(mode=SEQ_CLS),
-        formats="all",
-        backend="portable",
-        quant="none",
-        batch_size=BATCH,
-        seq_len=SEQ,
-        progress=False,
-    )
+    task = TaskSpec(mode=SEQ_CLS)
+    export_tiny(out, task=task, formats="all", backend="portable", quant="none", batch_size=BATCH, seq_len=SEQ)
     return out
 
 
@@ -61,8 +49,6 @@ def _eager(tiny_model_dir: Path, manifest, quant: str):
     import torch
 
     from cooperllm.modeling import build_task_model
-    from cooperllm.models import load_causal_lm
-    from cooperllm.tokenization import PromptEncoder
     from exporters.quantize import quantize_frozen
     from exporters.validate import EagerFunction
 
@@ -76,16 +62,12 @@ def _eager(tiny_model_dir: Path, manifest, quant: str):
 
 
 def _batch(folder: Path, manifest):
-    from cooperllm.tokenization import PromptEncoder
-
     g = manifest.graphs[0]
     return PromptEncoder(folder / manifest.tokenizer_file, manifest.task, g.seq_len).encode(SENTENCES, [1, 0, 1])
 
 
 @pytest.mark.parametrize("folder_name", ["int8_folder", "fp32_folder"])
 def test_manifest_describes_a_verified_folder(folder_name: str, request: pytest.FixtureRequest) -> None:
-    from cooperllm.checkpoint import load_theta
-
     folder: Path = request.getfixturevalue(folder_name)
     manifest = read_manifest(folder)  # checks schema and every sha256
     assert manifest.input_names == [*DATA_INPUTS, *manifest.layout.names]
@@ -93,7 +75,7 @@ def test_manifest_describes_a_verified_folder(folder_name: str, request: pytest.
     assert {g.format for g in manifest.graphs} == {"pte", "onnx"}
     assert all(g.batch_size == BATCH and g.seq_len == SEQ for g in manifest.graphs)
     assert set(manifest.files) == {"tokenizer.json", "adapter_init.safetensors", *(g.file for g in manifest.graphs)}
-    theta = load_theta(folder / manifest.initial_adapter_file, manifest.layout)
+    theta = initial_theta(folder, manifest)
     b_values = [theta[t.offset : t.offset + t.size] for t in manifest.layout.tensors if "lora_B" in t.name]
     assert b_values and all(np.all(b == 0) for b in b_values)  # PEFT init: B = 0, A random
     assert np.any(theta != 0)
@@ -117,14 +99,10 @@ def test_runtimes_match_eager_at_a_perturbed_theta(
     folder_name: str, quant: str, tiny_model_dir: Path, request: pytest.FixtureRequest
 ) -> None:
     """Both real runtimes, a fresh batch and a θ the export never saw, against an independently rebuilt module."""
-    from cooperllm.checkpoint import load_theta
-    from exporters.inputs import direction, graph_inputs
-    from exporters.runners import open_runner
-
     folder: Path = request.getfixturevalue(folder_name)
     manifest = read_manifest(folder)
     batch = _batch(folder, manifest)
-    theta = load_theta(folder / manifest.initial_adapter_file, manifest.layout)
+    theta = initial_theta(folder, manifest)
     theta = theta + np.float32(0.05) * direction(7, manifest.layout)
     eager = _eager(tiny_model_dir, manifest, quant)
     ref_loss, ref_logits = eager(batch, theta)
@@ -140,8 +118,6 @@ def test_runtimes_match_eager_at_a_perturbed_theta(
 
 
 def test_int8_weights_stay_int8_and_lm_head_is_not_in_the_graph(int8_folder: Path, fp32_folder: Path) -> None:
-    import onnx
-
     def initializer_bytes(path: Path) -> dict[str, int]:
         model = onnx.load(str(path))
         sizes: dict[str, int] = {}
@@ -195,19 +171,8 @@ def test_tampered_and_corrupt_folders_are_rejected(int8_folder: Path, tmp_path: 
         read_manifest(folder, verify_hashes=False)
 
 
-def test_int4_onnx_export_validates(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import onnx
-
-    manifest = export_artifacts(
-        tiny_model_dir,
-        tmp_path,
-        task=TaskSpec(),
-        formats=("onnx",),
-        quant="int4",
-        batch_size=2,
-        seq_len=SEQ,
-        progress=False,
-    )
+def test_int4_onnx_export_validates(export_tiny, tmp_path: Path) -> None:
+    manifest = export_tiny(tmp_path, formats=("onnx",), quant="int4", batch_size=2, seq_len=SEQ)
     assert manifest.quantization["scheme"] == "int4" and manifest.quantization["group_size"] == 32
     assert manifest.validation["passed"]
     model = onnx.load(str(tmp_path / "model.onnx"))
@@ -258,8 +223,6 @@ def test_missing_model_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_input_with_nonzero_exit(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from cooperllm_app.cli import main
-
     base = ["export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--no-progress"]
     assert main([*base, "--quant", "8da8w"]) != 0
     assert "finite difference" in capsys.readouterr().err
@@ -272,8 +235,6 @@ def test_cli_reports_bad_input_with_nonzero_exit(tiny_model_dir: Path, tmp_path:
 
 
 def test_cli_export_writes_a_valid_folder(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from cooperllm_app.cli import main
-
     out = tmp_path / "cli"
     rc = main(
         [
@@ -311,9 +272,6 @@ def test_layer_blocks_are_checked_against_optimum_layer_count(tiny_model_dir: Pa
     """An architecture whose layers are not named '.layers.<i>.' would put every adapter in one block: refused."""
     from transformers import AutoConfig
 
-    from cooperllm.adapter import layout_for
-    from exporters.api import check_layer_blocks, model_num_layers
-
     config = AutoConfig.from_pretrained(tiny_model_dir)
     assert model_num_layers(config) == 2
     good = layout_for([(f"lm.model.layers.{i}.self_attn.q_proj.lora_A.weight", (8, 64)) for i in range(2)])
@@ -323,47 +281,10 @@ def test_layer_blocks_are_checked_against_optimum_layer_count(tiny_model_dir: Pa
         check_layer_blocks(config, gpt2_style, AdapterSpec())
 
 
-def test_paired_graph_returns_both_losses_in_one_call(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """model.paired.onnx takes stacked [θ₊, θ₋] and gives the same two losses as two calls of model.onnx."""
-    from cooperllm.checkpoint import load_theta
-    from exporters.inputs import direction, graph_inputs, paired_inputs
-    from exporters.runners import OrtRunner
-
-    manifest = export_artifacts(
-        tiny_model_dir,
-        tmp_path,
-        task=TaskSpec(mode=SEQ_CLS),
-        formats=("onnx",),
-        quant="int8",
-        batch_size=BATCH,
-        seq_len=SEQ,
-        paired=True,
-        progress=False,
-    )
-    assert [(g.file, g.paired) for g in manifest.graphs] == [("model.onnx", False), ("model.paired.onnx", True)]
-    assert manifest.validation["graphs"]["model.paired.onnx"]["passed"]
-    read_manifest(tmp_path)
-    batch = _batch(tmp_path, manifest)
-    theta = load_theta(tmp_path / manifest.initial_adapter_file, manifest.layout)
-    z = np.float32(1e-2) * direction(3, manifest.layout)
-    losses, logits = OrtRunner(tmp_path / "model.paired.onnx")(
-        paired_inputs(batch, theta + z, theta - z, manifest.layout)
-    )
-    single = OrtRunner(tmp_path / "model.onnx")
-    plus, logits_plus = single(graph_inputs(batch, theta + z, manifest.layout))
-    minus, _ = single(graph_inputs(batch, theta - z, manifest.layout))
-    assert losses.shape == (2,) and logits.shape == (2, BATCH, 2)
-    np.testing.assert_allclose(losses, [plus, minus], atol=1e-5)
-    np.testing.assert_allclose(logits[0], logits_plus, atol=1e-5)
-    assert plus != minus
-
-
 @pytest.mark.parametrize(
     ("formats", "quant", "expected"),
     [(["pte"], "int8", "xnnpack-qc8w"), (["pte", "onnx"], "int8", "xnnpack"), (["pte"], "none", "xnnpack")],
 )
 def test_cli_auto_backend_picks_the_fast_int8_path_only_where_it_applies(formats, quant, expected):
-    from exporters.api import resolve_backend
-
     assert resolve_backend("auto", formats, quant) == expected
     assert resolve_backend("portable", formats, quant) == "portable"

@@ -5,25 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+
+from cooperllm.adapter import AdapterSpec
+from cooperllm.checkpoint import initial_theta
+from cooperllm.manifest import read_manifest
+from cooperllm.models import load_causal_lm, resolve_model
+from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
+from exporters import export_artifacts
+from exporters.inputs import direction, graph_inputs
+from exporters.runners import OrtRunner
 
 pytestmark = pytest.mark.integration
 
 
 def test_smollm2_onnx_int8_export_matches_eager(tmp_path: Path) -> None:
-    import onnx
-
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.checkpoint import load_theta
-    from cooperllm.manifest import read_manifest
     from cooperllm.modeling import build_task_model
-    from cooperllm.models import load_causal_lm, resolve_model
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import PromptEncoder
-    from exporters import export_artifacts
-    from exporters.inputs import direction, graph_inputs
     from exporters.quantize import quantize_frozen
-    from exporters.runners import OrtRunner
     from exporters.validate import EagerFunction
 
     model_dir = resolve_model("smollm2")
@@ -52,7 +52,7 @@ def test_smollm2_onnx_int8_export_matches_eager(tmp_path: Path) -> None:
     batch = encoder.encode(
         ["an utterly charming film", "a waste of two hours", "fine.", "i loved every minute"], [1, 0, 1, 1]
     )
-    theta = load_theta(tmp_path / manifest.initial_adapter_file, layout) + np.float32(1e-3) * direction(5, layout)
+    theta = initial_theta(tmp_path, manifest) + np.float32(1e-3) * direction(5, layout)
     loss, logits = OrtRunner(tmp_path / "model.onnx")(graph_inputs(batch, theta, layout))
     ref_loss, ref_logits = eager(batch, theta)
     assert abs(loss - ref_loss) <= 1e-4

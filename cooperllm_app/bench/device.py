@@ -18,6 +18,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
+from cooperllm.data import load_dataset, shared_data_dir
+from cooperllm.manifest import read_manifest
+from cooperllm.perturb import perturbation
+from cooperllm.rusage import maxrss_mb
+from cooperllm.tokenization import PromptEncoder
+from device_runtime.backends import choose_backend, open_backend
+from device_runtime.engine import ZOConfig, ZOEngine
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("native", "onnx", "executorch", "eager")
@@ -63,10 +74,6 @@ def parse_row(spec: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.data import shared_data_dir
-    from cooperllm.manifest import read_manifest
-    from device_runtime.backends import choose_backend
-
     rows = [parse_row(s) for s in args.row]
     labels = [r["label"] for r in rows]
     if len(set(labels)) != len(labels):
@@ -95,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"rows must share one batch shape for a fair table, got {sorted(shapes)}")
     ((batch, seq),) = shapes
     print(f"bench device: batch {batch}×{seq} from {data}, {args.forwards} forwards + {args.zo_steps} ZO steps per row")
-    from tqdm import tqdm
-
     for r in tqdm(rows, desc="rows", unit="row"):
         cfg = {**r, "data": data, "forwards": args.forwards, "zo_steps": args.zo_steps, "threads": args.threads}
         r.update(_spawn(cfg, args.timeout))
@@ -148,18 +153,6 @@ def _print_table(rows: list[dict], speed_ref: str, rss_ref: str) -> None:
 
 def worker(cfg: dict) -> dict:
     """One row, in a fresh process: load, time forwards and ZO steps on the shared batch, report peak RSS."""
-    import resource
-
-    import numpy as np
-
-    from cooperllm.data import load_dataset
-    from cooperllm.manifest import read_manifest
-    from cooperllm.perturb import perturbation
-    from cooperllm.tokenization import PromptEncoder
-    from device_runtime.backends import open_backend
-    from device_runtime.engine import ZOConfig, ZOEngine
-    from device_runtime.train import initial_theta
-
     folder = Path(cfg["folder"])
     manifest = read_manifest(folder, verify_hashes=False)  # the parent verified the hashes
     t0 = time.perf_counter()
@@ -171,7 +164,7 @@ def worker(cfg: dict) -> dict:
     if len(data.texts) < n:
         raise ValueError(f"{cfg['data']} has {len(data.texts)} rows, the batch needs {n}")
     batch = encoder.encode(list(data.texts[:n]), np.asarray(data.labels[:n]))
-    theta = initial_theta(backend)
+    theta = backend.initial_theta()
     for b in manifest.layout.blocks:
         theta[b.slice] += np.float32(THETA_SHIFT) * perturbation(7, b.index, b.size)
     loss, _ = backend.run(batch, theta)  # warm-up (XNNPACK workspace, first-touch pages)
@@ -193,7 +186,7 @@ def worker(cfg: dict) -> dict:
         "forward_ms_all": times,
         "zo_steps_per_s": steps_per_s,
         "loss": loss,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": maxrss_mb(),
         "torch_loaded": "torch" in sys.modules,
     }
 

@@ -16,6 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cooperllm.adapter import AdapterSpec
+from cooperllm.manifest import read_manifest
+from cooperllm.tasks import TaskSpec
+
 log = logging.getLogger(__name__)
 
 # export name -> export_artifacts arguments
@@ -24,9 +28,8 @@ EXPORTS = {
     "int8-portable": {"formats": ["pte"], "backend": "portable", "quant": "int8"},
     "int8": {"formats": ["pte", "onnx"], "backend": "xnnpack", "quant": "int8"},
     "int4": {"formats": ["onnx"], "backend": "xnnpack", "quant": "int4"},
-    "int8-paired": {"formats": ["onnx"], "backend": "xnnpack", "quant": "int8", "paired": True},
 }
-OPTIONAL = {"int4": "int4", "int8-paired": "paired"}  # export name -> the flag that enables it
+OPTIONAL = {"int4": "int4"}  # export name -> the flag that enables it
 # (row label, export name, graph file, fp32 reference row for the size ratio)
 ARTIFACTS = [
     ("fp32 XNNPACK .pte", "fp32", "model.pte", "fp32 XNNPACK .pte"),
@@ -35,7 +38,6 @@ ARTIFACTS = [
     ("fp32 .onnx", "fp32", "model.onnx", "fp32 .onnx"),
     ("int8 .onnx", "int8", "model.onnx", "fp32 .onnx"),
     ("int4 .onnx", "int4", "model.onnx", "fp32 .onnx"),
-    ("int8 .onnx paired", "int8-paired", "model.paired.onnx", "fp32 .onnx"),
 ]
 
 
@@ -53,9 +55,6 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed forward calls per artifact, median (default 5)")
     p.add_argument("--reuse", action="store_true", help="reuse artifact folders that already have a manifest")
     p.add_argument("--int4", action="store_true", help="also export and measure an int4 .onnx")
-    p.add_argument(
-        "--paired", action="store_true", help="also an int8 .onnx paired graph (one call = L(θ+εz) and L(θ−εz))"
-    )
     p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per child process (default 1800)")
     p.set_defaults(func=run)
 
@@ -71,10 +70,6 @@ def _child(args: list[str], timeout: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.manifest import read_manifest
-    from cooperllm.tasks import TaskSpec
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     names = [n for n in EXPORTS if n not in OPTIONAL or getattr(args, OPTIONAL[n])]

@@ -15,9 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from cooperllm.adapter import AdapterSpec
+from cooperllm.checkpoint import initial_theta
+from cooperllm.manifest import read_manifest
+from cooperllm.models import load_causal_lm, resolve_model
+from cooperllm.rusage import maxrss_mb
+from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
+from exporters.inputs import graph_inputs, validation_batch
 
 
 def _cpu_s() -> float:
@@ -26,20 +31,11 @@ def _cpu_s() -> float:
 
 
 def _inputs(folder: Path, graph_file: str):
-    from cooperllm.checkpoint import load_theta
-    from cooperllm.manifest import read_manifest
-    from cooperllm.tokenization import PromptEncoder
-    from exporters.inputs import graph_inputs, validation_batch
-
     manifest = read_manifest(folder, verify_hashes=False)
     graph = next(g for g in manifest.graphs if g.file == graph_file)
     encoder = PromptEncoder(folder / manifest.tokenizer_file, manifest.task, graph.seq_len)
     batch = validation_batch(encoder, graph.batch_size)
-    theta = load_theta(folder / manifest.initial_adapter_file, manifest.layout)
-    if graph.paired:
-        from exporters.inputs import paired_inputs
-
-        return manifest, graph, batch, paired_inputs(batch, theta, theta, manifest.layout)
+    theta = initial_theta(folder, manifest)
     return manifest, graph, batch, graph_inputs(batch, theta, manifest.layout)
 
 
@@ -55,20 +51,19 @@ def _time_calls(fn, repeats: int) -> tuple[float, object]:
 
 def run_artifact(folder: Path, graph_file: str, repeats: int) -> dict:
     manifest, graph, _, inputs = _inputs(folder, graph_file)
-    rss_before = _peak_rss_mb()
+    rss_before = maxrss_mb()
     t0 = time.perf_counter()
     from exporters.runners import open_runner
 
     runner = open_runner(folder / graph_file, graph.format)
     load_s = time.perf_counter() - t0
     forward_ms, (loss, _) = _time_calls(lambda: runner(inputs), repeats)
-    loss = float(loss[0]) if graph.paired else loss  # paired: [L₊, L₋] at θ₊ = θ₋ = θ₀
     return {
         "file": graph_file,
         "load_s": load_s,
         "forward_ms": forward_ms,
         "loss": loss,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": maxrss_mb(),
         "rss_before_load_mb": rss_before,
         "torch_imported": "torch" in sys.modules,
     }
@@ -79,14 +74,11 @@ def run_eager(model: str, folder: Path, repeats: int) -> dict:
     t0 = time.perf_counter()
     import torch
 
-    from cooperllm.checkpoint import load_theta
     from cooperllm.modeling import build_task_model, theta_to_tensors
-    from cooperllm.models import load_causal_lm, resolve_model
-    from cooperllm.tokenization import PromptEncoder
 
     encoder = PromptEncoder.for_artifacts(folder, manifest)
     module, layout = build_task_model(load_causal_lm(resolve_model(model)), encoder, manifest.adapter)
-    params = theta_to_tensors(load_theta(folder / manifest.initial_adapter_file, layout), layout)
+    params = theta_to_tensors(initial_theta(folder, manifest), layout)
     args = tuple(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.labels))
     load_s = time.perf_counter() - t0
 
@@ -100,15 +92,13 @@ def run_eager(model: str, folder: Path, repeats: int) -> dict:
         "load_s": load_s,
         "forward_ms": forward_ms,
         "loss": float(loss),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": maxrss_mb(),
         "torch_imported": True,
     }
 
 
 def run_export(request: dict) -> dict:
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.tasks import TaskSpec
-    from exporters import export_artifacts
+    from exporters import export_artifacts  # imports torch
 
     t0 = time.perf_counter()
     manifest = export_artifacts(
@@ -123,12 +113,11 @@ def run_export(request: dict) -> dict:
         seq_len=request["seq_len"],
         progress=False,
         force=True,
-        paired=bool(request.get("paired", False)),
     )
     return {
         "wall_s": time.perf_counter() - t0,
         "cpu_s": _cpu_s(),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": maxrss_mb(),
         "passed": manifest.validation.get("passed"),
         "timings_s": manifest.validation.get("timings_s"),
     }

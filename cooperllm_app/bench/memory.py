@@ -14,9 +14,23 @@ import argparse
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+
+from cooperllm.data import load_dataset, shared_data_dir
+from cooperllm.manifest import read_manifest
+from cooperllm.models import load_causal_lm, resolve_model
+from cooperllm.rusage import maxrss_mb
+from cooperllm.tokenization import PromptEncoder
+from device_runtime.batches import BatchSchedule
+from device_runtime.budget import peak_rss_mb
+from device_runtime.corpus import CorpusSource
+from device_runtime.engine import ZOConfig, ZOEngine
+from device_runtime.session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +66,6 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 def _spawn(worker: str, cfg: dict, timeout: float) -> dict:
     """Run one worker in a fresh process; it reports its own peak RSS (VmHWM) on its last stdout line."""
-    import tempfile
-    import threading
-
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     cmd = [sys.executable, "-m", "cooperllm_app.bench.memory", worker, json.dumps(cfg)]
@@ -78,17 +89,12 @@ def _spawn(worker: str, cfg: dict, timeout: float) -> dict:
     result = json.loads(stdout.strip().splitlines()[-1])
     # The worker's own VmHWM is the figure: wait4's ru_maxrss also counts the pre-exec high-water mark, i.e. this
     # (torch-loaded) parent's peak when the child was spawned; it is kept for reference only.
-    result["rusage_maxrss_mb"] = round(usage.ru_maxrss / 1024, 1)  # kilobytes on Linux
+    result["rusage_maxrss_mb"] = round(maxrss_mb(usage), 1)
     result["wall_s"] = round(wall, 1)
     return result
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from cooperllm.data import shared_data_dir
-    from cooperllm.manifest import read_manifest
-
     manifest = read_manifest(args.artifacts, verify_hashes=True)
     workers = [w.strip() for w in args.workers.split(",") if w.strip()]
     unknown = [w for w in workers if w not in WORKERS]
@@ -147,18 +153,8 @@ def run(args: argparse.Namespace) -> int:
 # --- workers (each runs in a fresh process) --------------------------------------------------------------------
 
 
-def _peak_mb() -> float:
-    from device_runtime.budget import peak_rss_mb
-
-    return peak_rss_mb()
-
-
 def _eager_setup(cfg: dict, manifest):
-    from cooperllm.data import load_dataset
-    from cooperllm.modeling import build_task_model
-    from cooperllm.models import load_causal_lm, resolve_model
-    from cooperllm.tokenization import PromptEncoder
-    from device_runtime.batches import BatchSchedule
+    from cooperllm.modeling import build_task_model  # imports torch: only the eager workers load it
 
     g = manifest.graphs[0]
     model_dir = resolve_model(cfg["model"])
@@ -190,7 +186,6 @@ def _worker_mezo_eager(cfg: dict, manifest) -> dict:
     import torch
 
     from cooperllm.modeling import theta_from_module, theta_to_tensors
-    from device_runtime.engine import ZOConfig, ZOEngine
 
     module, layout, schedule = _eager_setup(cfg, manifest)
     theta = theta_from_module(module, layout)
@@ -222,29 +217,19 @@ def _zo_loop(engine, schedule, steps: int) -> dict:
 
 
 def _worker_zo_graph(cfg: dict, backend: str) -> dict:
-    import resource
-
-    from device_runtime.batches import BatchSchedule
-    from device_runtime.corpus import CorpusSource
-    from device_runtime.engine import ZOConfig, ZOEngine
-    from device_runtime.session import open_session
-    from device_runtime.train import initial_theta
-
     # the corpus cache is private to this bench run: the first graph worker tokenizes in a child, the others reuse it
     data = {"train": CorpusSource(cfg["data"])}
     session = open_session(cfg["artifacts"], backend, data=data, corpus_cache=cfg["cache"])
     schedule = BatchSchedule(session.corpora["train"], session.backend.batch_size, 0)
-    theta = initial_theta(session.backend)
+    theta = session.backend.initial_theta()
     engine = ZOEngine(theta, session.manifest.layout, session.backend.run, ZOConfig(lr=1e-4, eps=1e-3))
     result = _zo_loop(engine, schedule, cfg["steps"])
     # the tokenizing child ran (and exited) before the graph was loaded; its peak is reported, not hidden
-    result["child_peak_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    result["child_peak_mb"] = round(maxrss_mb(resource.getrusage(resource.RUSAGE_CHILDREN)), 1)
     return result
 
 
 def worker_main(argv: list[str]) -> int:
-    from cooperllm.manifest import read_manifest
-
     logging.basicConfig(level=logging.WARNING)
     name, cfg = argv[0], json.loads(argv[1])
     manifest = read_manifest(cfg["artifacts"], verify_hashes=False)  # the parent verified it
@@ -260,7 +245,7 @@ def worker_main(argv: list[str]) -> int:
         result = _worker_zo_graph(cfg, "executorch")
     else:
         raise SystemExit(f"unknown worker {name}")
-    result.update(peak_rss_mb=round(_peak_mb(), 1), torch_loaded="torch" in sys.modules)
+    result.update(peak_rss_mb=round(peak_rss_mb(), 1), torch_loaded="torch" in sys.modules)
     print(json.dumps(result))
     return 0
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from cooperllm.config_fields import add_config_options
+from cooperllm.console import fail
 from cooperllm.strategies import get_strategy
 from cooperllm_app.simulation.config import SimConfig
 
@@ -118,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         if "holds another simulation" not in str(exc):
             raise
-        print(f"error: {exc}\n`cooperllm demo --fresh` starts the demo's run over", file=sys.stderr)
-        return 2
+        return fail(f"{exc}\n`cooperllm demo --fresh` starts the demo's run over", 2)
     sim_s = time.perf_counter() - t_sim
     rounds, base = result.rounds, result.baseline
     last = rounds[-1]

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
+from cooperllm.adapter import AdapterSpec
+from cooperllm.data import load_dataset
+from cooperllm.evaluate import evaluate
+from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
+from cooperllm.tokenization import PromptEncoder
 from cooperllm_app.commands.options import add_data_options, add_model_options, add_task_options, task_from_args
 
 
@@ -26,12 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.data import load_dataset
-    from cooperllm.evaluate import evaluate
-    from cooperllm.modeling import build_task_model, load_theta_into
-    from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
-    from cooperllm.tokenization import PromptEncoder
+    from cooperllm.modeling import build_task_model, forward_at, load_theta_into, theta_from_module  # imports torch
 
     task = task_from_args(args)
     model_dir = resolve_model(args.model)
@@ -41,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, args.seq_len)
     adapter = AdapterSpec() if args.adapter else None
     module, layout = build_task_model(load_causal_lm(model_dir), encoder, adapter)
-    if args.adapter:
-        load_theta_into(module, layout, args.adapter)
-    result = evaluate(module, encoder, dataset, args.batch_size)
+    theta = load_theta_into(module, layout, args.adapter) if args.adapter else theta_from_module(module, layout)
+    run_fn = functools.partial(forward_at, module, layout)
+    result = evaluate(run_fn, theta, encoder.tokenize(dataset), args.batch_size)
     if args.json:
         print(json.dumps({"accuracy": result.accuracy, "loss": result.loss, "n": result.n_examples}))
     else:

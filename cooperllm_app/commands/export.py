@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cooperllm.adapter import AdapterSpec
+from cooperllm.console import fail
+from cooperllm.data import load_dataset
 from cooperllm_app.commands.options import add_model_options, add_task_options, task_from_args
+from exporters import ExportError, export_artifacts
+from exporters.api import resolve_backend
 
 QUANT_CHOICES = ("none", "int8", "int4")
 
@@ -49,18 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-column", help="text column of --data (default: auto)")
     p.add_argument("--no-validate", action="store_true", help="skip parity and fidelity checks (not recommended)")
     p.add_argument("--force", action="store_true", help="write the manifest even when a check fails")
-    p.add_argument(
-        "--paired", action="store_true", help="also export model.paired.<fmt>: L(θ+εz) and L(θ−εz) in one call"
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.adapter import AdapterSpec
-    from exporters import ExportError, export_artifacts
-    from exporters.api import resolve_backend
-
     task = task_from_args(args)
     adapter = None
     if not args.no_lora:
@@ -68,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
         adapter = AdapterSpec(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets, init_seed=args.lora_seed)
     texts = None
     if args.data:
-        from cooperllm.data import load_dataset
-
         texts = load_dataset(args.data, args.text_column, "label", task.label_names).texts[: args.batch]
     formats = [f.strip() for f in args.format.split(",")]
     try:
@@ -88,11 +84,9 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             quantize_embeddings=not args.no_embedding_quant,
             validation_texts=texts,
-            paired=args.paired,
         )
     except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc, 1)
     v = manifest.validation
     if v.get("table"):
         print(v["table"])

@@ -185,8 +185,8 @@ class Evaluator:
 
     def run(self, task: dict) -> dict:
         from cooperllm.checkpoint import load_theta_bytes
+        from cooperllm.evaluate import evaluate
         from cooperllm.layout import theta_checksum
-        from device_runtime.batches import evaluate
 
         t0 = time.perf_counter()
         layout = self.session.manifest.layout

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cooperllm.checkpoint import initial_theta
 from cooperllm.manifest import GraphSpec, Manifest
 from cooperllm.tokenization import EncodedBatch
 
@@ -39,6 +40,18 @@ class GraphBackend(ABC):
             raise BackendError(f"{self.name} graph takes batches of {shape[0]}×{shape[1]}, got {batch.input_ids.shape}")
         loss, logits = self._run(batch, theta)
         return float(loss), np.asarray(logits, dtype=np.float32)
+
+    def initial_theta(self) -> np.ndarray:
+        """θ₀ of the artifact this backend runs."""
+        return initial_theta(self.folder, self.manifest)
+
+    def artifact_id(self) -> str:
+        """What a saved device state was computed with: the graph file's sha256, or for the eager reference the
+        initial adapter's (a state must not be resumed on another artifact)."""
+        m = self.manifest
+        if self.graph is not None:
+            return m.files[self.graph.file]
+        return "eager:" + m.files[m.initial_adapter_file]
 
     @abstractmethod
     def _run(self, batch: EncodedBatch, theta: np.ndarray) -> tuple[float, np.ndarray]: ...

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from device_runtime.native.build import NativeBuildError, build
+
 log = logging.getLogger(__name__)
 
 ABI_VERSION = 1
@@ -32,8 +34,6 @@ class NativeRunnerError(RuntimeError):
 
 def library_path() -> Path:
     """Path of the host library, building it (once, cached by source hash) when needed."""
-    from device_runtime.native.build import NativeBuildError, build
-
     override = os.environ.get("COOPERLLM_NATIVE_LIB")
     if override:
         return Path(override)
@@ -141,7 +141,7 @@ class NativeRunner:
         return float(loss[0]), logits.reshape(batch, -1)
 
     def run_all(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Every output of one call, flattened float32 (e.g. a paired graph's [L₊, L₋] and its stacked logits)."""
+        """Every output of one call, flattened float32."""
         if self._handle is None:
             raise NativeRunnerError("runner is closed")
         n = len(self.input_specs)

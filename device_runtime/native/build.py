@@ -25,6 +25,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cooperllm.console import fail
+
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
@@ -204,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         built = build(args.arch, args.et_root, args.force)
     except NativeBuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc, 2)
     print(built.library)
     print(built.executable)
     return 0

@@ -22,8 +22,6 @@ def public_tsv(tmp_path_factory: pytest.TempPathFactory, sst2_dir: Path) -> Path
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, public_tsv: Path) -> Iterator[LiveServer]:
-    srv = start_server(
-        tmp_path_factory.mktemp("cloud"), tiny_model_dir, public_tsv, rate_burst=1000, rate_limit_per_s=1000.0
-    )
+    srv = start_server(tmp_path_factory.mktemp("cloud"), tiny_model_dir, public_tsv)
     yield srv
     srv.stop()

@@ -5,11 +5,12 @@ import shutil
 import numpy as np
 import pytest
 
-from cooperllm.manifest import ManifestError
+from cooperllm.manifest import ManifestError, read_manifest
+from device_runtime.backends import choose_backend
 from device_runtime.backends.base import BackendError
 from device_runtime.engine import ZOConfig
 from device_runtime.session import open_session
-from device_runtime.train import TrainConfig, initial_theta, train
+from device_runtime.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def sessions(tiny_artifacts):
 def test_backends_match_the_eager_reference(sessions, tiny_artifacts, tiny_model_dir, toy_dataset):
     eager = open_session(tiny_artifacts, "eager", model_dir=str(tiny_model_dir))
     batch = eager.encoder.encode(toy_dataset.texts, toy_dataset.labels)
-    theta = initial_theta(eager.backend)
+    theta = eager.backend.initial_theta()
     theta[: theta.size // 2] += np.float32(0.05)  # away from θ₀ (B = 0) so the adapters matter
     ref_loss, ref_logits = eager.backend.run(batch, theta)
     for name, s in sessions.items():
@@ -67,7 +68,7 @@ def test_tampered_artifact_is_refused(tiny_artifacts, tmp_path):
 def test_wrong_batch_shape_and_theta_are_rejected(sessions, toy_dataset):
     s = sessions["onnx"]
     small = s.encoder.encode(toy_dataset.texts[:3], toy_dataset.labels[:3])
-    theta = initial_theta(s.backend)
+    theta = s.backend.initial_theta()
     with pytest.raises(BackendError, match="batches of 8"):
         s.backend.run(small, theta)
     full = s.encoder.encode(toy_dataset.texts, toy_dataset.labels)
@@ -76,9 +77,6 @@ def test_wrong_batch_shape_and_theta_are_rejected(sessions, toy_dataset):
 
 
 def test_backend_choice_follows_the_manifest(tiny_artifacts, tmp_path):
-    from cooperllm.manifest import read_manifest
-    from device_runtime.backends import choose_backend
-
     manifest = read_manifest(tiny_artifacts)
     assert choose_backend(manifest, None) == "native"  # first graph is .pte: the torch-free runner
     with pytest.raises(ValueError, match="unknown backend"):

@@ -1,39 +1,13 @@
 """``cooperllm bench memory`` on the tiny artifact: fresh processes, peak RSS from wait4, torch-free ZO worker."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 
 @pytest.mark.integration
-def test_bench_memory_reports_peaks_and_reduction(tiny_artifacts, tiny_model_dir, toy_tsv):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cooperllm_app.cli",
-            "--log-level",
-            "WARNING",
-            "bench",
-            "memory",
-            "--artifacts",
-            str(tiny_artifacts),
-            "--model",
-            str(tiny_model_dir),
-            "--data",
-            str(toy_tsv),
-            "--steps",
-            "2",
-            "--workers",
-            "bp-adamw,mezo-eager,zo-onnx",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def test_bench_memory_reports_peaks_and_reduction(run_bench):
+    out = run_bench("memory", "--steps", "2", "--workers", "bp-adamw,mezo-eager,zo-onnx", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {r["worker"]: r for r in json.loads(out.stdout.splitlines()[-1])}
     assert set(rows) == {"bp-adamw", "mezo-eager", "zo-onnx"}

@@ -1,41 +1,13 @@
 """``cooperllm bench pipeline`` end to end on the tiny artifact: a real cloud process, four client runs per link."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 
 @pytest.mark.integration
-def test_bench_pipeline_measures_every_mode(tiny_artifacts, tiny_model_dir, toy_tsv):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cooperllm_app.cli",
-            "--log-level",
-            "WARNING",
-            "bench",
-            "pipeline",
-            "--artifacts",
-            str(tiny_artifacts),
-            "--model",
-            str(tiny_model_dir),
-            "--data",
-            str(toy_tsv),
-            "--links",
-            "20mbit:10ms",
-            "--rounds",
-            "3",
-            "--local-steps",
-            "2",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def test_bench_pipeline_measures_every_mode(run_bench):
+    out = run_bench("pipeline", "--links", "20mbit:10ms", "--rounds", "3", "--local-steps", "2", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.splitlines()[-1])
     (row,) = result["links"]

@@ -9,7 +9,10 @@ import time
 
 import pytest
 
-from device_runtime.state import STATE_FILE
+from cooperllm.manifest import read_manifest
+from device_runtime.engine import ZOConfig
+from device_runtime.state import STATE_FILE, load_state
+from device_runtime.train import TrainConfig
 
 TORCH_FREE_MODULES = [
     "device_runtime",
@@ -68,11 +71,10 @@ def test_onnx_path_imports_neither_torch_nor_transformers(tiny_artifacts, toy_ts
         "import sys, importlib\n"
         f"for m in {TORCH_FREE_MODULES!r}: importlib.import_module(m)\n"
         "from device_runtime.session import open_session\n"
-        "from device_runtime.train import initial_theta\n"
         "from device_runtime.engine import ZOEngine, ZOConfig\n"
         f"s = open_session({str(tiny_artifacts)!r}, 'onnx')\n"
         "b = s.encoder.encode(['a good film'] * 8, [1] * 8)\n"
-        "e = ZOEngine(initial_theta(s.backend), s.manifest.layout, s.backend.run, ZOConfig())\n"
+        "e = ZOEngine(s.backend.initial_theta(), s.manifest.layout, s.backend.run, ZOConfig())\n"
         "e.update(e.step(b, 0))\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -108,8 +110,6 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tiny_artifacts, toy
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    from cooperllm.manifest import read_manifest
-    from device_runtime.state import load_state
 
     killed_at = load_state(state, read_manifest(tiny_artifacts).layout).step
     assert 0 < killed_at < steps, f"the kill landed at step {killed_at}; the test needs a mid-run kill"
@@ -142,9 +142,6 @@ def test_train_reports_the_flips_behind_its_accuracy_change(tiny_artifacts, toy_
 
 
 def test_lr_half_life_halves_the_rate_independently_of_the_budget():
-    from device_runtime.engine import ZOConfig
-    from device_runtime.train import TrainConfig
-
     decayed = TrainConfig(steps=10, zo=ZOConfig(lr=1e-3), lr_half_life=4)
     assert decayed.lr_at(0) == 1e-3 and decayed.lr_at(4) == 5e-4 and abs(decayed.lr_at(2) - 1e-3 / 2**0.5) < 1e-15
     assert TrainConfig(steps=1000, zo=ZOConfig(lr=1e-3), lr_half_life=4).lr_at(4) == 5e-4

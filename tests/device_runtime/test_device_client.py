@@ -9,37 +9,22 @@ import time
 import httpx
 import numpy as np
 import pytest
+from live_cloud import ADMIN, ENROL, small_run, start_server
 
 from cooperllm.api_client import CooperClient
 from cooperllm.checkpoint import load_theta
 from cooperllm.layout import theta_checksum
-from cooperllm.protocol import RunConfig
 from device_runtime.client import ClientConfig, ClientError, DeviceClient
 from device_runtime.outbox import Outbox
 from device_runtime.session import open_session
 from device_runtime.state import load_state
 from device_runtime.transfer import Backoff, CloudUnavailableError, Transfers
 
-ADMIN = "device-test-admin-token-0123456789"
-ENROL = "device-test-enrolment-key-0123456789"
-
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory, tiny_model_dir, tiny_artifacts, toy_tsv):
-    from live_cloud import start_server
-
-    server = start_server(
-        tmp_path_factory.mktemp("device-cloud"),
-        tiny_model_dir,
-        toy_tsv,
-        admin_token=ADMIN,
-        enrolment_key=ENROL,
-        artifacts=tiny_artifacts,
-        public_n=8,
-        seq_len=32,
-        rate_burst=1000,
-        rate_limit_per_s=1000.0,
-    )
+    dir_ = tmp_path_factory.mktemp("device-cloud")
+    server = start_server(dir_, tiny_model_dir, toy_tsv, artifacts=tiny_artifacts, public_n=8, seq_len=32)
     yield server.url
     server.stop()
 
@@ -49,27 +34,6 @@ def session(tiny_artifacts):
     return open_session(tiny_artifacts, "onnx")
 
 
-def _run_config(**kw) -> RunConfig:
-    base = dict(
-        strategy="zgr",
-        rounds=3,
-        quorum=1,
-        min_devices=1,
-        local_steps=2,
-        lam=0.3,
-        eta=0.05,
-        alpha=0.5,
-        guidance_rank=2,
-        window=4,
-        grad_batches=1,
-        grad_batch_size=4,
-        deadline_s=60,
-        epsilon=1e-3,
-    )
-    base.update(kw)
-    return RunConfig(**base)
-
-
 def _fast() -> Transfers:
     return Transfers(Backoff(initial_s=0.01, max_s=0.05, give_up_after_s=0.5))
 
@@ -77,7 +41,7 @@ def _fast() -> Transfers:
 @pytest.mark.parametrize("pipeline", [True, False], ids=["spc", "sequential"])
 def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, toy_corpus, tmp_path, pipeline):
     with CooperClient(cloud, ADMIN) as admin:
-        run = admin.create_run(_run_config())
+        run = admin.create_run(small_run())
     cfg = ClientConfig(ENROL, poll_s=0.02, progress=False, pipeline=pipeline)
     with CooperClient(cloud) as api:
         with DeviceClient(session, api, toy_corpus, tmp_path / "dev", cfg) as client:
@@ -112,7 +76,7 @@ def test_kept_guidance_versions_are_not_downloaded_again(cloud, session, toy_cor
     gradients for rank 2); the device downloads each block once and its replays (with its own decoded copies) still
     land on the server's θ bit for bit."""
     with CooperClient(cloud, ADMIN) as admin:
-        admin.create_run(_run_config(guidance_tau=1.0, grad_batches=2))
+        admin.create_run(small_run(guidance_tau=1.0, grad_batches=2))
     with CooperClient(cloud) as api:
         client = DeviceClient(
             session, api, toy_corpus, tmp_path / "dev", ClientConfig(ENROL, poll_s=0.02, progress=False)
@@ -131,7 +95,7 @@ def test_fetcher_downloads_the_next_rounds_guidance_ahead_and_keeps_it_on_disk(c
 
     layout = session.manifest.layout
     with CooperClient(cloud, ADMIN) as admin:
-        admin.create_run(_run_config())
+        admin.create_run(small_run())
     with CooperClient(cloud) as api:
         api.enroll(ENROL, "prefetch")
         store = GuidanceStore(tmp_path / "g", layout)
@@ -173,7 +137,7 @@ class _DropUploads:
 
 def test_reports_survive_a_dead_network_and_a_restart(cloud, session, toy_corpus, tmp_path):
     with CooperClient(cloud, ADMIN) as admin:
-        run = admin.create_run(_run_config(rounds=2, strategy="zo", blocks=[-1], local_steps=3))
+        run = admin.create_run(small_run(rounds=2, strategy="zo", blocks=[-1], local_steps=3))
     state_dir = tmp_path / "dev"
     with CooperClient(cloud) as real:
         flaky = _DropUploads(real)

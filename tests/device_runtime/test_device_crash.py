@@ -18,18 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+from live_cloud import ADMIN, ENROL, small_run, start_server
 from sqlalchemy import select
 
 from cloud_api import db as cloud_db
 from cooperllm.api_client import CooperClient
 from cooperllm.layout import theta_checksum
 from cooperllm.link import LinkProxy
-from cooperllm.protocol import RunConfig
 from device_runtime.outbox import OUTBOX_FILE
 from device_runtime.state import load_state
 
-ADMIN = "crash-test-admin-token-0123456789"
-ENROL = "crash-test-enrolment-key-0123456789"
 ROUNDS, LOCAL_STEPS, KILLS = 4, 4, 6
 
 
@@ -53,40 +51,12 @@ def _device(args: list[str], log) -> subprocess.Popen:
 
 
 def test_killed_device_delivers_every_report_exactly_once(tmp_path, tiny_model_dir, tiny_artifacts, toy_tsv):
-    from live_cloud import start_server
-
-    server = start_server(
-        tmp_path / "cloud",
-        tiny_model_dir,
-        toy_tsv,
-        admin_token=ADMIN,
-        enrolment_key=ENROL,
-        artifacts=tiny_artifacts,
-        public_n=8,
-        seq_len=32,
-        rate_burst=1000,
-        rate_limit_per_s=1000.0,
-    )
+    server = start_server(tmp_path / "cloud", tiny_model_dir, toy_tsv, artifacts=tiny_artifacts, public_n=8, seq_len=32)
     port = int(server.url.rsplit(":", 1)[1])
     proxy = LinkProxy("20mbit:15ms", target=("127.0.0.1", port)).start()
     try:
         with CooperClient(server.url, ADMIN) as admin:
-            run = admin.create_run(
-                RunConfig(
-                    strategy="zgr",
-                    rounds=ROUNDS,
-                    quorum=1,
-                    min_devices=1,
-                    local_steps=LOCAL_STEPS,
-                    lam=0.3,
-                    eta=0.05,
-                    guidance_rank=2,
-                    window=4,
-                    grad_batches=1,
-                    grad_batch_size=4,
-                    deadline_s=600,
-                )
-            )
+            run = admin.create_run(small_run(rounds=ROUNDS, local_steps=LOCAL_STEPS, deadline_s=600))
         state = tmp_path / "device"
         args = [
             "--artifacts",

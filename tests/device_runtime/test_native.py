@@ -15,8 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cooperllm.adapter import AdapterSpec
+from cooperllm.models import TOKENIZER_FILE, load_causal_lm
+from cooperllm.tasks import TaskSpec
+from cooperllm.tokenization import PromptEncoder
 from device_runtime.native.binding import NativeRunner, NativeRunnerError
 from device_runtime.native.build import NativeBuildError, build
+from device_runtime.session import open_session
+from exporters.runners import PteRunner
 
 BATCH, SEQ = 4, 16
 COMBOS = (("xnnpack", "none"), ("portable", "none"), ("xnnpack", "int8"), ("portable", "int8"))
@@ -27,11 +33,7 @@ def export_tiny_ptes(model_dir: Path, out: Path, combos=EXPORTED_HERE) -> dict[t
     """One traced program per quantization, lowered to each requested ExecuTorch backend (cheaper than full exports)."""
     import torch
 
-    from cooperllm.adapter import AdapterSpec
     from cooperllm.modeling import build_task_model
-    from cooperllm.models import TOKENIZER_FILE, load_causal_lm
-    from cooperllm.tasks import TaskSpec
-    from cooperllm.tokenization import PromptEncoder
     from exporters.graph import ThetaInputs, example_inputs, export_program
     from exporters.lower import to_pte
     from exporters.quantize import quantize_frozen
@@ -83,8 +85,6 @@ def tiny_ptes(tiny_model_dir, tiny_artifacts, tmp_path_factory) -> dict[tuple[st
 
 @pytest.mark.parametrize("combo", COMBOS, ids=lambda c: "-".join(c))
 def test_native_matches_the_python_runtime(tiny_ptes, combo):
-    from exporters.runners import PteRunner
-
     path = tiny_ptes[combo]
     native = NativeRunner(path)
     python = PteRunner(path)
@@ -175,10 +175,9 @@ def test_device_session_defaults_to_native_without_torch(tiny_artifacts):
     code = (
         "import sys, json, numpy as np\n"
         "from device_runtime.session import open_session\n"
-        "from device_runtime.train import initial_theta\n"
         f"s = open_session({str(tiny_artifacts)!r})\n"
         "b = s.encoder.encode(['a good film'] * 8, np.arange(8) % 2)\n"
-        "loss, logits = s.backend.run(b, initial_theta(s.backend))\n"
+        "loss, logits = s.backend.run(b, s.backend.initial_theta())\n"
         "print(json.dumps({'backend': s.backend.name, 'loss': loss, 'torch': 'torch' in sys.modules}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -191,48 +190,11 @@ def test_device_session_defaults_to_native_without_torch(tiny_artifacts):
 
 
 def test_native_backend_matches_python_executorch_backend(tiny_artifacts, toy_dataset):
-    from device_runtime.session import open_session
-    from device_runtime.train import initial_theta
-
     native = open_session(tiny_artifacts, "native")
     python = open_session(tiny_artifacts, "executorch")
     batch = native.encoder.encode(toy_dataset.texts, toy_dataset.labels)
-    theta = initial_theta(native.backend)
+    theta = native.backend.initial_theta()
     theta[::3] += np.float32(0.05)
     a, b = native.backend.run(batch, theta), python.backend.run(batch, theta)
     assert a[0] == pytest.approx(b[0], abs=1e-6)
     assert np.abs(a[1] - b[1]).max() <= 1e-5
-
-
-def test_paired_graph_returns_both_losses(tiny_model_dir, tmp_path):
-    """run_all on a paired graph ([θ₊, θ₋] stacked in one call) gives the Python runtime's [L₊, L₋] and logits."""
-    from cooperllm.manifest import read_manifest
-    from cooperllm.tasks import TaskSpec
-    from exporters import export_artifacts
-    from exporters.runners import PteRunner
-
-    export_artifacts(
-        tiny_model_dir,
-        tmp_path,
-        task=TaskSpec(),
-        formats=("pte",),
-        backend="portable",
-        quant="int8",
-        batch_size=BATCH,
-        seq_len=SEQ,
-        paired=True,
-        validate=False,
-        progress=False,
-    )
-    paired = next(g for g in read_manifest(tmp_path).graphs if g.paired)
-    native = NativeRunner(tmp_path / paired.file)
-    inputs = random_inputs(native.input_specs, 4)
-    losses, logits = native.run_all(inputs)[:2]
-    assert losses.shape == (2,) and logits.size == 2 * BATCH * 2
-    with pytest.raises(NativeRunnerError, match="paired"):
-        native.run(inputs)
-    import torch
-
-    ref = PteRunner(tmp_path / paired.file).method.execute([torch.from_numpy(a) for a in inputs])
-    assert np.abs(losses - ref[0].numpy().ravel()).max() <= 1e-6
-    assert np.abs(logits - ref[1].numpy().ravel()).max() <= 1e-5

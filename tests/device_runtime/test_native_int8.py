@@ -15,20 +15,10 @@ from exporters.errors import ExportError
 
 
 @pytest.fixture(scope="module")
-def qc8w_artifacts(tiny_model_dir, tmp_path_factory):
+def qc8w_artifacts(export_tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-qc8w")
-    export_artifacts(
-        tiny_model_dir,
-        out,
-        task=TaskSpec(),
-        formats=("pte",),
-        backend="xnnpack-qc8w",
-        quant="int8",
-        batch_size=8,
-        seq_len=32,
-        validate=True,  # parity with eager fp32 and finite-difference fidelity vs eager fp64, or no manifest
-        progress=False,
-    )
+    # validate: parity with eager fp32 and finite-difference fidelity vs eager fp64, or no manifest
+    export_tiny(out, formats=("pte",), backend="xnnpack-qc8w", quant="int8", batch_size=8, seq_len=32, validate=True)
     return out
 
 

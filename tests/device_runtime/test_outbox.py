@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from live_cloud import ADMIN, ENROL, start_server
 
 from cooperllm.api_client import ApiError, CooperClient
 from cooperllm.protocol import RunConfig
@@ -12,24 +13,10 @@ from device_runtime.outbox import Outbox
 from device_runtime.transfer import Backoff
 from device_runtime.uploader import Uploader
 
-ADMIN = "outbox-test-admin-token-0123456789"
-ENROL = "outbox-test-enrolment-key-0123456789"
-
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory, tiny_model_dir, toy_tsv):
-    from live_cloud import start_server
-
-    server = start_server(
-        tmp_path_factory.mktemp("outbox-cloud"),
-        tiny_model_dir,
-        toy_tsv,
-        admin_token=ADMIN,
-        enrolment_key=ENROL,
-        public_n=8,
-        rate_burst=1000,
-        rate_limit_per_s=1000.0,
-    )
+    server = start_server(tmp_path_factory.mktemp("outbox-cloud"), tiny_model_dir, toy_tsv, public_n=8)
     yield server
     server.stop()
 

@@ -1,9 +1,9 @@
-"""Evaluation figures of the device runtime: the paired before/after comparison behind a reported gain."""
+"""Evaluation figures: the paired before/after comparison behind a reported gain."""
 
 import numpy as np
 import pytest
 
-from device_runtime.batches import EvalResult, paired_change
+from cooperllm.evaluate import EvalResult, paired_change
 
 
 def _result(correct: list[bool]) -> EvalResult:
