@@ -9,10 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from cloud_api.db import make_engine
 from cloud_api.deps import AppState
 from cloud_api.engine import RoundEngine, ServiceError
 from cloud_api.middleware import BodyLimitMiddleware
+from cloud_api.model_host import load_model_host
 from cloud_api.routers import adapter, admin, devices, health, rounds
+from cloud_api.security import DeviceRegistry, RateLimiter
 from cloud_api.settings import Settings
 from cooperllm.protocol import API_PREFIX
 
@@ -24,9 +27,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from cloud_api.db import make_engine
-        from cloud_api.model_host import load_model_host
-        from cloud_api.security import DeviceRegistry, RateLimiter
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         db_engine = make_engine(settings.db_url, settings.sqlite_synchronous)

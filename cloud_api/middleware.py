@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import zlib
 
+import zstandard
+
 from cooperllm.protocol import ERRORS
 
 _SUPPORTED = (b"", b"identity", b"gzip", b"zstd")
@@ -27,7 +29,6 @@ def _decompress(data: bytes, encoding: bytes, limit: int) -> bytes:
         if not d.eof:
             raise ValueError("truncated gzip body")
         return out
-    import zstandard
 
     reader = zstandard.ZstdDecompressor().stream_reader(data)
     out = reader.read(limit + 1)

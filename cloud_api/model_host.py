@@ -54,8 +54,8 @@ class ModelHost:
 
     def gradient(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
         """∂ mean-CE / ∂θ on the public rows ``rows`` at ``theta`` (layout order, float32) and the loss."""
-        import torch
-        from torch.func import functional_call
+        import torch  # deferred: loads torch (heavy; not needed at import)
+        from torch.func import functional_call  # deferred: loads torch (heavy; not needed at import)
 
         torch.set_num_threads(self.torch_threads)
         flat = torch.tensor(np.asarray(theta, dtype=np.float32), requires_grad=True)
@@ -70,8 +70,8 @@ class ModelHost:
 
     def label_logits(self, theta: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Label logits of the eager model at θ (used to check exports)."""
-        import torch
-        from torch.func import functional_call
+        import torch  # deferred: loads torch (heavy; not needed at import)
+        from torch.func import functional_call  # deferred: loads torch (heavy; not needed at import)
 
         params = {n: torch.from_numpy(np.array(v)) for n, v in self.layout.unflatten(theta.copy()).items()}
         labels = torch.zeros(input_ids.shape[0], dtype=torch.int64)
@@ -100,9 +100,9 @@ def _task_and_adapter(settings: Settings) -> tuple[TaskSpec, AdapterSpec, int]:
 
 def load_model_host(settings: Settings) -> ModelHost:
     """Resolve and load the model, build the task module and layout, read the artifacts and encode public data."""
-    import torch
+    import torch  # deferred: loads torch (heavy; not needed at import)
 
-    from cooperllm.modeling import build_task_model, theta_from_module
+    from cooperllm.modeling import build_task_model, theta_from_module  # deferred: loads torch
 
     torch.set_num_threads(settings.torch_threads)
     task, adapter, seq_len = _task_and_adapter(settings)

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from cooperllm import dtc
 from cooperllm.protocol import (
     API_PREFIX,
     FRAME_MEDIA_TYPE,
@@ -193,7 +194,6 @@ class CooperClient:
         """POST /v1/rounds/{r}/reports/frame: the same upload as a compact DTC report frame (zstd, varints).
 
         ``scalar_bits=32`` rounds scalars to float32 on the wire (the server then replays the rounded values)."""
-        from cooperllm import dtc
 
         frame = dtc.encode_reports([r.to_report() for r in reports], scalar_bits=scalar_bits)
         headers = {"Content-Type": FRAME_MEDIA_TYPE, IDEMPOTENCY_HEADER: idempotency_key}

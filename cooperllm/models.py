@@ -101,8 +101,8 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # deferred: loads torch (heavy; not needed at import)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: loads transformers
 
     kwargs = {"gguf_file": gguf.name}
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
@@ -118,8 +118,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 def load_causal_lm(model_dir: Path, dtype: str = "float32"):
     """A transformers causal LM in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # deferred: loads torch (heavy; not needed at import)
+    from transformers import AutoModelForCausalLM  # deferred: loads transformers (heavy; not needed at import)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     model.eval()

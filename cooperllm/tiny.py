@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from cooperllm.tasks import SST2_LABEL_WORDS
 
 _CORPUS = [
@@ -19,7 +21,6 @@ _CORPUS = [
 
 def build_tiny_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer in which the SST-2 label words are single tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -46,8 +47,8 @@ def make_tiny_llama(
     num_layers: int = 2,
 ) -> Path:
     """Save a random LlamaForCausalLM (tied embeddings, GQA) with its tokenizer.json into ``out_dir``."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import torch  # deferred: loads torch (heavy; not needed at import)
+    from transformers import LlamaConfig, LlamaForCausalLM  # deferred: loads transformers (heavy; not needed at import)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

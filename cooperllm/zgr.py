@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cooperllm.layout import ParamLayout
-from cooperllm.perturb import add_perturbation, combine_columns
+from cooperllm.perturb import add_perturbation, combine_columns, perturbation
 
 ALL_BLOCKS = -1
 
@@ -146,7 +146,6 @@ def online_lambda(
     Returns (λ, the estimated terms). With fewer than two reports on every guided block σ² cannot be measured
     and λ falls back to 0 (trust the devices).
     """
-    from cooperllm.perturb import perturbation
 
     counts = reports_per_block(layout, reports)
     zo_var = 0.0

@@ -9,6 +9,7 @@ naming the need and the budget — never an OOM kill half-way through a round.
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import os
 import resource
@@ -32,8 +33,6 @@ def tame_heap() -> bool:
     resident set with freed, fragmented memory (measured: ~20 MB a round for a SmolLM2 zgr device). A phone's
     allocator (Android's scudo) does neither; elsewhere (not glibc) this is a no-op.
     """
-    import ctypes
-    import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:

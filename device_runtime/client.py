@@ -28,10 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load
+from tqdm import tqdm
 
+from cooperllm.api_client import ApiError
 from cooperllm.layout import theta_checksum
 from cooperllm.manifest import MANIFEST_FILE, sha256_file
-from cooperllm.protocol import sync_guidance, sync_reports
+from cooperllm.protocol import ERRORS, sync_guidance, sync_reports
 from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
 from cooperllm.zgr import ALL_BLOCKS, BlockGuidance
@@ -208,8 +212,6 @@ class DeviceClient:
         return self.fetcher
 
     def _download(self, version: int, checksum: str) -> np.ndarray:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load
 
         data = self._call(f"adapter v{version}", self.api.adapter, version)
         try:
@@ -245,8 +247,6 @@ class DeviceClient:
 
     def _long_poll_sync(self, round_: int):
         """Round ``round_``'s sync record as soon as it closes (SPC: asked for while the last uploads are in flight)."""
-        from cooperllm.api_client import ApiError
-        from cooperllm.protocol import ERRORS
 
         while not self._stopping.is_set():
             try:
@@ -327,7 +327,6 @@ class DeviceClient:
         t0, cpu0 = time.perf_counter(), time.thread_time()
         losses = []
         batches = int(st.extra.get("batches", 0))
-        from tqdm import tqdm
 
         with tqdm(
             total=len(plan),

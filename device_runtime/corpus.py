@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from cooperllm.console import fail
 from cooperllm.data import DataError
@@ -89,8 +90,6 @@ def load_corpus(folder: Path, manifest: Manifest, source: CorpusSource, seq_len:
 
 
 def read_corpus(path: Path, key: str) -> TokenizedCorpus:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
@@ -114,6 +113,8 @@ def read_corpus(path: Path, key: str) -> TokenizedCorpus:
 
 
 def _child(request: dict) -> None:
+    # Here, not at the top: only the short-lived tokenizing child needs the data readers and the tokenizer; the
+    # device process that imports this module reads the cached ids and never holds them.
     from safetensors.numpy import save_file
 
     from cooperllm.data import load_dataset

@@ -24,8 +24,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 
+from cooperllm.api_client import ApiError
 from cooperllm.layout import ParamLayout
 from cooperllm.protocol import FrameError, decode_tensor_frame
 from device_runtime.transfer import Backoff, Transfers
@@ -252,9 +254,6 @@ class GuidanceFetcher:
                 self._futures.pop(want.sha256, None)
 
     def _poll(self, round_: int) -> None:
-        import httpx
-
-        from cooperllm.api_client import ApiError
 
         try:
             refs = self.api.guidance_refs(round_)

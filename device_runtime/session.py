@@ -8,6 +8,7 @@ process never holds the tokenizer or the texts, which is what keeps the device's
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from device_runtime import budget
 from device_runtime.backends import choose_backend, open_backend
 from device_runtime.backends.base import GraphBackend
 from device_runtime.corpus import CorpusSource, load_corpus
+from device_runtime.native.binding import load_library
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,6 @@ def _import_runtime(name: str) -> None:
     elif name == "executorch":
         import executorch.runtime  # noqa: F401
     elif name == "native":
-        from device_runtime.native.binding import load_library
-
         load_library()
 
 
@@ -61,7 +61,6 @@ def open_session(
     ``data`` (name → source) becomes ``session.corpora`` (token ids, cached in ``corpus_cache``, default the user
     cache) and no tokenizer is loaded; without it the session has an ``encoder`` for callers that encode text.
     """
-    import time
 
     t0 = time.perf_counter()
     budget.tame_heap()  # before the graph, the data and any thread: what the heap holds stays what the device uses

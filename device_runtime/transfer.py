@@ -13,6 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import httpx
+
+from cooperllm.api_client import ApiError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -43,9 +47,6 @@ class Transfers:
         self.retries = 0
 
     def call(self, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
-        import httpx
-
-        from cooperllm.api_client import ApiError
 
         start = time.monotonic()
         delays = self.backoff.delays()

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from cooperllm.api_client import ApiError
 from cooperllm.protocol import ERRORS, reports_from
 from device_runtime.outbox import Batch, Outbox
 from device_runtime.transfer import Backoff, Transfers
@@ -129,7 +130,6 @@ class Uploader:
         return True
 
     def _send(self, batch: Batch) -> None:
-        from cooperllm.api_client import ApiError
 
         try:
             ack = self.transfers.call(

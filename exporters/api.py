@@ -88,7 +88,7 @@ def check_request(formats: Sequence[str], backend: str, quant: str, batch_size: 
 
 def model_num_layers(config) -> int:
     """Transformer layer count through optimum's normalized configs (one name across architectures)."""
-    from optimum.utils import NormalizedConfigManager
+    from optimum.utils import NormalizedConfigManager  # deferred: loads optimum (heavy; not needed at import)
 
     try:
         normalized = NormalizedConfigManager.get_normalized_config_class(config.model_type)(config)
@@ -208,13 +208,13 @@ class _Progress:
 
 def _export(job: _Job, progress: _Progress) -> Manifest:
     """The heavy half (torch from here on): load, quantize, trace, lower, validate, then write the manifest."""
-    import torch
+    import torch  # deferred: loads torch (heavy; not needed at import)
 
-    from cooperllm.modeling import build_task_model, theta_from_module
-    from exporters.graph import ThetaInputs, export_program
-    from exporters.lower import to_onnx, to_pte
-    from exporters.quantize import quantize_frozen
-    from exporters.validate import EagerFunction, format_table, validate_graph
+    from cooperllm.modeling import build_task_model, theta_from_module  # deferred: loads torch
+    from exporters.graph import ThetaInputs, export_program  # deferred: loads torch (heavy; not needed at import)
+    from exporters.lower import to_onnx, to_pte  # deferred: loads torch (heavy; not needed at import)
+    from exporters.quantize import quantize_frozen  # deferred: loads torch (heavy; not needed at import)
+    from exporters.validate import EagerFunction, format_table, validate_graph  # deferred: loads torch
 
     progress.stage("load")
     try:
@@ -238,7 +238,7 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
     head = lm.get_output_embeddings()
     # xnnpack-qc8w: int8 weights kept whole for XNNPACK's f32-qc8w GEMMs (exporters/int8_xnnpack.py)
     if job.backend == "xnnpack-qc8w":
-        from exporters.int8_xnnpack import quantize_qc8w
+        from exporters.int8_xnnpack import quantize_qc8w  # deferred: loads torch (heavy; not needed at import)
 
         quantization = quantize_qc8w(module, embeddings=job.quantize_embeddings, skip=(head,) if head else ())
     else:

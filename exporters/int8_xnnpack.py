@@ -69,11 +69,19 @@ def quantize_qc8w(module: nn.Module, embeddings: bool = True, skip: tuple[nn.Mod
 
 def partitioner():
     """XNNPACK partitioner whose linear config also takes fp32-activation × dequantized-int8-weight linears."""
-    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
-    from executorch.backends.xnnpack.partition.config.gemm_configs import LinearConfig
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.backends.xnnpack.utils.quant_utils import is_dequant, is_per_channel, tag_as_implicit_q_dq
-    from executorch.backends.xnnpack.utils.utils import get_input_node, is_param_node
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS  # deferred: loads executorch
+    from executorch.backends.xnnpack.partition.config.gemm_configs import LinearConfig  # deferred: loads executorch
+
+    # deferred: loads executorch (heavy; not needed at import)
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,  # deferred: loads executorch
+    )
+    from executorch.backends.xnnpack.utils.quant_utils import (  # deferred: loads executorch
+        is_dequant,
+        is_per_channel,
+        tag_as_implicit_q_dq,
+    )
+    from executorch.backends.xnnpack.utils.utils import get_input_node, is_param_node  # deferred: loads executorch
 
     class WeightOnlyLinearConfig(LinearConfig):
         def get_deps(self, node, ep):

@@ -18,6 +18,7 @@ import torch
 from cooperllm.manifest import OUTPUTS
 from exporters.api import PTE_BACKENDS
 from exporters.errors import ExportError
+from exporters.int8_xnnpack import partitioner as qc8w_partitioner
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,19 @@ def to_pte(
     weights, and the LoRA factors that arrive as inputs); without it those matmuls fall back to portable kernels.
     For fp32 it is off so the frozen weights stay pre-packed inside the delegate.
     """
-    from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir import to_edge_transform_and_lower  # deferred: loads executorch (heavy; not needed at import)
 
     if backend not in PTE_BACKENDS:
         raise ExportError(f"unknown ExecuTorch backend {backend!r}; choose one of {', '.join(PTE_BACKENDS)}")
     partitioner = []
     if backend == "xnnpack":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        # deferred: loads executorch (heavy; not needed at import)
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackPartitioner,  # deferred: loads executorch
+        )
 
         partitioner = [XnnpackPartitioner(force_non_static_weights_for_f32_linear=dynamic_weights)]
     elif backend == "xnnpack-qc8w":
-        from exporters.int8_xnnpack import partitioner as qc8w_partitioner
-
         partitioner = [qc8w_partitioner()]
     edge = to_edge_transform_and_lower(program, partitioner=partitioner)
     info = delegation_summary(edge.exported_program().graph_module)
@@ -54,7 +56,7 @@ def to_pte(
 
 def delegation_summary(graph_module: torch.fx.GraphModule) -> dict:
     """Delegated vs non-delegated op counts, and which op types stay outside the delegate."""
-    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.devtools.backend_debug import get_delegation_info  # deferred: loads executorch
 
     info = get_delegation_info(graph_module)
     outside = Counter({op: b.non_delegated for op, b in info.delegation_by_operator.items() if b.non_delegated > 0})
@@ -82,7 +84,7 @@ def to_onnx(program: torch.export.ExportedProgram, input_names: Sequence[str], p
     for node in onnx_program.model.graph.all_nodes():
         node.metadata_props.clear()  # per-node stack traces and class paths: ~0.5 MB per layer, no runtime use
     onnx_program.save(str(path), external_data=False)
-    import onnx
+    import onnx  # deferred: loads onnx (heavy; not needed at import)
 
     model = onnx.load(str(path), load_external_data=False)
     ops = Counter(n.op_type for n in model.graph.node)

@@ -18,7 +18,7 @@ ORT_DISABLED_OPTIMIZERS = ("ConstantFolding",)
 
 class OrtRunner:
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # deferred: loads onnxruntime (heavy; not needed at import)
 
         opts = ort.SessionOptions()
         # no arena and no memory-pattern planning: SmolLM2 int8 peaks at ~506 MB instead of ~814 MB, same speed
@@ -44,13 +44,13 @@ class PteRunner:
     """ExecuTorch's Python runtime (it imports libtorch; the torch-free native runner lives in device_runtime)."""
 
     def __init__(self, path: str | os.PathLike):
-        from executorch.runtime import Runtime
+        from executorch.runtime import Runtime  # deferred: loads executorch (heavy; not needed at import)
 
         self.program = Runtime.get().load_program(Path(path))
         self.method = self.program.load_method("forward")
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> tuple[float, np.ndarray]:
-        import torch
+        import torch  # deferred: loads torch (heavy; not needed at import)
 
         loss, logits = self.method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
         return _loss(loss.numpy()), logits.numpy().copy()

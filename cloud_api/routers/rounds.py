@@ -7,8 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from cloud_api.deps import BEARER_SECURITY, DeviceId, State, authenticate_device, bearer_token
+from cooperllm import dtc
 from cooperllm.protocol import (
     ERRORS,
     FRAME_MEDIA_TYPE,
@@ -111,7 +113,6 @@ async def upload_report_frame(
     idempotency_key: Annotated[str, Header(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")],
 ) -> Response:
     """The same upload as a DTC report-batch frame (``cooperllm.dtc.encode_reports``); same rules and answer."""
-    from cooperllm import dtc
 
     try:
         decoded = dtc.decode_reports(await request.body(), max_reports=MAX_BATCH_REPORTS)
@@ -140,7 +141,6 @@ async def upload_delta(
     frame = await request.body()
     if not frame:
         raise HTTPException(422, ERRORS["bad_frame"])
-    from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(state.engine.accept_delta, device, round, idempotency_key, x_n_examples, frame)
 
@@ -150,7 +150,6 @@ async def model_sync(round: RoundNo, state: State, device: DeviceId, wait: LongP
     """Seeds, scalars, guidance ids and coefficients, λ, η and checksums: replay θ_r → θ_r+1 with apply_round.
 
     Long poll: with ``wait=s`` a round that is still open is waited for (up to s seconds) instead of answered 409."""
-    from starlette.concurrency import run_in_threadpool
 
     if wait > 0:
         await state.engine.waiters.wait(state.engine.moved_past(round), wait)

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cooperllm.api_client import CooperClient
+from cooperllm.data import shared_data_dir
+from cooperllm.tiny import make_tiny_llama
 from cooperllm_app.serve_process import start_serve, stop_serve
 
 
@@ -130,11 +133,8 @@ async def _phase(
 
 
 def _start_server(tmp: Path, model: str | None, env: dict) -> tuple[subprocess.Popen, int]:
-    from cooperllm.data import shared_data_dir
 
     if model is None:
-        from cooperllm.tiny import make_tiny_llama
-
         model = str(make_tiny_llama(tmp / "tiny-llama", seed=0))
     public = tmp / "public.tsv"
     public.write_text("\n".join((shared_data_dir() / "sst2" / "dev.tsv").read_text().splitlines()[:201]) + "\n")
@@ -174,7 +174,6 @@ def _start_server(tmp: Path, model: str | None, env: dict) -> tuple[subprocess.P
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from cooperllm.api_client import CooperClient
 
     n_dev, k = args.devices, args.reports_per_batch
     admin_token, enrol_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
+import numpy as np
+import zstandard
+from tqdm import tqdm
+
+from cooperllm import dtc
+from cooperllm.adapter import AdapterSpec
+from cooperllm.data import load_dataset
+from cooperllm.link import Link, LinkSpec, LinkTransport
+from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
+from cooperllm.tokenization import PromptEncoder
+from cooperllm.zgr import Report
 from cooperllm_app.commands.options import add_data_options, add_model_options, add_task_options, task_from_args
 
 log = logging.getLogger(__name__)
@@ -56,15 +70,9 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 def collect_guidance(args: argparse.Namespace) -> dict[str, object]:
     """Real guidance from SmolLM2: V_b, c_b per block after ``warmup`` AdamW steps and a window of m gradients."""
-    import numpy as np
-    import torch
-    from tqdm import tqdm
+    import torch  # deferred: loads torch (heavy; not needed at import)
 
-    from cooperllm.adapter import AdapterSpec
-    from cooperllm.data import load_dataset
-    from cooperllm.modeling import build_task_model, theta_from_module
-    from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
-    from cooperllm.tokenization import PromptEncoder
+    from cooperllm.modeling import build_task_model, theta_from_module  # deferred: loads torch
 
     torch.manual_seed(0)
     task = task_from_args(args)
@@ -124,7 +132,6 @@ def _median_s(fn, repeats: int) -> float:
 
 def measure(tensors: list, mode: str, encode_fn, decode_fn, repeats: int) -> Row:
     """Encode every tensor as its own frame (as the cloud publishes them); fidelity over the concatenation."""
-    import numpy as np
 
     frames = [encode_fn(t) for t in tensors]
     decoded = [decode_fn(f) for f in frames]
@@ -139,10 +146,6 @@ def measure(tensors: list, mode: str, encode_fn, decode_fn, repeats: int) -> Row
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import zstandard
-
-    from cooperllm import dtc
 
     if args.load:
         data = np.load(args.load)
@@ -255,7 +258,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _link_times(specs: list[str], sizes: dict[str, int], n_frames: int) -> None:
     """Ideal download time of one round's guidance on each emulated link (latency once per frame request)."""
-    from cooperllm.link import LinkSpec
 
     for text in specs:
         spec = LinkSpec.parse(text)
@@ -268,12 +270,6 @@ def _link_times(specs: list[str], sizes: dict[str, int], n_frames: int) -> None:
 
 def _measure_link(spec_text: str, frames: dict[str, list[bytes]]) -> None:
     """Fetch every frame, one request each, from a real HTTP server on 127.0.0.1 through the emulated link."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    import httpx
-
-    from cooperllm.link import Link, LinkTransport
 
     blobs = {f"/{name.replace(' ', '_')}/{i}": f for name, fs in frames.items() for i, f in enumerate(fs)}
 
@@ -316,10 +312,6 @@ def _measure_link(spec_text: str, frames: dict[str, list[bytes]]) -> None:
 
 def _bench_reports(n: int, repeats: int) -> None:
     """Report batches as a device uploads them: seeds from a per-round base, 30 blocks, float32 scalars."""
-    import numpy as np
-
-    from cooperllm import dtc
-    from cooperllm.zgr import Report
 
     rng = np.random.default_rng(0)
     base = int(rng.integers(0, 2**62))

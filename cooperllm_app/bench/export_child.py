@@ -22,7 +22,9 @@ from cooperllm.models import load_causal_lm, resolve_model
 from cooperllm.rusage import maxrss_mb
 from cooperllm.tasks import TaskSpec
 from cooperllm.tokenization import PromptEncoder
+from exporters import export_artifacts
 from exporters.inputs import graph_inputs, validation_batch
+from exporters.runners import open_runner
 
 
 def _cpu_s() -> float:
@@ -53,7 +55,6 @@ def run_artifact(folder: Path, graph_file: str, repeats: int) -> dict:
     manifest, graph, _, inputs = _inputs(folder, graph_file)
     rss_before = maxrss_mb()
     t0 = time.perf_counter()
-    from exporters.runners import open_runner
 
     runner = open_runner(folder / graph_file, graph.format)
     load_s = time.perf_counter() - t0
@@ -72,9 +73,9 @@ def run_artifact(folder: Path, graph_file: str, repeats: int) -> dict:
 def run_eager(model: str, folder: Path, repeats: int) -> dict:
     manifest, graph, batch, _ = _inputs(folder, json.loads((folder / "manifest.json").read_text())["graphs"][0]["file"])
     t0 = time.perf_counter()
-    import torch
+    import torch  # deferred: loads torch (heavy; not needed at import)
 
-    from cooperllm.modeling import build_task_model, theta_to_tensors
+    from cooperllm.modeling import build_task_model, theta_to_tensors  # deferred: loads torch
 
     encoder = PromptEncoder.for_artifacts(folder, manifest)
     module, layout = build_task_model(load_causal_lm(resolve_model(model)), encoder, manifest.adapter)
@@ -98,7 +99,6 @@ def run_eager(model: str, folder: Path, repeats: int) -> dict:
 
 
 def run_export(request: dict) -> dict:
-    from exporters import export_artifacts  # imports torch
 
     t0 = time.perf_counter()
     manifest = export_artifacts(

@@ -165,7 +165,7 @@ def _eager_setup(cfg: dict, manifest):
 
 
 def _worker_bp(cfg: dict, manifest) -> dict:
-    import torch
+    import torch  # deferred: loads torch (heavy; not needed at import)
 
     module, layout, schedule = _eager_setup(cfg, manifest)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -183,9 +183,9 @@ def _worker_bp(cfg: dict, manifest) -> dict:
 
 
 def _worker_mezo_eager(cfg: dict, manifest) -> dict:
-    import torch
+    import torch  # deferred: loads torch (heavy; not needed at import)
 
-    from cooperllm.modeling import theta_from_module, theta_to_tensors
+    from cooperllm.modeling import theta_from_module, theta_to_tensors  # deferred: loads torch
 
     module, layout, schedule = _eager_setup(cfg, manifest)
     theta = theta_from_module(module, layout)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+
+from cooperllm.perturb import perturbation, rademacher
+
 SMOLLM2_THETA = 460_800
 
 
@@ -32,9 +36,6 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from cooperllm.perturb import perturbation, rademacher
 
     n, m = args.n, args.m
     basis = np.linalg.qr(np.random.default_rng(0).standard_normal((n, m)))[0].astype(np.float32)

@@ -33,10 +33,23 @@ import json
 import logging
 import os
 import secrets
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from cooperllm.api_client import CooperClient
+from cooperllm.data import shared_data_dir
+from cooperllm.link import Link, LinkTransport
+from cooperllm.protocol import RunConfig
+from cooperllm.tiny import make_tiny_llama
+from cooperllm_app.serve_process import start_serve, stop_serve
+from device_runtime.client import ClientConfig, DeviceClient
+from device_runtime.corpus import CorpusSource
+from device_runtime.session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +57,6 @@ BENCH_HIDDEN, BENCH_LAYERS = 128, 8  # the default model: 8 blocks, ~50 ms per f
 
 
 def register_bench(sub: argparse._SubParsersAction) -> None:
-    from cooperllm.data import shared_data_dir
 
     p = sub.add_parser(
         "pipeline",
@@ -124,7 +136,6 @@ class _Bench:
         self.runs = 0
 
     def config(self, local_steps: int, rounds: int):
-        from cooperllm.protocol import RunConfig
 
         return RunConfig(
             strategy="zgr",
@@ -143,9 +154,6 @@ class _Bench:
         )
 
     def measure(self, local_steps: int, rounds: int, link: str | None, *, pipeline: bool, compute: bool) -> Measure:
-        from cooperllm.api_client import CooperClient
-        from cooperllm.link import Link, LinkTransport
-        from device_runtime.client import ClientConfig, DeviceClient
 
         self.runs += 1
         with CooperClient(self.url, self.admin_token) as admin:
@@ -217,13 +225,9 @@ class _Bench:
 
 def _prepare(args, tmp: Path) -> tuple[str, Path]:
     """(model for the server, ONNX artifacts for the device)."""
-    import subprocess
-    import sys
 
     model = args.model
     if model == "tiny":
-        from cooperllm.tiny import make_tiny_llama
-
         model = str(make_tiny_llama(tmp / "model", seed=0, hidden_size=BENCH_HIDDEN, num_layers=BENCH_LAYERS))
     if args.artifacts:
         return model, Path(args.artifacts)
@@ -238,12 +242,6 @@ def _prepare(args, tmp: Path) -> tuple[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from cooperllm.data import shared_data_dir
-    from cooperllm_app.serve_process import start_serve, stop_serve
-    from device_runtime.corpus import CorpusSource
-    from device_runtime.session import open_session
 
     if args.repeats < 1:
         raise ValueError("--repeats must be at least 1")

@@ -19,8 +19,16 @@ from pathlib import Path
 
 from cooperllm.config_fields import add_config_options
 from cooperllm.console import fail
+from cooperllm.manifest import ManifestError, read_manifest
+from cooperllm.models import DEFAULT_MODEL
 from cooperllm.strategies import get_strategy
-from cooperllm_app.simulation.config import SimConfig
+from cooperllm.tasks import TaskSpec
+from cooperllm_app.commands.simulate import stop_on_sigterm
+from cooperllm_app.simulation.config import SimConfig, command_line
+from cooperllm_app.simulation.metrics import fmt_bytes, mean_of
+from cooperllm_app.simulation.runner import simulate
+from exporters import export_artifacts
+from exporters.api import resolve_backend
 
 # The demo's own choices, sized to finish in about 15 minutes on 2 CPU cores; every other setting is the simulation's
 # default (SimConfig, RunConfig). DEMO_OPTIONS are the ones a user may change on the command line.
@@ -58,11 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def ensure_export(folder: Path, progress: bool) -> tuple[float, bool]:
     """The default export in ``folder``: reused when its manifest verifies and matches, else (re)built.
     Returns (seconds, reused)."""
-    from cooperllm.manifest import ManifestError, read_manifest
-    from cooperllm.models import DEFAULT_MODEL
-    from cooperllm.tasks import TaskSpec
-    from exporters import export_artifacts
-    from exporters.api import resolve_backend
 
     t0 = time.perf_counter()
     task = TaskSpec()
@@ -92,10 +95,6 @@ def demo_config(args: argparse.Namespace) -> SimConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm_app.commands.simulate import stop_on_sigterm
-    from cooperllm_app.simulation.config import command_line
-    from cooperllm_app.simulation.metrics import fmt_bytes, mean_of
-    from cooperllm_app.simulation.runner import simulate
 
     stop_on_sigterm()
     t_start = time.perf_counter()

@@ -6,6 +6,8 @@ import argparse
 import logging
 import time
 
+from cooperllm.link import Link, LinkProxy
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,6 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm.link import Link, LinkProxy
 
     target = _host_port(args.target)
     host, port = _host_port(args.listen)

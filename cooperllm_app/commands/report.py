@@ -7,6 +7,9 @@ import os
 import shlex
 from pathlib import Path
 
+from cooperllm_app.simulation.headline import headline_markdown
+from cooperllm_app.simulation.plots import load_run, markdown_table, plot_runs, summary_row
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -44,8 +47,6 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm_app.simulation.headline import headline_markdown
-    from cooperllm_app.simulation.plots import load_run, markdown_table, plot_runs, summary_row
 
     labels = args.labels.split(",") if args.labels else [None] * len(args.runs)
     if len(labels) != len(args.runs):

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+from contextlib import asynccontextmanager
+
+from cloud_api.settings import Settings
+from cooperllm.protocol import RunConfig
+from cooperllm_app.serve_process import READY_PREFIX
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,12 +75,10 @@ _SETTING_ARGS = (
 
 
 def serve(args: argparse.Namespace) -> int:
-    import socket
 
-    import uvicorn
+    import uvicorn  # deferred: loads the web stack (heavy; not needed at import)
 
-    from cloud_api.app import create_app
-    from cloud_api.settings import Settings
+    from cloud_api.app import create_app  # deferred: loads sqlalchemy, the web stack (heavy; not needed at import)
 
     overrides = {k: getattr(args, k) for k in _SETTING_ARGS if getattr(args, k, None) is not None}
     settings = Settings(**overrides)
@@ -83,7 +87,6 @@ def serve(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
-    from cooperllm_app.serve_process import READY_PREFIX
 
     _wrap_lifespan(app, args.create_run, f"{READY_PREFIX}http://{args.host}:{port}/v1 (docs at /docs)")
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
@@ -93,9 +96,6 @@ def serve(args: argparse.Namespace) -> int:
 
 def _wrap_lifespan(app, create_run: str | None, ready_line: str) -> None:
     """After the model has loaded: optionally start a run (when none is running), then announce readiness."""
-    from contextlib import asynccontextmanager
-
-    from cooperllm.protocol import RunConfig
 
     cfg = RunConfig.model_validate_json(create_run) if create_run else None
     original = app.router.lifespan_context

@@ -6,6 +6,12 @@ import argparse
 import signal
 import sys
 
+from cooperllm.config_fields import add_config_options, option_names
+from cooperllm_app.simulation.config import SimConfig
+from cooperllm_app.simulation.launcher import SimulationError
+from cooperllm_app.simulation.metrics import fmt_bytes
+from cooperllm_app.simulation.runner import simulate
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,8 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_simulation_options(p: argparse.ArgumentParser) -> None:
     """Every SimConfig field as an option: types, bounds, defaults and help come from SimConfig (and RunConfig)."""
-    from cooperllm.config_fields import add_config_options, option_names
-    from cooperllm_app.simulation.config import SimConfig
 
     add_config_options(p, SimConfig, ["artifacts"])
     p.add_argument("--out", required=True, help="run folder: config, cloud database, device states, metrics")
@@ -34,8 +38,6 @@ def add_simulation_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, command: str):
     """The SimConfig the options ask for: the parser's dests are SimConfig's field names, values already parsed."""
-    from cooperllm.config_fields import option_names
-    from cooperllm_app.simulation.config import SimConfig
 
     return SimConfig(**{name: getattr(args, name) for name in option_names(SimConfig)}, command=command)
 
@@ -46,9 +48,6 @@ def stop_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cooperllm_app.simulation.launcher import SimulationError
-    from cooperllm_app.simulation.metrics import fmt_bytes
-    from cooperllm_app.simulation.runner import simulate
 
     stop_on_sigterm()
     cfg = config_from_args(args, "")

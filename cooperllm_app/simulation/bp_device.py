@@ -15,20 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
+from cooperllm.api_client import ApiError
+from cooperllm.checkpoint import load_theta_bytes
+from cooperllm.layout import theta_checksum
 from cooperllm.manifest import Manifest
+from cooperllm.models import load_causal_lm, resolve_model
 from cooperllm.strategies import DeviceWork, get_strategy
-from cooperllm.tokenization import TokenizedCorpus
+from cooperllm.tokenization import PromptEncoder, TokenizedCorpus
+from device_runtime.batches import BatchSchedule
+from device_runtime.state import DeviceState, load_state, save_state
 
 log = logging.getLogger(__name__)
 
 
 class BackpropDevice:
     def __init__(self, manifest: Manifest, folder: Path, model: str, threads: int):
-        import torch
+        import torch  # deferred: loads torch (heavy; not needed at import)
 
-        from cooperllm.modeling import build_task_model
-        from cooperllm.models import load_causal_lm, resolve_model
-        from cooperllm.tokenization import PromptEncoder
+        from cooperllm.modeling import build_task_model  # deferred: loads torch (heavy; not needed at import)
 
         torch.set_num_threads(max(1, threads))
         graph = manifest.graphs[0]
@@ -44,10 +48,8 @@ class BackpropDevice:
 
     def train(self, theta: np.ndarray, data: TokenizedCorpus, steps: int, lr: float, data_seed: int, first_batch: int):
         """``steps`` AdamW steps from θ on the device's batches; returns (θ after, mean loss)."""
-        import torch
-        from torch.func import functional_call
-
-        from device_runtime.batches import BatchSchedule
+        import torch  # deferred: loads torch (heavy; not needed at import)
+        from torch.func import functional_call  # deferred: loads torch (heavy; not needed at import)
 
         schedule = BatchSchedule(data, self.batch_size, data_seed)
         flat = torch.nn.Parameter(torch.from_numpy(theta.copy()))
@@ -77,10 +79,6 @@ class BackpropDevice:
         lr: float,
         data_seed: int,
     ) -> dict:
-        from cooperllm.api_client import ApiError
-        from cooperllm.checkpoint import load_theta_bytes
-        from cooperllm.layout import theta_checksum
-        from device_runtime.state import DeviceState, load_state, save_state
 
         st = load_state(state_dir, self.layout) or DeviceState(
             theta=np.zeros(self.layout.total, np.float32), artifact=self.artifact

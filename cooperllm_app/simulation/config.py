@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from pydantic import ValidationError
 
 from cooperllm.config_fields import config_field, model_fields_of, option_flag, owner_defaults
 from cooperllm.data import parse_partition, shared_data_dir
+from cooperllm.link import LinkSpec
+from cooperllm.manifest import read_manifest
+from cooperllm.models import DEFAULT_MODEL
 from cooperllm.protocol import RunConfig
 from cooperllm.strategies import get_strategy
 from cooperllm.zgr import ALL_BLOCKS
@@ -123,7 +127,6 @@ class SimConfig:
         return c
 
     def check(self) -> None:
-        from cooperllm.link import LinkSpec  # httpx: only when a run is checked, not when the CLI starts
 
         get_strategy(self.strategy)  # an unknown name is refused with the registry's list
         if self.clients < 1 or not 1 <= self.per_round <= self.clients:
@@ -176,7 +179,6 @@ class SimConfig:
 
 def command_line(cfg: SimConfig, out: str | os.PathLike) -> str:
     """The ``cooperllm simulate`` command that asks for this run: every option that differs from its default."""
-    import shlex
 
     default = owner_defaults(SimConfig)
     parts = ["cooperllm", "simulate", "--artifacts", cfg.artifacts, "--out", str(out)]
@@ -192,8 +194,6 @@ def command_line(cfg: SimConfig, out: str | os.PathLike) -> str:
 
 def _model_of(c: SimConfig) -> str:
     """The model the cloud (and bp devices) load: --model, else the manifest's when it names the default model."""
-    from cooperllm.manifest import read_manifest
-    from cooperllm.models import DEFAULT_MODEL
 
     if c.model is not None:
         return str(Path(c.model).resolve()) if Path(c.model).is_dir() else c.model

@@ -69,10 +69,10 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
 
 def plot_runs(runs: list[Run], out_dir: Path) -> list[Path]:
     """One PNG per x axis (rounds, wall-clock, bytes), one line per run."""
-    import matplotlib
+    import matplotlib  # deferred: loads matplotlib (heavy; not needed at import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: loads matplotlib (heavy; not needed at import)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

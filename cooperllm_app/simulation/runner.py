@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from cooperllm.api_client import ApiError, CooperClient
 from cooperllm.manifest import read_manifest
 from cooperllm.protocol import RoundSummary, RunConfig, RunInfo
@@ -186,7 +188,6 @@ class _Simulation:
             self._stop(record)
 
     def _rounds(self, admin: CooperClient, record: RunRecord, batch: int) -> SimulationResult:
-        from tqdm import tqdm
 
         cfg = self.cfg
         run = self._ensure_run(admin, cfg.run_config(batch))
@@ -261,7 +262,6 @@ def describe_round(line: dict) -> str:
 
 def say(text: str) -> None:
     """A line for the person watching (the CLI's output), also in the log."""
-    from tqdm import tqdm
 
     tqdm.write(text)
     log.debug(text)

@@ -25,13 +25,23 @@ from pathlib import Path
 import numpy as np
 
 from cooperllm.api_client import CooperClient
+from cooperllm.checkpoint import load_theta_bytes
 from cooperllm.data import load_dataset
+from cooperllm.evaluate import evaluate
+from cooperllm.layout import theta_checksum
 from cooperllm.link import Link, LinkTransport
+from cooperllm.manifest import read_manifest
 from cooperllm.protocol import decode_tensor_frame
 from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
+from cooperllm_app.simulation.bp_device import BackpropDevice
 from cooperllm_app.simulation.config import SimConfig, load_config
 from cooperllm_app.simulation.resume import read_partition
+from device_runtime.budget import peak_rss_mb
+from device_runtime.client import ClientConfig, DeviceClient
+from device_runtime.corpus import CorpusSource
+from device_runtime.session import open_session
+from device_runtime.transfer import Backoff, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +77,6 @@ class DeviceHost:
     """Plays any device of the simulation, one round at a time (the graph or the eager model loaded once)."""
 
     def __init__(self, cfg: SimConfig, run_dir: Path, threads: int):
-        from device_runtime.transfer import Backoff
 
         self.cfg, self.run_dir = cfg, run_dir
         self.backoff = Backoff(initial_s=0.2, max_s=5.0, give_up_after_s=300.0)
@@ -78,8 +87,6 @@ class DeviceHost:
 
     def _open_zo(self, threads: int):
         """The exported graph, opened once for every device this process plays (the artifacts are shared)."""
-        from device_runtime.corpus import CorpusSource
-        from device_runtime.session import open_session
 
         data = {"train": CorpusSource(str(self.cfg.train_data))}
         self.session = open_session(
@@ -90,8 +97,6 @@ class DeviceHost:
 
     def _open_backprop(self, threads: int):
         """The eager fp32 model for FedAvg backprop devices (torch; not what a phone runs)."""
-        from cooperllm.manifest import read_manifest
-        from cooperllm_app.simulation.bp_device import BackpropDevice
 
         manifest = read_manifest(self.cfg.artifacts, verify_hashes=True)
         self.bp = BackpropDevice(manifest, Path(self.cfg.artifacts), self.cfg.model, threads)
@@ -108,7 +113,6 @@ class DeviceHost:
         with MeteredClient(task["cloud"], transport=LinkTransport(link), timeout=120.0) as api:
             out = self._round(api, task, r, d)
             out.update(guidance_bytes=api.guidance_bytes, guidance_values=api.guidance_values)
-        from device_runtime.budget import peak_rss_mb
 
         out.update(
             round=r,
@@ -123,7 +127,6 @@ class DeviceHost:
         return out
 
     def _transfers(self):
-        from device_runtime.transfer import Transfers
 
         return Transfers(self.backoff)
 
@@ -141,7 +144,6 @@ class DeviceHost:
         )
 
     def _zo_round(self, api: MeteredClient, task: dict, r: int, d: int) -> dict:
-        from device_runtime.client import ClientConfig, DeviceClient
 
         cfg = ClientConfig(
             enrol_key=task["enrol_key"],
@@ -174,8 +176,6 @@ class Evaluator:
     """Scores θ of a round on the test file through the exported graph (the same measure for every strategy)."""
 
     def __init__(self, cfg: SimConfig, run_dir: Path, threads: int):
-        from device_runtime.corpus import CorpusSource
-        from device_runtime.session import open_session
 
         data = {"test": CorpusSource(str(cfg.test_data), limit=cfg.eval_limit)}
         self.session = open_session(
@@ -184,9 +184,6 @@ class Evaluator:
         self.test = self.session.corpora["test"]
 
     def run(self, task: dict) -> dict:
-        from cooperllm.checkpoint import load_theta_bytes
-        from cooperllm.evaluate import evaluate
-        from cooperllm.layout import theta_checksum
 
         t0 = time.perf_counter()
         layout = self.session.manifest.layout
@@ -232,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("worker failed to start")
         send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
-    from device_runtime.budget import peak_rss_mb
 
     send({"ready": True, "load_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)})
     for line in sys.stdin:

@@ -10,6 +10,10 @@ from pathlib import Path
 
 from cooperllm.manifest import Manifest, ManifestError, read_manifest
 from device_runtime.backends.base import BackendError, GraphBackend
+from device_runtime.backends.eager_backend import EagerBackend
+from device_runtime.backends.executorch_backend import ExecuTorchBackend
+from device_runtime.backends.native_backend import NativeBackend
+from device_runtime.backends.onnx_backend import OnnxBackend
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +50,11 @@ def open_backend(
     name = choose_backend(manifest, backend)
     log.info("loading %s graph from %s", name, folder)
     if name == "onnx":
-        from device_runtime.backends.onnx_backend import OnnxBackend
-
         return OnnxBackend(manifest, folder, manifest.graph("onnx"), threads=threads)
     if name == "native":
-        from device_runtime.backends.native_backend import NativeBackend
-
         return NativeBackend(manifest, folder, manifest.graph("pte"), threads=threads)
     if name == "executorch":
-        from device_runtime.backends.executorch_backend import ExecuTorchBackend
-
         return ExecuTorchBackend(manifest, folder, manifest.graph("pte"))
-    from device_runtime.backends.eager_backend import EagerBackend
 
     ref = manifest.graphs[0]
     return EagerBackend(manifest, folder, model_dir or manifest.model_name, ref.batch_size, ref.seq_len)

@@ -20,7 +20,7 @@ class ExecuTorchBackend(GraphBackend):
     def __init__(self, manifest: Manifest, folder: Path, graph: GraphSpec):
         super().__init__(manifest, folder, graph)
         import torch  # noqa: F401  (the Python runtime's tensors)
-        from executorch.runtime import Runtime
+        from executorch.runtime import Runtime  # deferred: loads executorch (heavy; not needed at import)
 
         path = self.folder / graph.file
         try:
@@ -32,7 +32,7 @@ class ExecuTorchBackend(GraphBackend):
             raise BackendError(f"{path.name} has no 'forward' method")
 
     def _run(self, batch: EncodedBatch, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        import torch
+        import torch  # deferred: loads torch (heavy; not needed at import)
 
         arrays = [batch.input_ids, batch.attention_mask, batch.labels, *self.layout.unflatten(theta).values()]
         inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]

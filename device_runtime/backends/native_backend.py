@@ -14,6 +14,7 @@ import numpy as np
 from cooperllm.manifest import GraphSpec, Manifest
 from cooperllm.tokenization import EncodedBatch
 from device_runtime.backends.base import BackendError, GraphBackend
+from device_runtime.native.binding import NativeRunner, NativeRunnerError, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,6 @@ class NativeBackend(GraphBackend):
 
     def __init__(self, manifest: Manifest, folder: Path, graph: GraphSpec, threads: int | None = None):
         super().__init__(manifest, folder, graph)
-        from device_runtime.native.binding import NativeRunner, NativeRunnerError, set_threads
 
         path = self.folder / graph.file
         try:

@@ -20,7 +20,7 @@ class OnnxBackend(GraphBackend):
 
     def __init__(self, manifest: Manifest, folder: Path, graph: GraphSpec, threads: int | None = None):
         super().__init__(manifest, folder, graph)
-        import onnxruntime as ort
+        import onnxruntime as ort  # deferred: loads onnxruntime (heavy; not needed at import)
 
         opts = ort.SessionOptions()
         # Folding DequantizeLinear/Mul chains turns the int8 weights back into fp32 constants (1.3–5.9 GB, DESIGN §4).

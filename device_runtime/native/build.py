@@ -22,7 +22,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from cooperllm.console import fail
@@ -85,8 +87,6 @@ def default_root(arch: str) -> Path:
 
 def fetch_aarch64_wheel(dest: Path = AARCH64_WHEEL_DIR) -> Path:
     """pip-download the executorch wheel of the installed version for aarch64 and unpack it; returns its package dir."""
-    import zipfile
-    from importlib.metadata import version
 
     ver = version("executorch")
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
