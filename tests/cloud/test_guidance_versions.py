@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from live_cloud import small_run
 
 from cloud_api.rectifier import subspace_distance
 from cooperllm.api_client import ApiError
@@ -16,21 +17,7 @@ from .helpers import make_reports, replay, theta_from_bytes, wait_round
 
 
 def _config(**kw) -> RunConfig:
-    base = dict(
-        strategy="zgr",
-        rounds=3,
-        quorum=1,
-        local_steps=1,
-        lam=0.3,
-        eta=0.05,
-        guidance_rank=2,
-        window=4,
-        grad_batches=2,
-        grad_batch_size=4,
-        deadline_s=60,
-    )
-    base.update(kw)
-    return RunConfig(**base)
+    return small_run(**{"local_steps": 1, "grad_batches": 2, **kw})
 
 
 def _refs_when_published(client, round_: int, timeout: float = 60.0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from live_cloud import small_run
 
 from cooperllm.api_client import ApiError
 from cooperllm.layout import ParamLayout, theta_checksum
@@ -59,19 +60,7 @@ def expected_online_lambda(
 
 def test_full_zgr_round_replays_bit_exactly(live):
     admin = live.admin()
-    cfg = RunConfig(
-        strategy="zgr",
-        rounds=3,
-        quorum=3,
-        local_steps=2,
-        lam=0.3,
-        eta=0.05,
-        guidance_rank=2,
-        window=4,
-        grad_batches=2,
-        grad_batch_size=4,
-        deadline_s=60,
-    )
+    cfg = small_run(quorum=3, grad_batches=2)
     before = admin.metrics()
     run = admin.create_run(cfg)
     devices = [live.device(f"d{i}") for i in range(3)]
