@@ -85,18 +85,22 @@ class Server:
             self.proc.wait(timeout=30)
 
 
-def _reports(client: CooperClient) -> tuple[int, list[ReportIn]]:
-    info = client.current_round()
+def _reports(info) -> list[ReportIn]:
     out = []
     for i, block in enumerate(info.blocks):
         seed = info.seed_lo + i
         out.append(ReportIn(seed=seed, block=block, step=0, scalar=((seed % 1000) - 500) / 250.0, n_examples=4))
-    return info.round, out
+    return out
 
 
-def _upload(client: CooperClient, name: str) -> None:
-    rnd, reports = _reports(client)
-    client.upload_reports(rnd, reports, f"{name}-r{rnd}")
+def _upload(client: CooperClient, name: str, only_round: int | None = None) -> None:
+    """Upload this device's batch for the current round; with ``only_round``, only if that is still the current
+    round — read once, so a round that closes in between is not confused with the next one (a retry of round r
+    must never become a first upload to round r+1)."""
+    info = client.current_round()
+    if only_round is not None and info.round != only_round:
+        return
+    client.upload_reports(info.round, _reports(info), f"{name}-r{info.round}")
 
 
 def _run(tmp: Path, model: Path, public: Path, kill_points: set[tuple[int, int]]) -> str:
@@ -117,9 +121,7 @@ def _run(tmp: Path, model: Path, public: Path, kill_points: set[tuple[int, int]]
                     devs = [CooperClient(srv.url, t) for t in tokens]
                     for j in range(i + 1):  # retries from the outbox: answered as replays or as late
                         try:
-                            info = devs[j].current_round()
-                            if info.round == rnd:
-                                _upload(devs[j], f"dev{j}")
+                            _upload(devs[j], f"dev{j}", only_round=rnd)
                         except ApiError as err:
                             assert err.status_code == 409
             info = wait_round(devs[0], rnd + 1, timeout=120)
