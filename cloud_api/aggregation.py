@@ -48,7 +48,7 @@ def round_inputs(engine: Engine, guidance: GuidanceStore, st: RoundState) -> Rou
     strategy = st.strategy
     if strategy.upload is Upload.DELTA:
         return RoundInputs(deltas=round_deltas(engine, st.run_id, st.round))
-    reports = round_reports(engine, st.run_id, st.round)
+    reports = round_reports(engine, st.run_id, st.round) if strategy.upload is Upload.REPORTS else []
     if not strategy.guided:
         return RoundInputs(reports=reports)
     bases, _ = guidance.for_aggregation(st.run_id, st.round)

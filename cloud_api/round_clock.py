@@ -78,6 +78,8 @@ class RoundClock:
         """'quorum' or 'deadline' when the round should close now; None to wait (after extending or failing it)."""
         now = time.time()
         n_devices = len(st.per_device)
+        if st.expected_per_device == 0:
+            return "no device work"  # the strategy's round is the cloud's alone (its guidance is ready at the open)
         if st.complete_devices() >= st.cfg.quorum:
             return "quorum"
         if now < st.deadline:

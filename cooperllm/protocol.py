@@ -108,7 +108,10 @@ class RunConfig(_Model):
 
     strategy: Annotated[
         Literal[STRATEGY_NAMES],  # type: ignore[valid-type]  # the registry's names
-        Field(description="zgr (ZO with cloud guidance, ours), zo (plain federated ZO) or bp (FedAvg of backprop)"),
+        Field(
+            description="zgr (ZO with cloud guidance, ours), zo (plain federated ZO), bp (FedAvg of backprop) or "
+            "cloud (the cloud's public-data backprop alone, devices idle)"
+        ),
     ] = "zgr"
     rounds: Annotated[int, Field(ge=1, le=100_000, description="federated rounds R")] = 10
     epsilon: Annotated[float, Field(gt=0, le=1.0, description="ZO perturbation scale ε")] = 1e-3

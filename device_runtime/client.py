@@ -302,6 +302,8 @@ class DeviceClient:
             strategy = get_strategy(info.strategy)
         except ValueError as exc:
             raise ClientError(str(exc)) from exc
+        if strategy.device_work is DeviceWork.IDLE:
+            raise ClientError(f"strategy {info.strategy!r} asks nothing of devices: its rounds are the cloud's alone")
         if strategy.device_work is not DeviceWork.ZO:
             raise ClientError(
                 f"strategy {info.strategy!r} needs {strategy.device_work} on the device; "

@@ -165,7 +165,7 @@ def test_options_straight_from_a_pydantic_model():
     p = argparse.ArgumentParser()
     add_config_options(p, RunConfig, ["strategy", "quorum", "min_devices", "clip_scalar"], defaults={"quorum": 8})
     by_dest = {a.dest: a for a in p._actions}
-    assert by_dest["strategy"].choices == ["zgr", "zo", "bp"]
+    assert by_dest["strategy"].choices == ["zgr", "zo", "bp", "cloud"]
     assert by_dest["quorum"].help == f"{RunConfig.model_fields['quorum'].description} (default 8)"
     assert by_dest["clip_scalar"].help == RunConfig.model_fields["clip_scalar"].description  # None: no default shown
     args = p.parse_args(["--min-devices", "5", "--clip-scalar", "2"])

@@ -26,7 +26,7 @@ def _round(seed: int = 0):
 
 
 def test_registry_names_and_unknown():
-    assert STRATEGY_NAMES == ("zgr", "zo", "bp")
+    assert STRATEGY_NAMES == ("zgr", "zo", "bp", "cloud")
     assert [get_strategy(n).name for n in STRATEGY_NAMES] == list(STRATEGY_NAMES)
     with pytest.raises(ValueError, match="unknown strategy 'fedprox'"):
         get_strategy("fedprox")
@@ -127,3 +127,24 @@ def test_non_finite_scalars_are_refused_everywhere():
         Report(1, ALL_BLOCKS, 0, float("nan"), 1)
     with pytest.raises(ValueError, match="finite"):
         ReportIn(seed=1, block=0, step=0, scalar=float("inf"), n_examples=1)
+
+
+def test_cloud_is_zgrs_cloud_step_alone():
+    layout, theta, guidance, _ = _round(4)
+    strategy = get_strategy("cloud")
+    cfg = RunConfig(strategy="cloud", alpha=0.3, eta=0.2)
+    plan = strategy.configure_round(cfg, [0, 1])
+    assert (plan.guided, plan.device_work, plan.uploads_per_device) == (True, DeviceWork.IDLE, 0)
+    agg = strategy.aggregate(theta, layout, cfg, RoundInputs(guidance=guidance))
+    expected = theta.copy()
+    apply_round(expected, layout, [], guidance, 0.3, 1.0, 0.2)  # zgr's update with λ = 1 and no reports
+    assert agg.theta.tobytes() == expected.tobytes()
+    assert (agg.lam, agg.n_used) == (1.0, 0)
+    dense = theta.astype(np.float64)
+    dense[layout.blocks[1].slice] -= 0.2 * guidance[1].basis.astype(np.float64) @ guidance[1].coeffs
+    np.testing.assert_allclose(agg.theta, dense, rtol=0, atol=1e-6)
+    replayed = theta.copy()
+    strategy.replay(replayed, layout, [], guidance, strategy.device_alpha(cfg), agg.lam, cfg.eta)
+    assert replayed.tobytes() == agg.theta.tobytes()
+    with pytest.raises(ValueError, match="guidance"):
+        strategy.aggregate(theta, layout, cfg, RoundInputs())

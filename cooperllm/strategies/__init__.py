@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from cooperllm.strategies.base import Aggregate, DeviceWork, RoundInputs, RoundPlan, Strategy, Upload
 from cooperllm.strategies.bp import FedAvgBackprop
+from cooperllm.strategies.cloud import CloudOnly
 from cooperllm.strategies.zgr import Rectified
 from cooperllm.strategies.zo import ZerothOrder
 
-_REGISTRY: dict[str, Strategy] = {s.name: s for s in (Rectified(), ZerothOrder(), FedAvgBackprop())}
+_REGISTRY: dict[str, Strategy] = {s.name: s for s in (Rectified(), ZerothOrder(), FedAvgBackprop(), CloudOnly())}
 STRATEGY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 

@@ -28,6 +28,7 @@ class DeviceWork(enum.StrEnum):
 
     ZO = "zo"
     BACKPROP = "backprop"
+    IDLE = "idle"  # the round needs no device (the cloud-only baseline)
 
 
 class Upload(enum.StrEnum):
@@ -35,6 +36,7 @@ class Upload(enum.StrEnum):
 
     REPORTS = "reports"
     DELTA = "delta"
+    NONE = "none"  # devices send nothing: every upload is refused as the wrong kind
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class RoundPlan:
     alpha: float  # weight of the isotropic part of a guided perturbation (1.0: plain Rademacher)
     guided: bool  # the cloud publishes guidance bases for this round
     device_work: DeviceWork
-    uploads_per_device: int  # reports (or deltas) a device sends to count as complete
+    uploads_per_device: int  # reports (or deltas) a device sends to count as complete; 0: the round needs no device
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Strategy(ABC):
 
     def configure_round(self, cfg: RunConfig, blocks: Sequence[int]) -> RoundPlan:
         """What every device is asked to do this round."""
-        per_device = cfg.local_steps * len(blocks) if self.upload is Upload.REPORTS else 1
+        per_device = {Upload.REPORTS: cfg.local_steps * len(blocks), Upload.DELTA: 1, Upload.NONE: 0}[self.upload]
         return RoundPlan(self.device_alpha(cfg), self.guided, self.device_work, per_device)
 
     def device_alpha(self, cfg: RunConfig) -> float:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cooperllm.api_client import ApiError, CooperClient
 from cooperllm.manifest import read_manifest
 from cooperllm.protocol import RoundSummary, RunConfig, RunInfo
+from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm_app.simulation.config import SimConfig, command_line, save_or_check_config
 from cooperllm_app.simulation.launcher import Cloud, SimulationError, Worker, WorkerPool, start_cloud
 from cooperllm_app.simulation.metrics import RunRecord, fmt_bytes, round_line
@@ -229,7 +230,8 @@ class _Simulation:
         self, admin: CooperClient, run_id: int, r: int, record: RunRecord, token: str, resumed: bool
     ) -> dict:
         cfg = self.cfg
-        devices = select_devices(cfg.seed, r, cfg.clients, cfg.per_round)
+        idle = get_strategy(cfg.strategy).device_work is DeviceWork.IDLE  # the cloud-only baseline: no device works
+        devices = [] if idle else select_devices(cfg.seed, r, cfg.clients, cfg.per_round)
         summary = self._summary(admin, run_id, r, wait_closed=False)
         t0 = time.monotonic()
         if summary.status == "open":

@@ -81,7 +81,11 @@ class DeviceHost:
         self.cfg, self.run_dir = cfg, run_dir
         self.backoff = Backoff(initial_s=0.2, max_s=5.0, give_up_after_s=300.0)
         # what a device computes is the strategy's choice: forward-only ZO through the device runtime, or backprop
-        openers = {DeviceWork.ZO: self._open_zo, DeviceWork.BACKPROP: self._open_backprop}
+        openers = {
+            DeviceWork.ZO: self._open_zo,
+            DeviceWork.BACKPROP: self._open_backprop,
+            DeviceWork.IDLE: self._open_idle,
+        }
         self._round = openers[get_strategy(cfg.strategy).device_work](threads)
         self.shards = read_partition(run_dir)
 
@@ -94,6 +98,15 @@ class DeviceHost:
         )
         self.train = self.session.corpora["train"]
         return self._zo_round
+
+    def _open_idle(self, threads: int):
+        """Nothing to load: the strategy's rounds need no device (the runner sends none)."""
+        self.train = None
+
+        def refuse(api: MeteredClient, task: dict, r: int, d: int) -> dict:
+            raise RuntimeError(f"strategy {self.cfg.strategy!r} needs no device, but device {d} was sent to round {r}")
+
+        return refuse
 
     def _open_backprop(self, threads: int):
         """The eager fp32 model for FedAvg backprop devices (torch; not what a phone runs)."""

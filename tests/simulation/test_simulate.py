@@ -164,6 +164,20 @@ def test_zo_simulation(zo_run):
     assert _cloud_rounds(zo_run)[0][1:3] == ("closed", 8)
 
 
+def test_cloud_simulation_sends_no_device(tmp_path, tiny_artifacts, tiny_model_dir):
+    """The cloud-only baseline: every round closes with no device and no byte on any link, θ moves by the cloud's
+    step (λ published as 1), and each θ_r is scored like every other strategy's."""
+    out = tmp_path / "cloud"
+    opts = _options(tiny_artifacts, tiny_model_dir, strategy="cloud", rounds=2, link="inf")
+    simulate(SimConfig(**opts), out, progress=False)
+    lines = _round_lines(out)
+    assert [(m["round"], m["devices"], m["reports"], m["lam"]) for m in lines] == [(0, [], 0, 1.0), (1, [], 0, 1.0)]
+    assert all(m["bytes_up_mean"] is None and m["cum_bytes"] == 0 and 0.0 <= m["accuracy"] <= 1.0 for m in lines)
+    cloud = _cloud_rounds(out)
+    assert [(s, n, d) for _, s, n, d, *_ in cloud] == [("closed", 0, 0), ("closed", 0, 0)]
+    assert all(before != after for *_, before, after in cloud)
+
+
 @pytest.mark.integration
 def test_bp_simulation_fedavgs_backprop_deltas(tmp_path, tiny_artifacts, tiny_model_dir):
     out = tmp_path / "bp"
