@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 
 from cloud_api.db import make_engine
 from cloud_api.deps import AppState
-from cloud_api.engine import RoundEngine, ServiceError
+from cloud_api.engine import RoundEngine
+from cloud_api.errors import ServiceError
 from cloud_api.middleware import BodyLimitMiddleware
 from cloud_api.model_host import load_model_host
 from cloud_api.routers import adapter, admin, devices, health, rounds

@@ -44,8 +44,6 @@ from cooperllm.protocol import (
 )
 from cooperllm.zgr import Report
 
-__all__ = ["RoundEngine", "ServiceError"]
-
 
 class RoundEngine:
     """The API the routers call; each call is answered by the part that owns the job."""

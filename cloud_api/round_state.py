@@ -11,6 +11,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,9 @@ class RoundState:
     def strategy(self) -> Strategy:
         return get_strategy(self.cfg.strategy)
 
-    @property
+    @cached_property
     def plan(self) -> RoundPlan:
+        """Computed once: cfg and blocks never change within a round, and uploads read it on every batch."""
         return self.strategy.configure_round(self.cfg, self.blocks)
 
     @property

@@ -232,11 +232,10 @@ class ReportIn(_Model):
     scalar: float
     n_examples: Annotated[int, Field(ge=1, le=1_000_000)]
 
-    @field_validator("scalar")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        check_report(Report(0, 0, 0, v, 1))  # the one report check: here, a finite scalar
-        return v
+    @model_validator(mode="after")
+    def _checked(self) -> ReportIn:
+        check_report(self)  # the one report check; without a round's rules it asks for a finite scalar
+        return self
 
     def to_report(self) -> Report:
         return Report(self.seed, self.block, self.step, self.scalar, self.n_examples)
