@@ -6,13 +6,16 @@ store is the only source — the same rows give the same θ_{r+1} after a crash 
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import Engine, select
 
 from cloud_api import db
 from cloud_api.guidance_store import GuidanceStore
 from cloud_api.round_state import RoundState
 from cooperllm.layout import ParamLayout
-from cooperllm.protocol import decode_tensor_frame
+from cooperllm.protocol import decode_tensor_frame, update_to_wire
+from cooperllm.rectify import RectifierState
 from cooperllm.strategies import Aggregate, RoundInputs, Upload
 from cooperllm.zgr import Report
 
@@ -43,16 +46,39 @@ def round_deltas(engine: Engine, run_id: int, round_: int) -> list[tuple[int, ob
     return [(int(n), decode_tensor_frame(frame)) for n, frame in rows]
 
 
+def round_outcome(engine: Engine, run_id: int, round_: int) -> dict | None:
+    """A closed round's stored outcome {"update", "rectifier", "state"} (None before it closed)."""
+    with engine.connect() as conn:
+        raw = conn.execute(
+            select(db.rounds.c.outcome).where(db.rounds.c.run_id == run_id, db.rounds.c.round == round_)
+        ).scalar_one_or_none()
+    return None if raw is None else json.loads(raw)
+
+
+def outcome_json(agg: Aggregate) -> str:
+    """What a closed round stores beside θ_{r+1}: the published update, the rectifier's numbers, the carried state."""
+    return json.dumps(
+        {
+            "update": [u.model_dump() for u in update_to_wire(agg.update)],
+            "rectifier": dict(agg.stats),
+            "state": agg.state.to_json(),
+        }
+    )
+
+
 def round_inputs(engine: Engine, guidance: GuidanceStore, st: RoundState) -> RoundInputs:
-    """Everything the run's strategy aggregates for round ``st.round``: only what it uses is read."""
+    """Everything the run's strategy aggregates for round ``st.round``: only what it uses is read. The rectifier's
+    running estimates come from the previous round's stored outcome, so a restarted cloud carries on exactly."""
     strategy = st.strategy
     if strategy.upload is Upload.DELTA:
         return RoundInputs(deltas=round_deltas(engine, st.run_id, st.round))
     reports = round_reports(engine, st.run_id, st.round) if strategy.upload is Upload.REPORTS else []
+    previous = round_outcome(engine, st.run_id, st.round - 1) if st.round > 0 else None
+    state = RectifierState.from_json(None if previous is None else previous.get("state"))
     if not strategy.guided:
-        return RoundInputs(reports=reports)
+        return RoundInputs(reports=reports, state=state)
     bases, _ = guidance.for_aggregation(st.run_id, st.round)
-    return RoundInputs(reports=reports, guidance=bases, cloud_var=guidance.cloud_var(st.run_id, st.round))
+    return RoundInputs(reports=reports, guidance=bases, state=state)
 
 
 def aggregate(engine: Engine, guidance: GuidanceStore, layout: ParamLayout, st: RoundState) -> Aggregate:

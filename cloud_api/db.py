@@ -62,7 +62,10 @@ rounds = Table(
     Column("extensions", Integer, nullable=False, default=0),
     Column("n_reports", Integer, nullable=False, default=0),
     Column("n_devices", Integer, nullable=False, default=0),
-    Column("lam", Float),
+    Column("lam", Float),  # mean λ_k of the round's update (None where the strategy mixes nothing)
+    # JSON {"update": [SyncUpdate...], "rectifier": {block: stats}, "state": RectifierState}: the published update a
+    # device replays, the rectifier's numbers, and what it carries into the next round
+    Column("outcome", Text),
     Column("theta_checksum", String(64), nullable=False),
     Column("theta_checksum_after", String(64)),
     Column("aggregate_s", Float),
@@ -80,6 +83,7 @@ guidance = Table(
     Column("rows", Integer, nullable=False),
     Column("m", Integer, nullable=False),
     Column("coeffs", Text, nullable=False),  # JSON list of float32 values (exact as float64 text)
+    Column("coeff_var", Text),  # JSON list: τ_k², the variance of each c_k over the public minibatches
     Column("frame", LargeBinary, nullable=False),  # the exact bytes devices download
 )
 

@@ -16,6 +16,7 @@ What a round means — who is guided, what devices upload, how θ moves — is t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,7 +141,7 @@ class RoundEngine:
                 epsilon=st.cfg.epsilon,
                 local_steps=st.cfg.local_steps,
                 blocks=st.blocks,
-                alpha=st.plan.alpha,
+                directions=[d.name.lower() for d in st.plan.directions],
                 batch_size=st.cfg.batch_size,
                 deadline=st.deadline,
                 seed_lo=lo,
@@ -196,11 +197,10 @@ class RoundEngine:
             round=round_,
             strategy=st.cfg.strategy,
             replayable=replayable,
-            alpha=strategy.device_alpha(st.cfg),
-            lam=rnd["lam"] or 0.0,
-            eta=st.cfg.eta,
+            lam=rnd["lam"],
             reports=reports_from(round_reports(self.ctx.db, st.run_id, round_)) if replayable else [],
             guidance=self.guidance.for_aggregation(st.run_id, round_)[1] if strategy.guided else [],
+            update=json.loads(rnd["outcome"])["update"] if replayable and rnd["outcome"] else [],
             theta_checksum_before=rnd["theta_checksum"],
             theta_checksum_after=rnd["theta_checksum_after"],
         )

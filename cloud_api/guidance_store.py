@@ -55,14 +55,9 @@ class GuidanceStore:
         out, refs = {}, []
         for r in rows:
             coeffs = json.loads(r["coeffs"])
-            out[r["block"]] = BlockGuidance(decode_tensor_frame(r["frame"]), np.asarray(coeffs, dtype=np.float32))
+            var = None if r["coeff_var"] is None else np.asarray(json.loads(r["coeff_var"]), dtype=np.float64)
+            out[r["block"]] = BlockGuidance(
+                decode_tensor_frame(r["frame"]), np.asarray(coeffs, dtype=np.float32), coeff_var=var
+            )
             refs.append(SyncGuidance(block=r["block"], guidance_id=r["guidance_id"], sha256=r["sha256"], coeffs=coeffs))
         return out, refs
-
-    def cloud_var(self, run_id: int, round_: int) -> float | None:
-        with self.db.connect() as conn:
-            return conn.execute(
-                select(db.rectifier_runs.c.cloud_var).where(
-                    db.rectifier_runs.c.run_id == run_id, db.rectifier_runs.c.round == round_
-                )
-            ).scalar_one_or_none()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -189,6 +190,7 @@ class RunLifecycle:
                 n_reports=r["n_reports"],
                 n_devices=r["n_devices"],
                 lam=r["lam"],
+                rectifier=None if r["outcome"] is None else json.loads(r["outcome"]).get("rectifier") or None,
                 theta_checksum=r["theta_checksum"],
                 theta_checksum_after=r["theta_checksum_after"],
                 rectifier_s=rect.get(r["round"]),

@@ -224,9 +224,11 @@ class Rectifier:
                 sha = hashlib.sha256(frame).hexdigest()
                 gid = f"r{job.round}b{blk.index}-{sha[:12]}"
             coeffs = (decoded.T.astype(np.float64) @ mean[sl].astype(np.float64)).astype(np.float32)
-            if grads.shape[0] > 1:
+            coeff_var = np.zeros(decoded.shape[1])
+            if grads.shape[0] > 1:  # τ_k²: the variance of the mean of B minibatch projections, per direction
                 proj = grads[:, sl].astype(np.float64) @ decoded.astype(np.float64)  # B × m
-                cloud_var += float(proj.var(axis=0, ddof=1).sum()) / grads.shape[0]
+                coeff_var = proj.var(axis=0, ddof=1) / grads.shape[0]
+                cloud_var += float(coeff_var.sum())
             rank = max(rank, decoded.shape[1])
             rows.append(
                 {
@@ -238,6 +240,7 @@ class Rectifier:
                     "rows": int(decoded.shape[0]),
                     "m": int(decoded.shape[1]),
                     "coeffs": json.dumps([float(c) for c in coeffs]),
+                    "coeff_var": json.dumps([float(v) for v in coeff_var]),
                     "frame": frame,
                 }
             )

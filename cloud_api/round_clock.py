@@ -18,12 +18,13 @@ import numpy as np
 from sqlalchemy import insert, update
 
 from cloud_api import db
-from cloud_api.aggregation import aggregate
+from cloud_api.aggregation import aggregate, outcome_json
 from cloud_api.guidance_store import GuidanceStore
 from cloud_api.rectifier import Job, Rectifier
 from cloud_api.round_state import EngineContext, RoundState
 from cooperllm.checkpoint import save_theta
 from cooperllm.layout import theta_checksum
+from cooperllm.strategies import Aggregate
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,6 @@ class RoundClock:
         ctx = self.ctx
         t0 = time.perf_counter()
         agg = aggregate(ctx.db, self.guidance, ctx.host.layout, st)
-        if agg.terms:
-            log.info("round %d online λ* = %.4f (%s)", st.round, agg.lam, dict(agg.terms))
         theta = agg.theta
         if not np.isfinite(theta).all():
             with ctx.lock:
@@ -157,7 +156,7 @@ class RoundClock:
         agg_s = time.perf_counter() - t0
         with ctx.lock:
             now = time.time()
-            self._record_close(st, agg.n_used, agg.lam, checksum, agg_s, finished, now)
+            self._record_close(st, agg, checksum, agg_s, finished, now)
             st.status = "closed"
             ctx.counters["rounds_closed"] += 1
             ctx.last_lambda = agg.lam
@@ -181,12 +180,12 @@ class RoundClock:
                     ctx.run_status = "finished"
             ctx.waiters.notify()
             log.info(
-                "round %d closed (%s): %d reports from %d devices, λ=%.4f, %.3f s; θ %s…",
+                "round %d closed (%s): %d reports from %d devices, mean λ=%s, %.3f s; θ %s…",
                 st.round,
                 reason,
                 agg.n_used,
                 len(st.per_device),
-                agg.lam,
+                "-" if agg.lam is None else f"{agg.lam:.4f}",
                 agg_s,
                 checksum[:12],
             )
@@ -194,9 +193,10 @@ class RoundClock:
             self.rectifier.submit(Job(st.run_id, nxt + 1, nxt, theta.copy(), st.cfg))
 
     def _record_close(
-        self, st: RoundState, n_used: int, lam: float, checksum: str, agg_s: float, finished: bool, now: float
+        self, st: RoundState, agg: Aggregate, checksum: str, agg_s: float, finished: bool, now: float
     ) -> None:
-        """One transaction: round r closed with its λ and checksums, the run's current round moved, round r+1 open."""
+        """One transaction: round r closed with its outcome and checksums, the run's current round moved, round r+1
+        open."""
         nxt = st.round + 1
         with self.ctx.db.begin() as conn:
             conn.execute(
@@ -205,9 +205,10 @@ class RoundClock:
                 .values(
                     status="closed",
                     closed_at=now,
-                    n_reports=n_used,
+                    n_reports=agg.n_used,
                     n_devices=len(st.per_device),
-                    lam=lam,
+                    lam=agg.lam,
+                    outcome=outcome_json(agg),
                     theta_checksum_after=checksum,
                     aggregate_s=agg_s,
                 )

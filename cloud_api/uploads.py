@@ -96,7 +96,11 @@ class UploadDesk:
             for r in batch.reports:
                 try:
                     check_report(
-                        r, blocks=allowed, local_steps=cfg.local_steps, seeds=seeds, max_abs_scalar=cfg.max_abs_scalar
+                        r,
+                        blocks=allowed,
+                        local_steps=cfg.local_steps * len(st.plan.directions),
+                        seeds=seeds,
+                        max_abs_scalar=cfg.max_abs_scalar,
                     )
                 except ReportError as exc:
                     raise ctx.reject(422, exc.key) from exc

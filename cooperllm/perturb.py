@@ -7,6 +7,7 @@ device that replays a round gets the server's θ to the last bit.
 
 from __future__ import annotations
 
+import enum
 import math
 
 import numpy as np
@@ -70,15 +71,6 @@ def rademacher(seed: int, block: int, n: int, stream: int = STREAM_ISO) -> np.nd
     return (1 - 2 * bits.astype(np.int8)).astype(np.int8, copy=False)
 
 
-def guided_scales(alpha: float, n: int, m: int) -> tuple[np.float32, np.float32]:
-    """(√α, √((1−α)·n/m)) as float32, computed in double precision then rounded once."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if m <= 0:
-        return np.float32(1.0), np.float32(0.0)
-    return np.float32(math.sqrt(alpha)), np.float32(math.sqrt((1.0 - alpha) * n / m))
-
-
 def combine_columns(basis: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Σ_k w_k · V[:, k] in float32, summed in column order k = 0, 1, … (fixed order, no BLAS)."""
     basis = np.asarray(basis, dtype=np.float32)
@@ -91,36 +83,56 @@ def combine_columns(basis: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return out
 
 
-def perturbation(seed: int, block: int, n: int, basis: np.ndarray | None = None, alpha: float = 1.0) -> np.ndarray:
-    """z for one block: √α·z_iso + √((1−α)·n/m)·V·ξ (float32); plain Rademacher when there is no basis or α = 1.
+class Direction(enum.IntEnum):
+    """The kinds of direction a measurement perturbs along (docs/PERTURBATIONS.md §4).
 
-    E[zzᵀ] = αI + (1−α)(n/m)VVᵀ, whose trace is n for any α when V is orthonormal: the SPSA estimator keeps its scale.
+    ``ISO``: plain Rademacher z (no guidance). ``SUBSPACE``: u_V = s·V ξ, inside the cloud's guidance subspace, with
+    s = √(n/m) so that ‖u_V‖² = n like a Rademacher vector's. ``COMPLEMENT``: u_⊥ = z − V(Vᵀz), the Rademacher z with
+    its component in the subspace removed. Measuring the two guided kinds separately keeps each estimate unbiased and
+    readable on its own, which the v1 mixture of both in one direction did not.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    z_iso = rademacher(seed, block, n, STREAM_ISO).astype(np.float32)
-    if basis is None or alpha >= 1.0:
-        return z_iso
+
+    ISO = 0
+    SUBSPACE = 1
+    COMPLEMENT = 2
+
+
+def subspace_scale(n: int, m: int) -> np.float32:
+    """s = √(n/m) as float32 (binary64, rounded once): u_V = s·Vξ has the squared norm n of a Rademacher z."""
+    if m <= 0 or n <= 0:
+        raise ValueError(f"a subspace needs n > 0 and m > 0, got n={n}, m={m}")
+    return np.float32(math.sqrt(n / m))
+
+
+def project_coefficients(basis: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Vᵀz as float32: each coefficient summed in binary64 in row order i = 0 … n−1, rounded once (portable: a
+    sequential sum, not BLAS, whose order varies by platform)."""
+    terms = np.asarray(basis, dtype=np.float64) * np.asarray(z, dtype=np.float64)[:, None]
+    return np.cumsum(terms, axis=0)[-1].astype(np.float32) if terms.shape[0] else np.zeros(terms.shape[1], np.float32)
+
+
+def direction(seed: int, block: int, n: int, kind: Direction, basis: np.ndarray | None = None) -> np.ndarray:
+    """The direction u(seed, block) of the given kind, float32 of length n (the guided kinds need the block's basis)."""
+    kind = Direction(kind)
+    if kind is Direction.ISO:
+        return rademacher(seed, block, n, STREAM_ISO).astype(np.float32)
+    if basis is None:
+        raise ValueError(f"a {kind.name.lower()} direction needs the block's guidance basis")
     basis = np.asarray(basis, dtype=np.float32)
-    if basis.shape[0] != n:
-        raise ValueError(f"basis has {basis.shape[0]} rows, block has {n} values")
+    if basis.ndim != 2 or basis.shape[0] != n:
+        raise ValueError(f"basis of shape {basis.shape} does not match a block of {n} values")
     m = basis.shape[1]
-    a, b = guided_scales(alpha, n, m)
-    xi = rademacher(seed, block, m, STREAM_XI).astype(np.float32)
-    guided = combine_columns(basis, xi)
-    return a * z_iso + b * guided
+    if kind is Direction.SUBSPACE:
+        xi = rademacher(seed, block, m, STREAM_XI).astype(np.float32)
+        return subspace_scale(n, m) * combine_columns(basis, xi)
+    z = rademacher(seed, block, n, STREAM_ISO).astype(np.float32)
+    return z - combine_columns(basis, project_coefficients(basis, z))
 
 
-def add_perturbation(
-    out: np.ndarray,
-    coef: float,
-    seed: int,
-    block: int,
-    basis: np.ndarray | None = None,
-    alpha: float = 1.0,
+def add_direction(
+    out: np.ndarray, coef: float, seed: int, block: int, kind: Direction, basis: np.ndarray | None = None
 ) -> None:
-    """out += float32(coef) · z(seed, block), in place: the one primitive behind perturb, restore and replay."""
+    """out += float32(coef) · u(seed, block), in place: the one primitive behind perturb, restore and replay."""
     if out.dtype != np.float32 or out.ndim != 1:
         raise ValueError("out must be a 1-D float32 array")
-    z = perturbation(seed, block, out.shape[0], basis, alpha)
-    out += np.float32(coef) * z
+    out += np.float32(coef) * direction(seed, block, out.shape[0], kind, basis)

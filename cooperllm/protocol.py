@@ -43,10 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cooperllm import dtc
 from cooperllm.strategies import STRATEGY_NAMES
-from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, check_report
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, BlockUpdate, Report, check_report
 
 API_PREFIX = "/v1"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: ZGR v2 — separate subspace/complement measurements, per-block published updates
 FRAME_MEDIA_TYPE = "application/octet-stream"
 SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -117,15 +117,17 @@ class RunConfig(_Model):
     epsilon: Annotated[float, Field(gt=0, le=1.0, description="ZO perturbation scale ε")] = 1e-3
     local_steps: Annotated[
         int,
-        Field(ge=1, le=10_000, description="steps per device per round (ZO: one report per step and trained block)"),
+        Field(
+            ge=1,
+            le=10_000,
+            description="batches per device per round (ZO: one report per batch, trained block and direction the "
+            "strategy measures: zgr measures two, so a zgr step costs four forward passes, a zo step two)",
+        ),
     ] = 1
     blocks: Annotated[
         list[int] | None,
         Field(description="blocks trained: null = every layout block separately, [-1] = all blocks jointly"),
     ] = None
-    alpha: Annotated[
-        float, Field(ge=0, le=1, description="isotropic share α of the guided perturbation (zo uses 1)")
-    ] = 0.5
     batch_size: Annotated[int, Field(ge=1, le=4096, description="examples per device forward pass")] = 8
     quorum: Annotated[
         int, Field(ge=1, le=100_000, description="devices whose reports close a round before its deadline")
@@ -141,10 +143,30 @@ class RunConfig(_Model):
     ] = 2
     lam: Annotated[
         float | Literal["auto"],
-        Field(description="mixing weight λ of the cloud gradient in [0, 1], or 'auto' for the online λ*"),
-    ] = 0.5
-    lam_max: Annotated[float, Field(ge=0, le=1, description="upper clip of the online λ*")] = 0.9
-    eta: Annotated[float, Field(gt=0, le=100, description="server learning rate η")] = 1e-3
+        Field(
+            description="weight λ of the cloud's gradient in each guidance direction, in [0, 1], or 'auto' for the "
+            "per-direction λ_k* estimated each round"
+        ),
+    ] = "auto"
+    lam_max: Annotated[float, Field(ge=0, le=1, description="upper clip of the per-direction λ_k*")] = 0.9
+    eta: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=100,
+            description="server step η: zgr/cloud move each block by η·√m per round along the guidance subspace "
+            "(normalised by a running scale); bp scales the averaged Δθ",
+        ),
+    ] = 1e-2
+    eta_zo: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=100,
+            description="step η_zo of the devices' ZO estimate (zo's whole step, zgr's complement step), on scalars "
+            "normalised by their running RMS",
+        ),
+    ] = 1e-4
     guidance_rank: Annotated[int, Field(ge=1, le=64, description="guidance subspace rank m")] = 4
     window: Annotated[int, Field(ge=1, le=256, description="cloud gradients kept per block for the basis")] = 8
     # send only what changed: a block whose new basis is within this subspace distance of the block's current
@@ -213,7 +235,7 @@ class RoundInfo(_Model):
     epsilon: float
     local_steps: int
     blocks: list[int]
-    alpha: float
+    directions: list[Literal["iso", "subspace", "complement"]]  # measurement s of batch s div D is directions[s mod D]
     batch_size: int
     deadline: float  # unix time
     seed_lo: int  # this device's seeds for this round are [seed_lo, seed_hi)
@@ -262,18 +284,27 @@ class SyncGuidance(_Model):
     coeffs: list[float]
 
 
+class SyncUpdate(_Model):
+    """One block's published update (``cooperllm.zgr.BlockUpdate``): q multiplies each applied report's scalar, w is
+    the subspace step in the block's guidance coordinates (float32 values, exact as JSON numbers)."""
+
+    block: int
+    q: float
+    w: list[float] | None = None
+
+
 class ModelSync(_Model):
-    """Everything a device needs to rebuild θ_{r+1} from θ_r: apply_round(θ, layout, reports, guidance, α, λ, η)."""
+    """Everything a device needs to rebuild θ_{r+1} from θ_r: apply_update(θ, layout, reports, directions, guidance,
+    update)."""
 
     run_id: int
     round: int
     strategy: str
     replayable: bool  # False for ``bp`` (FedAvg of deltas): download the adapter instead
-    alpha: float
-    lam: float
-    eta: float
+    lam: float | None  # the mean λ_k (for display; the update already holds it)
     reports: list[ReportIn]  # in aggregation order
     guidance: list[SyncGuidance]
+    update: list[SyncUpdate]
     theta_checksum_before: str
     theta_checksum_after: str
 
@@ -287,7 +318,8 @@ class RoundSummary(_Model):
     extensions: int
     n_reports: int
     n_devices: int
-    lam: float | None
+    lam: float | None  # mean λ_k over the guided blocks and directions
+    rectifier: dict | None = None  # per block: n, device_mean, device_var, cloud, cloud_var, bias_sq, lam (each m)
     theta_checksum: str
     theta_checksum_after: str | None
     rectifier_s: float | None
@@ -345,6 +377,17 @@ def sync_guidance(sync: ModelSync, bases: Mapping[int, np.ndarray]) -> dict[int,
         basis = np.ascontiguousarray(bases[g.block], dtype=np.float32)
         out[g.block] = BlockGuidance(basis, np.asarray(g.coeffs, dtype=np.float32))
     return out
+
+
+def sync_update(sync: ModelSync) -> dict[int, BlockUpdate]:
+    return {u.block: BlockUpdate(u.q, None if u.w is None else np.asarray(u.w, dtype=np.float32)) for u in sync.update}
+
+
+def update_to_wire(update: Mapping[int, BlockUpdate]) -> list[SyncUpdate]:
+    return [
+        SyncUpdate(block=b, q=u.q, w=None if u.w is None else [float(x) for x in u.w])
+        for b, u in sorted(update.items())
+    ]
 
 
 # --- tensor frames ------------------------------------------------------------------------------------------------

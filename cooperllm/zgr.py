@@ -1,7 +1,9 @@
-"""ZGR round math shared by devices and the cloud: reports, the rectified update and its exact replay.
+"""Round math shared by devices and the cloud: reports, which direction each measured, and the round update.
 
-The update is applied as a fixed sequence of float32 operations (docs/PERTURBATIONS.md §4), so the server and every
-device that replays it from seeds and scalars reach the same θ bit for bit.
+A round's update is published as numbers per block (:class:`BlockUpdate`) and applied as a fixed sequence of float32
+operations (docs/PERTURBATIONS.md §5), so the server and every device that replays it from seeds, scalars and those
+numbers reach the same θ bit for bit. How a strategy chooses the numbers (the rectifier's per-direction λ_k, the
+normalised steps) lives in ``cooperllm.rectify``; here is only what every side must agree on.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from cooperllm.layout import ParamLayout
-from cooperllm.perturb import add_perturbation, combine_columns, perturbation
+from cooperllm.perturb import Direction, add_direction, combine_columns
 
 ALL_BLOCKS = -1
 
 
 @dataclass(frozen=True)
 class Report:
-    """One two-point ZO measurement: p = (L(θ+εz) − L(θ−εz)) / 2ε along z(seed) on ``block`` (or all blocks)."""
+    """One two-point ZO measurement: p = (L(θ+εu) − L(θ−εu)) / 2ε along u(seed) on ``block`` (or all blocks).
+
+    Which kind of direction u is follows from ``step`` and the round's directions (:func:`direction_of`): measurement
+    ``step`` perturbs along ``directions[step mod D]`` on the device's batch ``step div D``."""
 
     seed: int
     block: int
@@ -66,27 +71,52 @@ def check_report(
 
 @dataclass(frozen=True)
 class BlockGuidance:
-    """Cloud guidance for one block: orthonormal basis V (n_b × m, float32) and c = Vᵀ g_cloud (m,)."""
+    """Cloud guidance for one block: orthonormal basis V (n_b × m, float32), c = Vᵀ g_cloud (m,) and, where the
+    cloud measured it, τ² (m,): the variance of each c_k over the cloud's public minibatches (the rectifier's input)."""
 
     basis: np.ndarray
     coeffs: np.ndarray
+    coeff_var: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.basis.dtype != np.float32 or self.basis.ndim != 2:
             raise ValueError("guidance basis must be a 2-D float32 array")
         if self.coeffs.shape != (self.basis.shape[1],):
             raise ValueError(f"guidance coeffs {self.coeffs.shape} do not match basis {self.basis.shape}")
+        if self.coeff_var is not None and self.coeff_var.shape != self.coeffs.shape:
+            raise ValueError(f"guidance coeff_var {self.coeff_var.shape} does not match coeffs {self.coeffs.shape}")
+
+
+@dataclass(frozen=True)
+class BlockUpdate:
+    """A round's published update of one block: θ_b += f32(q·p_r)·u_r for every applied report r that touches the
+    block (ISO and COMPLEMENT measurements; SUBSPACE ones enter through w), then θ_b += Σ_k w_k·V_b[:, k]."""
+
+    q: float = 0.0
+    w: np.ndarray | None = None  # float32 (m,), in the block's guidance coordinates; None: no subspace step
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.q):
+            raise ValueError(f"update multiplier q must be finite, got {self.q}")
+        if self.w is not None and (self.w.dtype != np.float32 or self.w.ndim != 1 or not np.isfinite(self.w).all()):
+            raise ValueError("update step w must be a finite 1-D float32 array")
+
+
+def direction_of(report: Report, directions: Sequence[Direction]) -> Direction:
+    """The kind of direction a report measured: ``directions[step mod D]`` (the round's plan names the D kinds)."""
+    return directions[report.step % len(directions)]
 
 
 def reports_per_block(layout: ParamLayout, reports: Sequence[Report]) -> list[int]:
     counts = [0] * len(layout.blocks)
     for r in reports:
-        for b in _blocks_of(layout, r):
+        for b in blocks_of(layout, r):
             counts[b] += 1
     return counts
 
 
-def _blocks_of(layout: ParamLayout, report: Report) -> range:
+def blocks_of(layout: ParamLayout, report: Report) -> range:
+    """The blocks a report perturbed: all of them for ``ALL_BLOCKS``, else its one block."""
     if report.block == ALL_BLOCKS:
         return range(len(layout.blocks))
     if not 0 <= report.block < len(layout.blocks):
@@ -94,79 +124,37 @@ def _blocks_of(layout: ParamLayout, report: Report) -> range:
     return range(report.block, report.block + 1)
 
 
-def apply_round(
+def apply_update(
     theta: np.ndarray,
     layout: ParamLayout,
     reports: Sequence[Report],
+    directions: Sequence[Direction],
     guidance: Mapping[int, BlockGuidance],
-    alpha: float,
-    lam: float,
-    eta: float,
+    update: Mapping[int, BlockUpdate],
 ) -> None:
-    """θ ← θ − η·[(1−λ)·ĝ_Z + λ·V c], in place; ĝ_Z is the per-block mean of p·z over the reports that touched it.
+    """θ ← θ_r + the round's update, in place (docs/PERTURBATIONS.md §5).
 
-    Order is part of the contract: reports in the given order, then the cloud term, block by block.
+    Order is part of the contract: reports in the given order (blocks increasing within one), then the subspace steps
+    block by block. Every coefficient is computed in binary64 and rounded once to binary32.
     """
-    counts = reports_per_block(layout, reports)
     for r in reports:
-        for b in _blocks_of(layout, r):
-            g = guidance.get(b)
-            coef = -(eta * (1.0 - lam) * r.scalar / counts[b])
-            block = theta[layout.blocks[b].slice]
-            add_perturbation(block, coef, r.seed, b, None if g is None else g.basis, alpha)
-    if lam > 0.0:
-        for b, g in sorted(guidance.items()):
-            block = theta[layout.blocks[b].slice]
-            block += np.float32(-(eta * lam)) * combine_columns(g.basis, g.coeffs)
-
-
-def lambda_star(zo_var: float, cloud_var: float, bias_sq: float, lam_max: float = 1.0) -> float:
-    """The MSE-optimal mixing weight λ* = dσ² / (dσ² + ‖b̄‖² + τ²), clipped to [0, λ_max] (DESIGN.md §5.5).
-
-    ``zo_var`` is dσ² (total variance of the ZO mean), ``cloud_var`` τ² (variance of the cloud minibatch gradient),
-    ``bias_sq`` ‖b̄‖² (squared bias of the cloud gradient w.r.t. the device objective).
-    """
-    denom = zo_var + bias_sq + cloud_var
-    if not math.isfinite(denom) or denom <= 0.0:
-        return 0.0
-    return float(min(max(zo_var / denom, 0.0), lam_max))
-
-
-def online_lambda(
-    layout: ParamLayout,
-    reports: Sequence[Report],
-    guidance: Mapping[int, BlockGuidance],
-    alpha: float,
-    cloud_var: float,
-    lam_max: float = 1.0,
-) -> tuple[float, dict[str, float]]:
-    """Estimate λ* from one round: σ² from the spread of the device scalars, τ² given by the cloud, ‖b̄‖² from the
-    disagreement ‖ĝ_Z − V c‖² minus the two noise terms (clipped at 0). Only blocks with guidance are used.
-
-    Returns (λ, the estimated terms). With fewer than two reports on every guided block σ² cannot be measured
-    and λ falls back to 0 (trust the devices).
-    """
-
-    counts = reports_per_block(layout, reports)
-    zo_var = 0.0
-    disagreement = 0.0
-    used = 0
-    for b, g in sorted(guidance.items()):
-        touching = [r for r in reports if b in _blocks_of(layout, r)]
-        if len(touching) < 2:
+        kind = direction_of(r, directions)
+        if kind is Direction.SUBSPACE:
             continue
-        n_b = layout.blocks[b].size
-        scalars = np.array([r.scalar for r in touching], dtype=np.float64)
-        zo_var += n_b * float(scalars.var(ddof=1)) / counts[b]
-        g_z = np.zeros(n_b, dtype=np.float64)
-        for r in touching:
-            g_z += r.scalar * perturbation(r.seed, b, n_b, g.basis, alpha).astype(np.float64)
-        g_z /= counts[b]
-        g_c = g.basis.astype(np.float64) @ g.coeffs.astype(np.float64)
-        disagreement += float(np.sum((g_z - g_c) ** 2))
-        used += 1
-    if used == 0:
-        return 0.0, {"zo_var": 0.0, "cloud_var": cloud_var, "bias_sq": 0.0, "blocks": 0.0}
-    bias_sq = max(0.0, disagreement - zo_var - cloud_var)
-    lam = lambda_star(zo_var, cloud_var, bias_sq, lam_max)
-    return lam, {"zo_var": zo_var, "cloud_var": cloud_var, "bias_sq": bias_sq, "blocks": float(used)}
+        for b in blocks_of(layout, r):
+            u = update.get(b)
+            if u is None or u.q == 0.0:
+                continue
+            g = guidance.get(b)
+            add_direction(
+                theta[layout.blocks[b].slice], u.q * r.scalar, r.seed, b, kind, None if g is None else g.basis
+            )
+    for b in sorted(update):
+        w = update[b].w
+        if w is None:
+            continue
+        g = guidance.get(b)
+        if g is None or g.basis.shape[1] != w.shape[0]:
+            raise ValueError(f"the update's subspace step for block {b} has no matching guidance basis")
+        block = theta[layout.blocks[b].slice]
+        block += combine_columns(g.basis, w)

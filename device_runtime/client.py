@@ -1,11 +1,13 @@
 """The federated device client: enrol, join rounds, fetch guidance, run ZO steps, upload reports, sync by replay.
 
 Round r on a device:
-1. θ_r: replay round r−1 from the θ this device held at its start (``apply_round`` with the server's reports,
-   guidance, λ, η) and check the published checksum; any mismatch, a missed round or a non-replayable strategy
+1. θ_r: replay round r−1 from the θ this device held at its start (``apply_update`` with the server's reports,
+   guidance and published update) and check the published checksum; any mismatch, a missed round or a
+   non-replayable strategy
    downloads the full adapter instead (DESIGN.md §5.6).
 2. guidance V_b for the round's blocks (frame sha256 checked; a version the device already holds is not downloaded
-   again), then ``local_steps × len(blocks)`` SPSA reports at θ_r (local learning rate 0 by default: every report
+   again), then ``local_steps × len(blocks) × len(directions)`` SPSA reports at θ_r (measurement s of a block
+   perturbs along ``directions[s mod D]`` on batch ``s div D``) (local learning rate 0 by default: every report
    measures the round's θ, which is what the server aggregates), seeds taken in order from this device's range.
 3. every report is committed to the durable outbox (:mod:`device_runtime.outbox`) *before* upload; the uploader
    sends it under an idempotency key and retries with backoff, so a crash or a dead network never drops or
@@ -35,7 +37,8 @@ from tqdm import tqdm
 from cooperllm.api_client import ApiError
 from cooperllm.layout import theta_checksum
 from cooperllm.manifest import MANIFEST_FILE, sha256_file
-from cooperllm.protocol import ERRORS, sync_guidance, sync_reports
+from cooperllm.perturb import Direction
+from cooperllm.protocol import ERRORS, sync_guidance, sync_reports, sync_update
 from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
 from cooperllm.zgr import ALL_BLOCKS, BlockGuidance
@@ -236,7 +239,7 @@ class DeviceClient:
             return None
         theta = base.copy()
         get_strategy(sync.strategy).replay(
-            theta, self.layout, sync_reports(sync), sync_guidance(sync, bases), sync.alpha, sync.lam, sync.eta
+            theta, self.layout, sync_reports(sync), sync_guidance(sync, bases), sync_update(sync)
         )
         after = theta_checksum(theta)
         if after != sync.theta_checksum_after or (expected is not None and after != expected):
@@ -319,10 +322,16 @@ class DeviceClient:
         shas = {g.sha256 for g in info.guidance}
         self.stats.guidance_kept += len(shas & self._round_shas)
         self._round_shas = shas
-        alpha = info.alpha if refs else 1.0  # the round's α (1.0 for unguided strategies); no bases: plain z
-        zo = ZOConfig(lr=self.cfg.local_lr, eps=info.epsilon, alpha=alpha)
+        directions = [Direction[d.upper()] for d in info.directions]
+        zo = ZOConfig(lr=self.cfg.local_lr, eps=info.epsilon)
         engine = ZOEngine(st.theta, self.layout, self.session.backend.run, zo, {})
-        plan = [(t, b) for t in range(info.local_steps) for b in info.blocks]
+        # measurement s = t·D + j of a block perturbs along directions[j] on batch t (its report's step is s)
+        plan = [
+            (t * len(directions) + j, t, b, kind)
+            for t in range(info.local_steps)
+            for b in info.blocks
+            for j, kind in enumerate(directions)
+        ]
         if info.seed_lo + len(plan) > info.seed_hi:
             raise ClientError(f"round needs {len(plan)} seeds, the device's range holds {info.seed_hi - info.seed_lo}")
         waited0 = self._fetcher().waited_s
@@ -340,11 +349,16 @@ class DeviceClient:
         ) as bar:
             while st.step < len(plan):
                 self._check_uploader()
-                t, block = plan[st.step]
+                s, t, block, kind = plan[st.step]
                 self._ensure_guidance(engine, info, refs, block)
                 try:
                     report = engine.step(
-                        self.schedule.batch(batches + t), t, info.round, seed=info.seed_lo + st.step, block=block
+                        self.schedule.batch(batches + t),
+                        s,
+                        info.round,
+                        seed=info.seed_lo + st.step,
+                        block=block,
+                        kind=kind,
                     )
                 except NonFiniteLossError as exc:
                     log.warning("round %d step %d block %d dropped: %s", info.round, t, block, exc)
@@ -353,7 +367,7 @@ class DeviceClient:
                     report = self.outbox.add(self._device_id(), info.run_id, info.round, report)
                     self.uploader.notify()
                     if self.cfg.local_lr > 0:
-                        engine.update(report)
+                        engine.update(report, kind=kind)
                     losses.append(engine.last_loss)
                 st.step += 1
                 self._save()

@@ -1,9 +1,10 @@
 """Zeroth-order engine: MeZO's four verbs (perturb, forward, step, update) on one float32 θ, perturbed in place.
 
-A step is two-point SPSA along a seeded portable perturbation z: θ += εz, L₊; θ −= 2εz, L₋; θ += εz (restore), and
-p = (L₊ − L₋)/2ε. z is regenerated block by block from (seed, block), so the engine holds θ plus at most one block's
-z. The local update θ ← θ − η·p·z is *exactly* ``cooperllm.zgr.apply_round`` on the one report (λ = 0): the device,
-the server and any replay share one source of truth for how a report moves θ.
+A step is two-point SPSA along a seeded portable direction u: θ += εu, L₊; θ −= 2εu, L₋; θ += εu (restore), and
+p = (L₊ − L₋)/2ε. u is regenerated block by block from (seed, block) and the kind of direction the round asks for
+(plain Rademacher, inside the cloud's guidance subspace, or in its complement: ``cooperllm.perturb.Direction``), so the
+engine holds θ plus at most one block's u. The local update θ ← θ − η·p·u uses the same primitive as the server's
+round update and every replay (``cooperllm.perturb.add_direction``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cooperllm.layout import ParamLayout
-from cooperllm.perturb import MAX_SEED, add_perturbation, mix64
+from cooperllm.perturb import MAX_SEED, Direction, add_direction, mix64
 from cooperllm.tokenization import EncodedBatch
-from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, apply_round
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ class ZOConfig:
     lr: float = 1e-4
     eps: float = 1e-3
     schedule: str = "all"  # "all": one seed perturbs every block (report block −1); "cycle": block t mod B at step t
-    alpha: float = 1.0  # share of the isotropic part when guidance is present (1 = plain MeZO)
     seed: int = 0  # base seed; step seeds are derived from (seed, round, step)
     blocks: tuple[int, ...] | None = None  # with "cycle": the blocks to cycle through (None: every block)
 
@@ -48,8 +48,6 @@ class ZOConfig:
             raise ValueError(f"eps must be a positive finite number, got {self.eps}")
         if not (self.lr >= 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a non-negative finite number, got {self.lr}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2^63-1], got {self.seed}")
         if self.blocks is not None:
@@ -105,18 +103,13 @@ class ZOEngine:
         return range(len(self.layout.blocks)) if report_block == ALL_BLOCKS else range(report_block, report_block + 1)
 
     # --- the four verbs ------------------------------------------------------------------------------------------
-    def perturb(self, coef: float, seed: int, report_block: int) -> None:
-        """θ_b += coef·z(seed, b) for every block the step touches, one block's z alive at a time."""
+    def perturb(self, coef: float, seed: int, report_block: int, kind: Direction = Direction.ISO) -> None:
+        """θ_b += coef·u(seed, b) for every block the step touches, one block's u alive at a time."""
         for b in self.blocks_of(report_block):
             g = self.guidance.get(b)
-            add_perturbation(
-                self.theta[self.layout.blocks[b].slice],
-                coef,
-                seed,
-                b,
-                None if g is None else g.basis,
-                self.config.alpha,
-            )
+            if kind is not Direction.ISO and g is None:
+                raise ValueError(f"a {kind.name.lower()} step on block {b} needs that block's guidance")
+            add_direction(self.theta[self.layout.blocks[b].slice], coef, seed, b, kind, None if g is None else g.basis)
 
     def forward(self, batch: EncodedBatch) -> float:
         loss, _ = self.run_fn(batch, self.theta)
@@ -125,9 +118,17 @@ class ZOEngine:
         return loss
 
     def step(
-        self, batch: EncodedBatch, step: int, round_id: int = 0, *, seed: int | None = None, block: int | None = None
+        self,
+        batch: EncodedBatch,
+        step: int,
+        round_id: int = 0,
+        *,
+        seed: int | None = None,
+        block: int | None = None,
+        kind: Direction = Direction.ISO,
     ) -> Report:
-        """Two-point SPSA at the current θ; θ is restored (up to float rounding) before returning, even on error.
+        """Two-point SPSA at the current θ along a direction of ``kind``; θ is restored (up to float rounding) before
+        returning, even on error.
 
         ``seed`` and ``block`` default to the config's derivation and schedule; the client passes the round's.
         """
@@ -136,27 +137,20 @@ class ZOEngine:
         if block != ALL_BLOCKS and not 0 <= block < len(self.layout.blocks):
             raise ValueError(f"block {block} is not in the layout ({len(self.layout.blocks)} blocks)")
         eps = self.config.eps
-        self.perturb(eps, seed, block)
-        offset = eps  # how far θ currently is from where it started, along z
+        self.perturb(eps, seed, block, kind)
+        offset = eps  # how far θ currently is from where it started, along u
         try:
             loss_plus = self.forward(batch)
-            self.perturb(-2.0 * eps, seed, block)
+            self.perturb(-2.0 * eps, seed, block, kind)
             offset = -eps
             loss_minus = self.forward(batch)
         finally:
-            self.perturb(-offset, seed, block)
+            self.perturb(-offset, seed, block, kind)
         scalar = (loss_plus - loss_minus) / (2.0 * eps)
         self.last_loss = 0.5 * (loss_plus + loss_minus)
         return Report(seed=seed, block=block, step=step, scalar=float(scalar), n_examples=int(batch.labels.shape[0]))
 
-    def update(self, report: Report, lr: float | None = None) -> None:
-        """θ ← θ − lr·p·z(seed): the round update of ``apply_round`` restricted to this one report."""
-        apply_round(
-            self.theta,
-            self.layout,
-            [report],
-            self.guidance,
-            self.config.alpha,
-            lam=0.0,
-            eta=self.config.lr if lr is None else lr,
-        )
+    def update(self, report: Report, lr: float | None = None, kind: Direction = Direction.ISO) -> None:
+        """θ ← θ − lr·p·u(seed): MeZO's local update along the direction the report measured."""
+        lr = self.config.lr if lr is None else lr
+        self.perturb(-lr * report.scalar, report.seed, report.block, kind)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from cooperllm.layout import ParamLayout
-from cooperllm.perturb import perturbation
+from cooperllm.perturb import Direction
+from cooperllm.perturb import direction as block_direction
 from cooperllm.tokenization import EncodedBatch, PromptEncoder
 
 # Fixed validation texts: real sentences, so the checks exercise real token ids and varied padding.
@@ -35,8 +36,10 @@ def validation_batch(encoder: PromptEncoder, batch_size: int, texts: Sequence[st
 
 
 def direction(seed: int, layout: ParamLayout) -> np.ndarray:
-    """The device's perturbation for ``seed`` over every block (α = 1, plain Rademacher)."""
-    return np.concatenate([perturbation(seed, b.index, b.size) for b in layout.blocks]).astype(np.float32)
+    """The device's perturbation for ``seed`` over every block (plain Rademacher)."""
+    return np.concatenate([block_direction(seed, b.index, b.size, Direction.ISO) for b in layout.blocks]).astype(
+        np.float32
+    )
 
 
 def graph_inputs(batch: EncodedBatch, theta: np.ndarray, layout: ParamLayout) -> list[np.ndarray]:

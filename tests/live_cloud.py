@@ -93,7 +93,6 @@ def small_run(**overrides) -> RunConfig:
         local_steps=2,
         lam=0.3,
         eta=0.05,
-        alpha=0.5,
         guidance_rank=2,
         window=4,
         grad_batches=1,

@@ -30,10 +30,11 @@ from cooperllm.api_client import CooperClient
 from cooperllm.checkpoint import initial_theta, save_theta
 from cooperllm.layout import ParamLayout, theta_checksum
 from cooperllm.manifest import DATA_INPUTS, OUTPUTS, GraphSpec, Manifest, read_manifest, sha256_file, write_manifest
-from cooperllm.protocol import encode_plain_frame
+from cooperllm.perturb import Direction
+from cooperllm.protocol import encode_plain_frame, update_to_wire
 from cooperllm.tasks import TaskSpec
 from cooperllm.tokenization import EncodedBatch, PromptEncoder
-from cooperllm.zgr import BlockGuidance, Report, apply_round
+from cooperllm.zgr import BlockGuidance, BlockUpdate, Report, apply_update
 from device_runtime.backends import open_backend
 from device_runtime.engine import step_seed
 
@@ -84,9 +85,10 @@ def test_java_core_golden_zo_loop_and_outbox(java_build: Path) -> None:
         java_build, ["GoldenTest", "ZoTest", "OutboxTest", "SafetensorsTest", "ClientTest"]
     )
     assert failed == 0 and skipped == 0, out
-    assert passed == 22, out
+    assert passed == 23, out
     for name in (
-        "GoldenTest.roundReplayMatchesGoldenBitForBit",
+        "GoldenTest.roundReplaysMatchGoldenBitForBit",
+        "GoldenTest.directionsMatchGolden",
         "GoldenTest.longStreamsMatchGoldenHashes",
         "ZoTest.plainMezoMinimisesAQuadratic",
         "OutboxTest.nothingEnqueuedIsLostWhenTheProcessIsKilled",
@@ -97,14 +99,14 @@ def test_java_core_golden_zo_loop_and_outbox(java_build: Path) -> None:
 def test_java_harness_reports_failures(java_build: Path, tmp_path: Path) -> None:
     """The counts are real: a corrupted golden file makes the Java golden tests fail (and the run exit non-zero)."""
     golden = json.loads(GOLDEN.read_text())
-    golden["replay"]["theta1_sha256"] = "0" * 64
+    golden["replays"][0]["theta1_sha256"] = "0" * 64
     golden["mix64"][1]["out"] = "0000000000000001"
     bad = tmp_path / "golden.json"
     bad.write_text(json.dumps(golden))
     passed, failed, _, out = run_java(java_build, ["GoldenTest"], {"cooperllm.golden": str(bad)})
     assert failed == 3, out
     for name in (
-        "roundReplayMatchesGoldenBitForBit",
+        "roundReplaysMatchGoldenBitForBit",
         "mix64MatchesGolden",
         "portabilityCheckPassesHereAndCatchesCorruption",
     ):
@@ -250,8 +252,9 @@ def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_bui
 
 
 def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(java_build: Path, tmp_path: Path) -> None:
-    """460,800 values in 30 blocks, rank-4 guidance everywhere, 2 reports per block plus all-block ones, λ = 0.3:
-    Java and Python must agree on θ's checksum after the round. Both replay times are printed (-s to see them)."""
+    """460,800 values in 30 blocks, rank-4 guidance everywhere, a zgr round (subspace and complement reports on each
+    block plus all-block ones, a published q and w per block): Java and Python must agree on θ's checksum after the
+    round. Both replay times are printed (-s to see them)."""
     rng = np.random.default_rng(11)
     layout = ParamLayout.build(
         [(f"l{i}.{p}", (8, 960), f"layer.{i}") for i in range(30) for p in ("A", "B")]
@@ -262,25 +265,30 @@ def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(java_build: P
         q, _ = np.linalg.qr(rng.normal(size=(blk.size, 4)))
         guidance[b] = BlockGuidance(q.astype(np.float32), rng.normal(size=4).astype(np.float32))
         (tmp_path / f"basis_{b}.f32").write_bytes(_f32(guidance[b].basis))
-    reports = [
-        Report(int(s), b % 30, b // 30, float(p), 8)
-        for b, (s, p) in enumerate(zip(rng.integers(0, 1 << 62, 60), rng.normal(size=60), strict=True))
+    directions = (Direction.SUBSPACE, Direction.COMPLEMENT)
+    reports = [  # step s measured directions[s mod 2]: 2 subspace and 2 complement reports per block
+        Report(int(s), i % 30, i // 30, float(p), 8)
+        for i, (s, p) in enumerate(zip(rng.integers(0, 1 << 62, 120), rng.normal(size=120), strict=True))
     ]
     reports += [
-        Report(int(s), -1, 2, float(p), 8) for s, p in zip(rng.integers(0, 1 << 62, 4), rng.normal(size=4), strict=True)
+        Report(int(s), -1, t, float(p), 8)
+        for t, (s, p) in enumerate(zip(rng.integers(0, 1 << 62, 4), rng.normal(size=4), strict=True))
     ]
+    update = {
+        b: BlockUpdate(q=float(rng.normal()) * 1e-3, w=(rng.normal(size=4) * 1e-2).astype(np.float32))
+        for b in range(30)
+    }
     theta1 = theta0.copy()
     t = time.perf_counter()
-    apply_round(theta1, layout, reports, guidance, 0.5, 0.3, 1e-3)
+    apply_update(theta1, layout, reports, directions, guidance, update)
     py_ms = (time.perf_counter() - t) * 1e3
     (tmp_path / "theta0.f32").write_bytes(_f32(theta0))
     round_json = {
         "layout": layout.to_dict(),
         "guidance": [{"block": b, "coeffs": g.coeffs.tolist()} for b, g in guidance.items()],
         "reports": [r.__dict__ for r in reports],
-        "alpha": 0.5,
-        "lambda": 0.3,
-        "eta": 1e-3,
+        "directions": [d.name.lower() for d in directions],
+        "update": [u.model_dump() for u in update_to_wire(update)],  # as ModelSync carries it
         "theta0_sha256": theta_checksum(theta0),
         "theta1_sha256": theta_checksum(theta1),
     }
@@ -410,7 +418,7 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
     assert result["downloads"] == 1 and result["replays"] == rounds
     summaries = admin.rounds(run.run_id)
     assert [s.status for s in summaries] == ["closed"] * rounds
-    per_round = 2 * len(layout.blocks)
+    per_round = 2 * 2 * len(layout.blocks)  # local_steps × zgr's two directions (subspace, complement) × blocks
     assert [s.n_reports for s in summaries] == [per_round] * rounds
     assert all(s.n_devices == 1 for s in summaries)
     assert admin.metrics().idempotent_replays >= 1

@@ -6,9 +6,11 @@ import pytest
 from cooperllm.perturb import (
     MAX_SEED,
     STREAM_XI,
-    add_perturbation,
+    Direction,
+    add_direction,
+    direction,
     mix64,
-    perturbation,
+    project_coefficients,
     rademacher,
     stream_key,
 )
@@ -59,16 +61,31 @@ def _orthonormal(n: int, m: int, seed: int = 0) -> np.ndarray:
     return np.linalg.qr(np.random.default_rng(seed).standard_normal((n, m)))[0].astype(np.float32)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-def test_guided_covariance_has_trace_n(alpha):
-    n, m, draws = 64, 4, 6000
+def test_direction_norms_and_orthogonality():
+    n, m = 64, 4
     basis = _orthonormal(n, m)
-    z = np.stack([perturbation(s, 5, n, basis, alpha).astype(np.float64) for s in range(draws)])
-    cov = z.T @ z / draws
-    expected = alpha * np.eye(n) + (1 - alpha) * (n / m) * (basis @ basis.T)
-    assert abs(np.trace(cov) - n) / n < 0.03
-    assert np.abs(cov - expected).max() < 0.35 * max(1.0, (1 - alpha) * n / m * 0.2)
-    assert abs(z.mean()) < 0.05
+    v = basis.astype(np.float64)
+    for seed in range(20):
+        iso = direction(seed, 5, n, Direction.ISO).astype(np.float64)
+        sub = direction(seed, 5, n, Direction.SUBSPACE, basis).astype(np.float64)
+        comp = direction(seed, 5, n, Direction.COMPLEMENT, basis).astype(np.float64)
+        assert np.dot(sub, sub) == pytest.approx(n, rel=1e-5)  # ‖s·Vξ‖² = (n/m)·m
+        assert np.abs(v.T @ comp).max() < 1e-5  # the complement has no component in the subspace
+        np.testing.assert_allclose(comp + v @ (v.T @ iso), iso, atol=1e-5)  # z = P_V z + P_⊥ z
+
+
+def test_projection_sums_in_row_order_in_double():
+    basis = _orthonormal(16, 2)
+    z = rademacher(3, 0, 16).astype(np.float32)
+    expected = [np.float32(sum(float(basis[i, k]) * float(z[i]) for i in range(16))) for k in range(2)]
+    assert project_coefficients(basis, z).tolist() == expected
+
+
+def test_guided_directions_need_a_matching_basis():
+    with pytest.raises(ValueError, match="basis"):
+        direction(0, 0, 8, Direction.SUBSPACE)
+    with pytest.raises(ValueError, match="does not match"):
+        direction(0, 0, 8, Direction.COMPLEMENT, _orthonormal(6, 2))
 
 
 def test_spsa_estimator_recovers_the_gradient_isotropic():
@@ -81,40 +98,19 @@ def test_spsa_estimator_recovers_the_gradient_isotropic():
     est = np.zeros(n)
     draws = 20000
     for s in range(draws):
-        z = perturbation(s, 0, n).astype(np.float64)
+        z = direction(s, 0, n, Direction.ISO).astype(np.float64)
         est += (z @ grad) * z
     est /= draws
     assert np.linalg.norm(est - grad) / np.linalg.norm(grad) < 0.06
 
 
-def test_guided_estimator_is_sigma_times_gradient():
-    rng = np.random.default_rng(2)
-    n, m, alpha = 32, 4, 0.25
-    basis = _orthonormal(n, m, 3).astype(np.float64)
-    grad = rng.standard_normal(n)
-    sigma = alpha * np.eye(n) + (1 - alpha) * (n / m) * basis @ basis.T
-    est = np.zeros(n)
-    draws = 40000
-    for s in range(draws):
-        z = perturbation(s, 1, n, basis.astype(np.float32), alpha).astype(np.float64)
-        est += (z @ grad) * z
-    est /= draws
-    target = sigma @ grad
-    assert np.linalg.norm(est - target) / np.linalg.norm(target) < 0.06
-
-
-def test_add_perturbation_perturb_and_restore_drift_is_bounded():
+def test_add_direction_perturb_and_restore_drift_is_bounded():
     theta = np.random.default_rng(0).standard_normal(10_000).astype(np.float32)
     orig = theta.copy()
     eps = 1e-3
-    add_perturbation(theta, eps, 9, 0)
-    add_perturbation(theta, -2 * eps, 9, 0)
-    add_perturbation(theta, eps, 9, 0)
+    add_direction(theta, eps, 9, 0, Direction.ISO)
+    add_direction(theta, -2 * eps, 9, 0, Direction.ISO)
+    add_direction(theta, eps, 9, 0, Direction.ISO)
     # Each in-place add rounds once: the drift is at most a few ulps of |θ| + ε.
     bound = 4 * np.spacing(np.abs(orig) + eps)
     assert np.all(np.abs(theta - orig) <= bound)
-
-
-def test_guided_scales_reject_bad_alpha():
-    with pytest.raises(ValueError):
-        perturbation(0, 0, 8, _orthonormal(8, 2), alpha=1.5)

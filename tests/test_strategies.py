@@ -8,7 +8,8 @@ import pytest
 from cooperllm.layout import ParamLayout
 from cooperllm.protocol import ReportIn, RunConfig
 from cooperllm.strategies import STRATEGY_NAMES, DeviceWork, RoundInputs, Upload, get_strategy
-from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, ReportError, apply_round, check_report, online_lambda
+from cooperllm.perturb import Direction, direction
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, ReportError, check_report
 
 
 def _layout() -> ParamLayout:
@@ -35,59 +36,86 @@ def test_registry_names_and_unknown():
 
 
 def test_configure_round_per_strategy():
-    cfg = RunConfig(local_steps=3, alpha=0.4)
+    cfg = RunConfig(local_steps=3)
     blocks = [0, 1]
     zgr, zo, bp = (get_strategy(n).configure_round(cfg, blocks) for n in ("zgr", "zo", "bp"))
-    assert (zgr.alpha, zgr.guided, zgr.device_work, zgr.uploads_per_device) == (0.4, True, DeviceWork.ZO, 6)
-    assert (zo.alpha, zo.guided, zo.device_work, zo.uploads_per_device) == (1.0, False, DeviceWork.ZO, 6)
+    # a zgr step measures the subspace and the complement: twice the reports (and forward passes) of a zo step
+    assert (zgr.directions, zgr.guided, zgr.device_work, zgr.uploads_per_device) == (
+        (Direction.SUBSPACE, Direction.COMPLEMENT),
+        True,
+        DeviceWork.ZO,
+        12,
+    )
+    assert (zo.directions, zo.guided, zo.device_work, zo.uploads_per_device) == (
+        (Direction.ISO,),
+        False,
+        DeviceWork.ZO,
+        6,
+    )
     assert (bp.guided, bp.device_work, bp.uploads_per_device) == (False, DeviceWork.BACKPROP, 1)
     assert get_strategy("bp").upload is Upload.DELTA and get_strategy("zo").upload is Upload.REPORTS
     assert (get_strategy("bp").default_eta, get_strategy("bp").default_local_lr) == (1.0, 1e-3)
 
 
-def test_zo_aggregate_is_the_unguided_round_and_leaves_theta():
+def test_zo_aggregate_is_a_normalised_zo_step_and_leaves_theta():
     layout, theta, _, reports = _round()
     before = theta.copy()
-    cfg = RunConfig(strategy="zo", eta=0.05)
+    cfg = RunConfig(strategy="zo", eta_zo=0.05)
     agg = get_strategy("zo").aggregate(theta, layout, cfg, RoundInputs(reports=reports))
-    expected = theta.copy()
-    apply_round(expected, layout, reports, {}, 1.0, 0.0, 0.05)
-    assert agg.theta.tobytes() == expected.tobytes()
-    assert (agg.lam, agg.n_used) == (0.0, 4)
+    sigma = np.sqrt(np.mean([r.scalar**2 for r in reports]))
+    expected = theta.astype(np.float64)
+    for r in reports:  # two reports per block: θ_b −= η_zo · mean (p/σ)·z
+        expected[layout.blocks[r.block].slice] -= (
+            0.05 / 2 * r.scalar / sigma * direction(r.seed, r.block, layout.blocks[r.block].size, Direction.ISO)
+        )
+    np.testing.assert_allclose(agg.theta, expected, rtol=0, atol=1e-6)
+    assert (agg.lam, agg.n_used, agg.state.scalar_ms) == (None, 4, pytest.approx(sigma**2))
     assert theta.tobytes() == before.tobytes()
+    # scale-free: scalars ten times larger give the same first step
+    big = [Report(r.seed, r.block, r.step, 10 * r.scalar, r.n_examples) for r in reports]
+    agg10 = get_strategy("zo").aggregate(theta, layout, cfg, RoundInputs(reports=big))
+    np.testing.assert_allclose(agg10.theta, agg.theta, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("lam", [0.25, "auto"])
-def test_zgr_aggregate_mixes_with_lambda(lam):
-    layout, theta, guidance, reports = _round(1)
-    cfg = RunConfig(strategy="zgr", alpha=0.5, lam=lam, lam_max=0.9, eta=0.1)
-    inputs = RoundInputs(reports=reports, guidance=guidance, cloud_var=0.02)
-    agg = get_strategy("zgr").aggregate(theta, layout, cfg, inputs)
-    want_lam = 0.25 if lam == 0.25 else online_lambda(layout, reports, guidance, 0.5, 0.02, 0.9)[0]
-    expected = theta.copy()
-    apply_round(expected, layout, reports, guidance, 0.5, want_lam, 0.1)
-    assert agg.lam == want_lam
-    assert agg.theta.tobytes() == expected.tobytes()
-    assert bool(agg.terms) == (lam == "auto")
+def test_zgr_aggregate_mixes_each_direction(lam):
+    layout, theta, guidance, reports = _zgr_round(1)
+    cfg = RunConfig(strategy="zgr", lam=lam, lam_max=0.9, eta=0.1, eta_zo=0.01)
+    agg = get_strategy("zgr").aggregate(theta, layout, cfg, RoundInputs(reports=reports, guidance=guidance))
+    stats = agg.stats["1"]
+    assert stats["n"] == 3 and len(stats["lam"]) == 2
+    if lam == 0.25:
+        assert stats["lam"] == [0.25, 0.25]
+    else:
+        assert all(0.0 <= x <= 0.9 for x in stats["lam"])
+    d = np.array(stats["lam"]) * np.array(stats["cloud"]) + (1 - np.array(stats["lam"])) * np.array(
+        stats["device_mean"]
+    )
+    w = agg.update[1].w
+    np.testing.assert_allclose(w, -0.1 * d / np.sqrt(np.mean(d**2)), rtol=1e-6)  # first round: ms = mean d²
+    assert agg.lam == pytest.approx(np.mean(agg.stats["0"]["lam"] + stats["lam"]))  # over every block and direction
+    assert set(agg.state.bias) == {0, 1} and agg.state.step_ms[1] == pytest.approx(np.mean(d**2))
 
 
-def test_zgr_auto_needs_the_cloud_variance():
-    layout, theta, guidance, reports = _round()
-    cfg = RunConfig(strategy="zgr", lam="auto")
-    with pytest.raises(ValueError, match="cloud variance"):
-        get_strategy("zgr").aggregate(theta, layout, cfg, RoundInputs(reports=reports, guidance=guidance))
+def test_zgr_needs_guidance():
+    layout, theta, _, reports = _zgr_round()
+    with pytest.raises(ValueError, match="guidance"):
+        get_strategy("zgr").aggregate(theta, layout, RunConfig(), RoundInputs(reports=reports))
 
 
-@pytest.mark.parametrize("name", ["zo", "zgr"])
+@pytest.mark.parametrize("name", ["zo", "zgr", "cloud"])
 def test_replay_reaches_the_aggregated_theta_bit_for_bit(name):
-    layout, theta, guidance, reports = _round(2)
+    layout, theta, guidance, reports = _zgr_round(2)
     strategy = get_strategy(name)
-    cfg = RunConfig(strategy=name, alpha=0.3, lam="auto", eta=0.2)
-    inputs = RoundInputs(reports=reports, guidance=guidance if strategy.guided else {}, cloud_var=0.1)
+    cfg = RunConfig(strategy=name, lam="auto", eta=0.2, eta_zo=0.02)
+    inputs = RoundInputs(reports=reports if strategy.directions else [], guidance=guidance if strategy.guided else {})
+    if name == "zo":
+        inputs = RoundInputs(reports=[r for r in reports if r.step % 2 == 1])
     agg = strategy.aggregate(theta, layout, cfg, inputs)
     replayed = theta.copy()
-    strategy.replay(replayed, layout, reports, inputs.guidance, strategy.device_alpha(cfg), agg.lam, cfg.eta)
+    strategy.replay(replayed, layout, inputs.reports, inputs.guidance, agg.update)
     assert replayed.tobytes() == agg.theta.tobytes()
+    assert replayed.tobytes() != theta.tobytes()
 
 
 def test_bp_is_fedavg_of_deltas_weighted_by_examples():
@@ -102,7 +130,7 @@ def test_bp_is_fedavg_of_deltas_weighted_by_examples():
     with pytest.raises(ValueError, match="at least one delta"):
         get_strategy("bp").aggregate(theta, layout, cfg, RoundInputs())
     with pytest.raises(ValueError, match="cannot be replayed"):
-        get_strategy("bp").replay(theta.copy(), layout, [], {}, 1.0, 0.0, 1.0)
+        get_strategy("bp").replay(theta.copy(), layout, [], {}, {})
 
 
 @pytest.mark.parametrize(
@@ -129,22 +157,37 @@ def test_non_finite_scalars_are_refused_everywhere():
         ReportIn(seed=1, block=0, step=0, scalar=float("inf"), n_examples=1)
 
 
-def test_cloud_is_zgrs_cloud_step_alone():
-    layout, theta, guidance, _ = _round(4)
+def test_cloud_is_zgrs_subspace_step_with_lambda_one():
+    layout, theta, guidance, reports = _zgr_round(4)
+    cfg = RunConfig(strategy="cloud", eta=0.2)
     strategy = get_strategy("cloud")
-    cfg = RunConfig(strategy="cloud", alpha=0.3, eta=0.2)
     plan = strategy.configure_round(cfg, [0, 1])
     assert (plan.guided, plan.device_work, plan.uploads_per_device) == (True, DeviceWork.IDLE, 0)
     agg = strategy.aggregate(theta, layout, cfg, RoundInputs(guidance=guidance))
-    expected = theta.copy()
-    apply_round(expected, layout, [], guidance, 0.3, 1.0, 0.2)  # zgr's update with λ = 1 and no reports
-    assert agg.theta.tobytes() == expected.tobytes()
     assert (agg.lam, agg.n_used) == (1.0, 0)
-    dense = theta.astype(np.float64)
-    dense[layout.blocks[1].slice] -= 0.2 * guidance[1].basis.astype(np.float64) @ guidance[1].coeffs
-    np.testing.assert_allclose(agg.theta, dense, rtol=0, atol=1e-6)
-    replayed = theta.copy()
-    strategy.replay(replayed, layout, [], guidance, strategy.device_alpha(cfg), agg.lam, cfg.eta)
-    assert replayed.tobytes() == agg.theta.tobytes()
+    zgr = get_strategy("zgr").aggregate(
+        theta, layout, RunConfig(lam=1.0, eta=0.2), RoundInputs(reports=[], guidance=guidance)
+    )
+    assert agg.theta.tobytes() == zgr.theta.tobytes()  # zgr with λ = 1 and no reports is the cloud step
+    for b, g in guidance.items():
+        c = g.coeffs.astype(np.float64)
+        np.testing.assert_allclose(agg.update[b].w, -0.2 * c / np.sqrt(np.mean(c**2)), rtol=1e-6)
     with pytest.raises(ValueError, match="guidance"):
         strategy.aggregate(theta, layout, cfg, RoundInputs())
+
+
+def _zgr_round(seed: int = 0):
+    """A zgr round on both blocks: three batches, each measured along the subspace (even step) and complement."""
+    layout = _layout()
+    rng = np.random.default_rng(seed)
+    theta = rng.standard_normal(layout.total).astype(np.float32)
+    guidance = {
+        b: BlockGuidance(
+            np.linalg.qr(rng.standard_normal((n, 2)))[0].astype(np.float32),
+            rng.standard_normal(2).astype(np.float32),
+            coeff_var=np.full(2, 0.01),
+        )
+        for b, n in ((0, 10), (1, 5))
+    }
+    reports = [Report(20 + s, ALL_BLOCKS, s, float(rng.normal()), 4) for s in range(6)]
+    return layout, theta, guidance, reports

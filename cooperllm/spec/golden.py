@@ -15,11 +15,23 @@ from pathlib import Path
 import numpy as np
 
 from cooperllm.layout import ParamLayout, theta_checksum
-from cooperllm.perturb import MAX_SEED, STREAM_ISO, STREAM_XI, mix64, perturbation, rademacher, stream_key, stream_words
-from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, apply_round
+from cooperllm.perturb import (
+    MAX_SEED,
+    STREAM_ISO,
+    STREAM_XI,
+    Direction,
+    direction,
+    mix64,
+    project_coefficients,
+    rademacher,
+    stream_key,
+    stream_words,
+    subspace_scale,
+)
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, BlockUpdate, Report, apply_update
 
 GOLDEN_PATH = Path(__file__).with_name("perturbation_golden.json")
-FORMAT = 1
+FORMAT = 2  # 2: ZGR v2 directions (iso, subspace, complement) and per-block published updates
 
 
 def f32_hex(values: np.ndarray) -> list[str]:
@@ -66,54 +78,82 @@ def build() -> dict:
             entry[f"sha256_bits_{n}"] = hashlib.sha256(np.packbits(bits, bitorder="little").tobytes()).hexdigest()
         streams.append(entry)
 
-    n, m, alpha = 10, 3, 0.25
+    n, m = 10, 3
     basis = _demo_values(n * m, 7).reshape(n, m)
-    guided = {
+    z_iso = rademacher(99, 2, n).astype(np.float32)
+    directions = {
         "seed": 99,
         "block": 2,
         "n": n,
         "m": m,
-        "alpha": alpha,
         "basis_row_major": f32_hex(basis.reshape(-1)),
-        "z": f32_hex(perturbation(99, 2, n, basis, alpha)),
+        "iso": f32_hex(direction(99, 2, n, Direction.ISO)),
+        "subspace_scale": f32_hex(np.array([subspace_scale(n, m)])),
+        "subspace": f32_hex(direction(99, 2, n, Direction.SUBSPACE, basis)),
+        "projection": f32_hex(project_coefficients(basis, z_iso)),
+        "complement": f32_hex(direction(99, 2, n, Direction.COMPLEMENT, basis)),
     }
-
     layout = ParamLayout.build([("a", (5,), "layer.0"), ("b", (7,), "layer.1")])
     theta0 = _demo_values(layout.total, 11)
-    g_basis = _demo_values(7 * 2, 13).reshape(7, 2)
-    g_coeffs = np.array([0.5, -1.25], dtype=np.float32)
-    reports = [
-        Report(5, 0, 0, 0.75, 8),
-        Report(6, 1, 0, -1.5, 8),
-        Report(7, ALL_BLOCKS, 1, 0.125, 8),
-        Report(8, 1, 1, 2.0, 8),
-    ]
-    theta1 = theta0.copy()
-    alpha_r, lam, eta = 0.5, 0.3, 0.01
-    apply_round(theta1, layout, reports, {1: BlockGuidance(g_basis, g_coeffs)}, alpha_r, lam, eta)
-    replay = {
-        "layout": layout.to_dict(),
-        "theta0": f32_hex(theta0),
-        "alpha": alpha_r,
-        "lambda": lam,
-        "eta": eta,
-        "guidance": {
-            "1": {"basis_row_major": f32_hex(g_basis.reshape(-1)), "rows": 7, "cols": 2, "coeffs": f32_hex(g_coeffs)}
-        },
-        "reports": [
-            {"seed": r.seed, "block": r.block, "step": r.step, "scalar": r.scalar, "n_examples": r.n_examples}
-            for r in reports
-        ],
-        "theta1": f32_hex(theta1),
-        "theta1_sha256": theta_checksum(theta1),
+    guidance = {
+        0: BlockGuidance(_demo_values(5 * 2, 17).reshape(5, 2), np.array([0.25, 2.0], dtype=np.float32)),
+        1: BlockGuidance(_demo_values(7 * 2, 13).reshape(7, 2), np.array([0.5, -1.25], dtype=np.float32)),
     }
+    reports = [  # a zgr round: step s measures directions[s mod 2] (subspace, complement)
+        Report(5, 0, 0, 0.75, 8),
+        Report(6, 0, 1, -1.5, 8),
+        Report(7, ALL_BLOCKS, 2, 0.125, 8),
+        Report(8, ALL_BLOCKS, 3, 2.0, 8),
+        Report(9, 1, 1, -0.375, 8),
+    ]
+    zgr_dirs = (Direction.SUBSPACE, Direction.COMPLEMENT)
+    update = {
+        0: BlockUpdate(q=-0.0123, w=np.array([0.01, -0.02], dtype=np.float32)),
+        1: BlockUpdate(q=0.00456, w=np.array([-0.003, 0.0375], dtype=np.float32)),
+    }
+    zo_update = {0: BlockUpdate(q=-0.001), 1: BlockUpdate(q=-0.002)}
+    replays = []
+    for name, dirs, guid, upd in (
+        ("zgr", zgr_dirs, guidance, update),
+        ("zo", (Direction.ISO,), {}, zo_update),
+        ("cloud", (), guidance, {b: BlockUpdate(w=u.w) for b, u in update.items()}),
+    ):
+        rep = [] if not dirs else reports
+        theta1 = theta0.copy()
+        apply_update(theta1, layout, rep, dirs, guid, upd)
+        replays.append(
+            {
+                "strategy": name,
+                "layout": layout.to_dict(),
+                "theta0": f32_hex(theta0),
+                "directions": [d.name.lower() for d in dirs],
+                "guidance": {
+                    str(b): {
+                        "basis_row_major": f32_hex(g.basis.reshape(-1)),
+                        "rows": int(g.basis.shape[0]),
+                        "cols": int(g.basis.shape[1]),
+                        "coeffs": f32_hex(g.coeffs),
+                    }
+                    for b, g in guid.items()
+                },
+                "reports": [
+                    {"seed": r.seed, "block": r.block, "step": r.step, "scalar": r.scalar, "n_examples": r.n_examples}
+                    for r in rep
+                ],
+                "update": [
+                    {"block": b, "q": u.q, "w": None if u.w is None else f32_hex(u.w)} for b, u in sorted(upd.items())
+                ],
+                "theta1": f32_hex(theta1),
+                "theta1_sha256": theta_checksum(theta1),
+            }
+        )
     return {
         "format": FORMAT,
         "spec": "docs/PERTURBATIONS.md",
         "mix64": [{"in": f"{x:016x}", "out": f"{mix64(x):016x}"} for x in mix_inputs],
         "streams": streams,
-        "guided": guided,
-        "replay": replay,
+        "directions": directions,
+        "replays": replays,
     }
 
 

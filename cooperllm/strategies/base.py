@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from cooperllm.layout import ParamLayout
-from cooperllm.zgr import BlockGuidance, Report, apply_round
+from cooperllm.perturb import Direction
+from cooperllm.rectify import RectifierState
+from cooperllm.zgr import BlockGuidance, BlockUpdate, Report, apply_update
 
 if TYPE_CHECKING:  # the wire model imports the registry's names; the strategies need its type only
     from cooperllm.protocol import RunConfig
@@ -43,7 +45,7 @@ class Upload(enum.StrEnum):
 class RoundPlan:
     """The strategy's part of what devices are told for a round (``RoundInfo``)."""
 
-    alpha: float  # weight of the isotropic part of a guided perturbation (1.0: plain Rademacher)
+    directions: tuple[Direction, ...]  # what each local step measures, in order (one report per direction)
     guided: bool  # the cloud publishes guidance bases for this round
     device_work: DeviceWork
     uploads_per_device: int  # reports (or deltas) a device sends to count as complete; 0: the round needs no device
@@ -52,22 +54,26 @@ class RoundPlan:
 @dataclass(frozen=True)
 class RoundInputs:
     """What the cloud collected in a round, in canonical order (reports by seed, block, step, device; deltas by
-    device). ``cloud_var`` is the rectifier's minibatch variance of the guidance coefficients (guided runs)."""
+    device; guidance with each direction's τ_k²). ``state`` is what the rectifier carried out of the previous round."""
 
     reports: Sequence[Report] = ()
     deltas: Sequence[tuple[int, np.ndarray]] = ()  # (n_examples, Δθ)
     guidance: Mapping[int, BlockGuidance] = field(default_factory=dict)
-    cloud_var: float | None = None
+    state: RectifierState = field(default_factory=RectifierState)
 
 
 @dataclass(frozen=True)
 class Aggregate:
-    """θ_{r+1}, the mixing weight λ that produced it (published for replay) and how many uploads were used."""
+    """θ_{r+1}; the published update that rebuilds it from θ_r (``apply_update``); the mean λ_k (None where the
+    strategy mixes nothing); how many uploads were used; the rectifier's per-block numbers (for the round summary and
+    the metrics) and the state it carries into the next round."""
 
     theta: np.ndarray
-    lam: float
+    lam: float | None
     n_used: int
-    terms: Mapping[str, float] = field(default_factory=dict)  # λ*'s estimated terms, for the log
+    update: Mapping[int, BlockUpdate] = field(default_factory=dict)
+    stats: Mapping[str, object] = field(default_factory=dict)
+    state: RectifierState = field(default_factory=RectifierState)
 
 
 class Strategy(ABC):
@@ -78,17 +84,15 @@ class Strategy(ABC):
     device_work: ClassVar[DeviceWork] = DeviceWork.ZO
     upload: ClassVar[Upload] = Upload.REPORTS
     replayable: ClassVar[bool] = True  # a round can be rebuilt from seeds, scalars and published numbers
-    default_eta: ClassVar[float] = 1e-3  # the server's step when a run does not name one
+    directions: ClassVar[tuple[Direction, ...]] = (Direction.ISO,)  # what a device's step measures
+    default_eta: ClassVar[float] = 1e-2  # the server's step η when a run does not name one (normalised: see rectify)
     default_local_lr: ClassVar[float] = 0.0  # a device's own step (0: ZO devices measure θ_r and do not move)
 
     def configure_round(self, cfg: RunConfig, blocks: Sequence[int]) -> RoundPlan:
         """What every device is asked to do this round."""
-        per_device = {Upload.REPORTS: cfg.local_steps * len(blocks), Upload.DELTA: 1, Upload.NONE: 0}[self.upload]
-        return RoundPlan(self.device_alpha(cfg), self.guided, self.device_work, per_device)
-
-    def device_alpha(self, cfg: RunConfig) -> float:
-        """α the devices perturb with (and the replay uses): unguided strategies draw plain Rademacher directions."""
-        return cfg.alpha if self.guided else 1.0
+        per_report = cfg.local_steps * len(blocks) * len(self.directions)
+        per_device = {Upload.REPORTS: per_report, Upload.DELTA: 1, Upload.NONE: 0}[self.upload]
+        return RoundPlan(self.directions, self.guided, self.device_work, per_device)
 
     @abstractmethod
     def aggregate(self, theta: np.ndarray, layout: ParamLayout, cfg: RunConfig, inputs: RoundInputs) -> Aggregate:
@@ -100,12 +104,10 @@ class Strategy(ABC):
         layout: ParamLayout,
         reports: Sequence[Report],
         guidance: Mapping[int, BlockGuidance],
-        alpha: float,
-        lam: float,
-        eta: float,
+        update: Mapping[int, BlockUpdate],
     ) -> None:
         """Rebuild θ_{r+1} in place from a closed round's published record (what a device does instead of
         downloading the adapter). The same float32 sequence as :meth:`aggregate`, so the result is bit-identical."""
         if not self.replayable:
             raise ValueError(f"strategy {self.name!r} rounds cannot be replayed: download the adapter")
-        apply_round(theta, layout, reports, guidance, alpha, lam, eta)
+        apply_update(theta, layout, reports, self.directions, guidance, update)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from cooperllm.data import load_dataset, shared_data_dir
 from cooperllm.manifest import read_manifest
-from cooperllm.perturb import perturbation
+from cooperllm.perturb import Direction, direction
 from cooperllm.rusage import maxrss_mb
 from cooperllm.tokenization import PromptEncoder
 from device_runtime.backends import choose_backend, open_backend
@@ -166,7 +166,7 @@ def worker(cfg: dict) -> dict:
     batch = encoder.encode(list(data.texts[:n]), np.asarray(data.labels[:n]))
     theta = backend.initial_theta()
     for b in manifest.layout.blocks:
-        theta[b.slice] += np.float32(THETA_SHIFT) * perturbation(7, b.index, b.size)
+        theta[b.slice] += np.float32(THETA_SHIFT) * direction(7, b.index, b.size, Direction.ISO)
     loss, _ = backend.run(batch, theta)  # warm-up (XNNPACK workspace, first-touch pages)
     times = []
     for _ in range(cfg["forwards"]):

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from cooperllm.perturb import perturbation, rademacher
+from cooperllm.perturb import Direction, direction, rademacher
 
 SMOLLM2_THETA = 460_800
 
@@ -46,8 +46,15 @@ def run(args: argparse.Namespace) -> int:
             _median_ms(lambda: rng.integers(0, 2, n, dtype=np.int8), args.repeats),
         ),
         ("portable rademacher (int8)", _median_ms(lambda: rademacher(123, 7, n), args.repeats)),
-        ("portable perturbation α=1 (float32)", _median_ms(lambda: perturbation(123, 7, n), args.repeats)),
-        (f"guided perturbation α=0.5, m={m}", _median_ms(lambda: perturbation(123, 7, n, basis, 0.5), args.repeats)),
+        ("Rademacher direction (float32)", _median_ms(lambda: direction(123, 7, n, Direction.ISO), args.repeats)),
+        (
+            f"subspace direction, m={m}",
+            _median_ms(lambda: direction(123, 7, n, Direction.SUBSPACE, basis), args.repeats),
+        ),
+        (
+            f"complement direction, m={m}",
+            _median_ms(lambda: direction(123, 7, n, Direction.COMPLEMENT, basis), args.repeats),
+        ),
     ]
     base = rows[0][1]
     print(f"entries per draw: {n:,}   (median of {args.repeats})")

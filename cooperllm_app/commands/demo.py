@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(args.out)
     print(
         f"2/3 simulate: {cfg.clients} devices, {cfg.per_round} per round, {cfg.rounds} rounds, {cfg.local_steps} ZO "
-        f"reports over all blocks per device per round, link {cfg.link}, η {cfg.eta}, λ {cfg.lam}, α {cfg.alpha}; "
+        f"reports over all blocks per device per round, link {cfg.link}, η {cfg.eta}, λ {cfg.lam}; "
         f"scored on the first {cfg.eval_limit} SST-2 test examples"
     )
     print(f"    {command_line(cfg, args.out)}")

@@ -90,10 +90,10 @@ class SimConfig:
         "each", help="each (a report per block), all (one over θ), or 0,3,5"
     )
     epsilon: float = run_field("epsilon")
-    alpha: float = run_field("alpha")
     lam: float | str = run_field("lam")
     lam_max: float = run_field("lam_max")
-    eta: float | None = run_field("eta", unset="per strategy: 1e-3; bp 1, FedAvg of Δθ")
+    eta: float | None = run_field("eta", unset="per strategy: 1e-2; bp 1, FedAvg of Δθ")
+    eta_zo: float = run_field("eta_zo")
     guidance_rank: int = run_field("guidance_rank", flag="--rank")
     window: int = run_field("window")
     grad_batches: int = run_field("grad_batches")

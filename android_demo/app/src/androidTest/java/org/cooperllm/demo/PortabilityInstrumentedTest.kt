@@ -8,8 +8,9 @@ import org.junit.Test
 import org.junit.runner.RunWith
 
 /**
- * On a device or emulator (`./gradlew :app:connectedAndroidTest`): ART reproduces the golden perturbations, guided
- * perturbation and round replay of docs/PERTURBATIONS.md bit for bit, as the JVM does in tests/test_android_core.py.
+ * On a device or emulator (`./gradlew :app:connectedAndroidTest`): ART reproduces the golden perturbations, the three
+ * kinds of direction and the round replays of docs/PERTURBATIONS.md bit for bit, as the JVM does in
+ * tests/test_android_core.py.
  */
 @RunWith(AndroidJUnit4::class)
 class PortabilityInstrumentedTest {

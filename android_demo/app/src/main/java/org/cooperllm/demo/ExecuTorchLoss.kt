@@ -29,10 +29,10 @@ class ExecuTorchLoss(
         require(!graph.paired) { "paired graphs (θ+εz and θ−εz in one call) are not supported by the demo" }
     }
 
-    override fun batchSize(step: Int): Int = graph.batchSize
+    override fun batchSize(batch: Int): Int = graph.batchSize
 
-    override fun loss(theta: FloatArray, step: Int): Double {
-        val out = run(theta, train.batch(step.toLong(), graph.batchSize))
+    override fun loss(theta: FloatArray, batch: Int): Double {
+        val out = run(theta, train.batch(batch.toLong(), graph.batchSize))
         return out[0].toTensor().dataAsFloatArray[0].toDouble()
     }
 

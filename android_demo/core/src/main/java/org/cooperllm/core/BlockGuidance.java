@@ -1,6 +1,10 @@
 package org.cooperllm.core;
 
-/** Cloud guidance for one block: orthonormal basis V (rows × m, binary32, row-major) and c = Vᵀ g_cloud (m). */
+/**
+ * Cloud guidance for one block: orthonormal basis V (rows × m, binary32, row-major) and c = Vᵀ g_cloud (m, or null
+ * before the round closes). The basis shapes the SUBSPACE and COMPLEMENT directions and the subspace step; c is for
+ * display only, since the published update already holds what the server made of it.
+ */
 public final class BlockGuidance {
     public final float[] basis;
     public final int rows;

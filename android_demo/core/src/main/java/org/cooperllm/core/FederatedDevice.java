@@ -14,12 +14,14 @@ import java.util.logging.Logger;
 /**
  * One phone in a federated run (device_runtime/client.py, in Java): enrol, follow the global θ by replaying each
  * closed round (checksum-verified; the full adapter is downloaded only when replay is impossible or disagrees), fetch
- * the round's guidance (sha256-verified), run local_steps × blocks SPSA reports at θ_r with seeds from this device's
- * range, put the batch in the durable outbox before any upload, and drain the outbox with retries.
+ * the round's guidance (sha256-verified), run local_steps × blocks × directions SPSA reports at θ_r with seeds from
+ * this device's range, put the batch in the durable outbox before any upload, and drain the outbox with retries.
  *
- * <p>The loss function sees batch index round·local_steps + t for step t (reports carry t), so every round trains on
- * fresh batches. State lives in {@code stateDir}: θ (safetensors), a small JSON (round, device id, token) and the outbox, all
- * written atomically, so a killed app resumes where it stopped and never loses or double-counts a report.
+ * <p>Report step s = t·D + j of a block measures the round's directions[j] on batch t (D directions), so a zgr step
+ * measures the subspace and the complement on the same examples. The loss function sees batch index
+ * round·local_steps + t, so every round trains on fresh batches. State lives in {@code stateDir}: θ (safetensors), a
+ * small JSON (round, device id, token) and the outbox, all written atomically, so a killed app resumes where it
+ * stopped and never loses or double-counts a report.
  */
 public final class FederatedDevice {
     private static final Logger LOG = Logger.getLogger(FederatedDevice.class.getName());
@@ -200,7 +202,7 @@ public final class FederatedDevice {
             float[] work = theta.clone();
             ok = true;
             try {
-                for (int r = thetaRound; r < info.round && ok; r++) ok = replayRound(r, work);
+                for (int r = thetaRound; r < info.round && ok; r++) ok = replayRound(r, work, info.directions);
             } catch (CooperClient.ApiException e) {
                 if (e.status == 401 || e.status == 403 || e.retryable()) throw e;
                 LOG.warning("replay impossible (" + e.getMessage() + "): downloading the adapter");
@@ -235,8 +237,11 @@ public final class FederatedDevice {
         emit("synced to round " + info.round);
     }
 
-    /** θ_r → θ_{r+1} in place from the server's sync payload; false when not replayable or the checksum disagrees. */
-    public boolean replayRound(int round, float[] work) throws IOException {
+    /**
+     * θ_r → θ_{r+1} in place from the server's sync payload; false when not replayable or the checksum disagrees.
+     * {@code directions}: the run's, as any of its rounds names them (the sync record does not repeat them).
+     */
+    public boolean replayRound(int round, float[] work, List<Direction> directions) throws IOException {
         Protocol.ModelSync s = api.sync(round);
         if (!s.replayable) {
             LOG.info("round " + round + " (" + s.strategy + ") is not replayable: downloading the adapter");
@@ -252,7 +257,7 @@ public final class FederatedDevice {
             if (basis.m != sg.coeffs.length) throw new IOException("guidance coefficients do not match the basis");
             g.put(sg.block, basis.withCoeffs(sg.coeffs));
         }
-        RoundReplay.applyRound(work, layout, s.reports, g, s.alpha, s.lam, s.eta);
+        RoundReplay.applyUpdate(work, layout, s.reports, directions, g, s.update);
         boolean ok = Floats.thetaChecksum(work).equals(s.checksumAfter);
         if (!ok) LOG.warning("round " + round + ": replay disagrees with the server's checksum");
         return ok;
@@ -292,6 +297,9 @@ public final class FederatedDevice {
     public List<Report> runRound(Protocol.RoundInfo info, boolean upload) throws Exception {
         if (!"open".equals(info.status)) throw new IllegalStateException("round " + info.round + " is " + info.status);
         if ("bp".equals(info.strategy)) throw new IllegalStateException("strategy 'bp' needs backprop; this device runs ZO only");
+        if (info.directions.isEmpty()) {
+            throw new IllegalStateException("strategy '" + info.strategy + "' asks nothing of devices: its rounds are the cloud's alone");
+        }
         checkArtifacts(info);
         syncTo(info);
         Map<Integer, BlockGuidance> guidance = new HashMap<>();
@@ -300,23 +308,23 @@ public final class FederatedDevice {
             if (g.rows != ref.rows || g.m != ref.m) throw new IOException("guidance for block " + ref.block + " has the wrong shape");
             guidance.put(ref.block, g);
         }
-        double alpha = "zo".equals(info.strategy) || guidance.isEmpty() ? 1.0 : info.alpha;
         // SPSA perturbs in place and restores only up to float rounding: work on a copy so θ_r stays bit-exact
         // for the replay of this round (the server's checksum_before).
-        final int batchBase = info.round * info.localSteps; // fresh batches every round, same batch within a step
+        final int batchBase = info.round * info.localSteps; // fresh batches every round, one batch per local step
         LossFunction roundLoss = new LossFunction() {
             @Override
-            public double loss(float[] th, int step) throws Exception {
-                return loss.loss(th, batchBase + step);
+            public double loss(float[] th, int batch) throws Exception {
+                return loss.loss(th, batchBase + batch);
             }
 
             @Override
-            public int batchSize(int step) {
-                return loss.batchSize(batchBase + step);
+            public int batchSize(int batch) {
+                return loss.batchSize(batchBase + batch);
             }
         };
-        ZoEngine engine = new ZoEngine(theta.clone(), layout, roundLoss, info.epsilon, alpha, guidance);
-        int total = info.localSteps * info.blocks.size();
+        ZoEngine engine = new ZoEngine(theta.clone(), layout, roundLoss, info.epsilon, guidance);
+        int kinds = info.directions.size();
+        int total = info.localSteps * info.blocks.size() * kinds;
         if (info.seedLo + total > info.seedHi) throw new IllegalStateException("the round needs more seeds than this device's range");
         progress.round = info.round;
         progress.totalSteps = total;
@@ -324,15 +332,17 @@ public final class FederatedDevice {
         int idx = 0;
         for (int t = 0; t < info.localSteps; t++) {
             for (int block : info.blocks) {
-                try {
-                    reports.add(engine.step(info.seedLo + idx, block, t));
-                    progress.loss = engine.lastLoss();
-                } catch (ZoEngine.NonFiniteLossException e) {
-                    LOG.warning("round " + info.round + " step " + t + " block " + block + " dropped: " + e.getMessage());
+                for (int j = 0; j < kinds; j++) {
+                    try {
+                        reports.add(engine.step(info.seedLo + idx, block, info.directions.get(j), t, t * kinds + j));
+                        progress.loss = engine.lastLoss();
+                    } catch (ZoEngine.NonFiniteLossException e) {
+                        LOG.warning("round " + info.round + " step " + t + " block " + block + " dropped: " + e.getMessage());
+                    }
+                    idx++;
+                    progress.step = idx;
+                    emit("training");
                 }
-                idx++;
-                progress.step = idx;
-                emit("training");
             }
         }
         if (!reports.isEmpty()) {

@@ -1,9 +1,10 @@
 package org.cooperllm.core;
 
 /**
- * Portable perturbations (docs/PERTURBATIONS.md): a counter-based SplitMix64 stream keyed by (seed, block, stream),
- * Rademacher entries for the isotropic part and the guided mix with the cloud's basis. Integer-exact plus a fixed
- * sequence of binary32 operations, so the phone, Python and the server produce the same z bit for bit.
+ * Portable perturbations (docs/PERTURBATIONS.md, protocol 2): a counter-based SplitMix64 stream keyed by (seed, block,
+ * stream), Rademacher entries, and the three kinds of direction built from them and the cloud's basis. Integer-exact
+ * plus a fixed sequence of binary32 (and, for Vᵀz, binary64) operations, so the phone, Python and the server produce
+ * the same u bit for bit.
  */
 public final class Perturb {
     public static final long GAMMA = 0x9E3779B97F4A7C15L;
@@ -50,13 +51,6 @@ public final class Perturb {
         return out;
     }
 
-    /** (float) sqrt(α) and (float) sqrt((1 − α)·n/m), computed in binary64 and rounded once. */
-    public static float[] guidedScales(double alpha, int n, int m) {
-        checkAlpha(alpha);
-        if (m <= 0) return new float[] {1.0f, 0.0f};
-        return new float[] {(float) Math.sqrt(alpha), (float) Math.sqrt((1.0 - alpha) * n / m)};
-    }
-
     /** Σ_k w_k · V[:, k] in binary32, columns summed in order k = 0, 1, … (V row-major, rows × m). */
     public static float[] combineColumns(float[] basis, int rows, int m, float[] weights) {
         if (weights.length != m || basis.length != (long) rows * m) {
@@ -70,35 +64,59 @@ public final class Perturb {
         return out;
     }
 
-    /** z for one block of n values; plain Rademacher when there is no basis or α ≥ 1. */
-    public static float[] perturbation(long seed, long block, int n, BlockGuidance guidance, double alpha) {
-        checkAlpha(alpha);
-        byte[] iso = rademacher(seed, block, n, STREAM_ISO);
-        float[] z = new float[n];
-        if (guidance == null || alpha >= 1.0) {
-            for (int i = 0; i < n; i++) z[i] = iso[i];
-            return z;
+    /** s = (float) sqrt(n/m), in binary64 rounded once: s·Vξ then has the squared norm n of a Rademacher z. */
+    public static float subspaceScale(int n, int m) {
+        if (n <= 0 || m <= 0) throw new IllegalArgumentException("a subspace needs n > 0 and m > 0, got n=" + n + ", m=" + m);
+        return (float) Math.sqrt((double) n / m);
+    }
+
+    /**
+     * Vᵀz as binary32: each coefficient summed in binary64 in row order i = 0 … n−1 and rounded once. A fixed
+     * sequential sum, not a dot-product routine whose order (and so whose rounding) varies by platform.
+     */
+    public static float[] projectCoefficients(float[] basis, int rows, int m, float[] z) {
+        if (z.length != rows || basis.length != (long) rows * m) {
+            throw new IllegalArgumentException("basis " + rows + "x" + m + " does not match " + z.length + " values");
         }
-        if (guidance.rows != n) {
-            throw new IllegalArgumentException("basis has " + guidance.rows + " rows, block has " + n + " values");
+        float[] out = new float[m];
+        for (int k = 0; k < m; k++) {
+            double s = -0.0; // the identity of +: the sum equals numpy's cumsum bit for bit, signed zeros included
+            for (int i = 0; i < rows; i++) s += (double) basis[i * m + k] * (double) z[i];
+            out[k] = (float) s;
         }
-        int m = guidance.m;
-        float[] s = guidedScales(alpha, n, m);
-        byte[] xiBits = rademacher(seed, block, m, STREAM_XI);
-        float[] xi = new float[m];
-        for (int k = 0; k < m; k++) xi[k] = xiBits[k];
-        float[] u = combineColumns(guidance.basis, n, m, xi);
-        float a = s[0], b = s[1];
-        for (int i = 0; i < n; i++) z[i] = a * (float) iso[i] + b * u[i];
+        return out;
+    }
+
+    /** u(seed, block) of the given kind for a block of n values; the guided kinds need the block's basis. */
+    public static float[] direction(long seed, long block, int n, Direction kind, BlockGuidance guidance) {
+        if (kind != Direction.ISO) {
+            if (guidance == null) throw new IllegalArgumentException("a " + kind.wireName() + " direction needs the block's guidance basis");
+            if (guidance.rows != n) {
+                throw new IllegalArgumentException("basis of " + guidance.rows + " rows does not match a block of " + n + " values");
+            }
+        }
+        if (kind == Direction.SUBSPACE) {
+            float[] v = combineColumns(guidance.basis, n, guidance.m, signs(seed, block, guidance.m, STREAM_XI));
+            float s = subspaceScale(n, guidance.m);
+            for (int i = 0; i < n; i++) v[i] = s * v[i];
+            return v;
+        }
+        float[] z = signs(seed, block, n, STREAM_ISO);
+        if (kind == Direction.ISO) return z;
+        float[] c = projectCoefficients(guidance.basis, n, guidance.m, z);
+        float[] v = combineColumns(guidance.basis, n, guidance.m, c);
+        for (int i = 0; i < n; i++) z[i] = z[i] - v[i];
         return z;
     }
 
-    /** out[off .. off+n) += (float) coef · z(seed, block): the one primitive behind perturb, restore and replay. */
-    public static void addPerturbation(float[] out, int off, int n, double coef, long seed, long block,
-                                       BlockGuidance guidance, double alpha) {
+    /**
+     * out[off .. off+n) += (float) coef · u(seed, block): the one primitive behind perturb, restore, the local update
+     * and the replay. ISO streams the signs (no block-sized buffer: the common case on a phone).
+     */
+    public static void addDirection(float[] out, int off, int n, double coef, long seed, long block, Direction kind,
+                                    BlockGuidance guidance) {
         float c = (float) coef;
-        if (guidance == null || alpha >= 1.0) {
-            checkAlpha(alpha);
+        if (kind == Direction.ISO) {
             long key = streamKey(seed, block, STREAM_ISO);
             long w = 0;
             for (int i = 0; i < n; i++) {
@@ -108,11 +126,14 @@ public final class Perturb {
             }
             return;
         }
-        float[] z = perturbation(seed, block, n, guidance, alpha);
-        for (int i = 0; i < n; i++) out[off + i] = out[off + i] + c * z[i];
+        float[] u = direction(seed, block, n, kind, guidance);
+        for (int i = 0; i < n; i++) out[off + i] = out[off + i] + c * u[i];
     }
 
-    private static void checkAlpha(double alpha) {
-        if (!(alpha >= 0.0 && alpha <= 1.0)) throw new IllegalArgumentException("alpha must be in [0, 1], got " + alpha);
+    private static float[] signs(long seed, long block, int n, int stream) {
+        byte[] r = rademacher(seed, block, n, stream);
+        float[] out = new float[n];
+        for (int i = 0; i < n; i++) out[i] = r[i];
+        return out;
     }
 }

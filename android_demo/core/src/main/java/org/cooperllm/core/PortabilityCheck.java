@@ -7,18 +7,22 @@ import java.util.Map;
 
 /**
  * Checks this runtime against the golden vectors of docs/PERTURBATIONS.md (cooperllm/spec/perturbation_golden.json):
- * mix64, stream keys and words, Rademacher signs and long-stream hashes, the guided perturbation and a full round
- * replay with its checksum. A phone whose VM computed any of these differently would report scalars along directions
+ * mix64, stream keys and words, Rademacher signs and long-stream hashes, the three kinds of direction (iso, subspace,
+ * complement, with the subspace scale and the projection Vᵀz) and three round replays (zgr, zo, cloud) with their
+ * checksums. A phone whose VM computed any of these differently would report scalars along directions
  * the server never applies, so the app runs this once before training and refuses on any mismatch.
  */
 public final class PortabilityCheck {
+    /** The golden file's format this runtime checks (cooperllm/spec/golden.py FORMAT: 2 = protocol 2 directions). */
+    public static final long FORMAT = 2;
+
     private PortabilityCheck() {}
 
     /** Mismatches, one line each; empty when this runtime reproduces every golden value bit for bit. */
     public static List<String> verify(String goldenJson) {
         List<String> bad = new ArrayList<>();
         Json.Obj g = Json.parseObject(goldenJson);
-        if (g.getLong("format") != 1) {
+        if (g.getLong("format") != FORMAT) {
             bad.add("golden format " + g.getLong("format") + " is not supported");
             return bad;
         }
@@ -47,14 +51,35 @@ public final class PortabilityCheck {
                 if (!Floats.sha256Hex(packed).equals(e.getString(k))) bad.add(id + " " + k);
             }
         }
-        Json.Obj gd = g.getObj("guided");
-        int n = gd.getInt("n"), m = gd.getInt("m");
-        float[] z = Perturb.perturbation(gd.getLong("seed"), gd.getLong("block"), n,
-                new BlockGuidance(Floats.fromHex(gd.getList("basis_row_major")), n, m, null), gd.getDouble("alpha"));
-        if (!sameBits(Floats.fromHex(gd.getList("z")), z)) bad.add("guided perturbation z");
-        Json.Obj r = g.getObj("replay");
+        Json.Obj d = g.getObj("directions");
+        int n = d.getInt("n"), m = d.getInt("m");
+        long seed = d.getLong("seed"), block = d.getLong("block");
+        float[] basis = Floats.fromHex(d.getList("basis_row_major"));
+        BlockGuidance guidance = new BlockGuidance(basis, n, m, null);
+        float[] z = Perturb.direction(seed, block, n, Direction.ISO, null);
+        if (!sameBits(Floats.fromHex(d.getList("iso")), z)) bad.add("iso direction");
+        if (!sameBits(Floats.fromHex(d.getList("subspace_scale")), new float[] {Perturb.subspaceScale(n, m)})) bad.add("subspace scale");
+        if (!sameBits(Floats.fromHex(d.getList("projection")), Perturb.projectCoefficients(basis, n, m, z))) bad.add("projection Vᵀz");
+        for (Direction kind : new Direction[] {Direction.SUBSPACE, Direction.COMPLEMENT}) {
+            float[] u = Perturb.direction(seed, block, n, kind, guidance);
+            if (!sameBits(Floats.fromHex(d.getList(kind.wireName())), u)) bad.add(kind.wireName() + " direction");
+        }
+        for (Object o : g.getList("replays")) {
+            Json.Obj r = Json.obj(o, "replay");
+            String id = r.getString("strategy") + " round replay";
+            float[] theta = replay(r);
+            if (!sameBits(Floats.fromHex(r.getList("theta1")), theta)) bad.add(id + " θ1");
+            if (!Floats.thetaChecksum(theta).equals(r.getString("theta1_sha256"))) bad.add(id + " checksum");
+        }
+        return bad;
+    }
+
+    /** θ1 of one golden replay: its θ0 with apply_update's inputs as the golden file spells them (w: f32 hex or null). */
+    static float[] replay(Json.Obj r) {
         ParamLayout layout = ParamLayout.fromJson(r.getObj("layout"));
         float[] theta = Floats.fromHex(r.getList("theta0"));
+        List<Direction> directions = new ArrayList<>();
+        for (Object o : r.getList("directions")) directions.add(Direction.fromWire((String) o));
         Map<Integer, BlockGuidance> guidance = new HashMap<>();
         for (Map.Entry<String, Object> e : r.getObj("guidance").asMap().entrySet()) {
             Json.Obj b = Json.obj(e.getValue(), "guidance");
@@ -63,10 +88,13 @@ public final class PortabilityCheck {
         }
         List<Report> reports = new ArrayList<>();
         for (Object o : r.getList("reports")) reports.add(Report.fromJson(o));
-        RoundReplay.applyRound(theta, layout, reports, guidance, r.getDouble("alpha"), r.getDouble("lambda"), r.getDouble("eta"));
-        if (!sameBits(Floats.fromHex(r.getList("theta1")), theta)) bad.add("round replay θ1");
-        if (!Floats.thetaChecksum(theta).equals(r.getString("theta1_sha256"))) bad.add("round replay checksum");
-        return bad;
+        Map<Integer, BlockUpdate> update = new HashMap<>();
+        for (Object o : r.getList("update")) {
+            Json.Obj u = Json.obj(o, "update");
+            update.put(u.getInt("block"), new BlockUpdate(u.getDouble("q"), u.has("w") ? Floats.fromHex(u.getList("w")) : null));
+        }
+        RoundReplay.applyUpdate(theta, layout, reports, directions, guidance, update);
+        return theta;
     }
 
     private static long hex64(String h) {

@@ -3,9 +3,17 @@ package org.cooperllm.core;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
 
-/** API v1 bodies (cooperllm/protocol.py) as read by the device; unknown fields are ignored, missing ones fail. */
+/**
+ * API v1 bodies of protocol version 2 (cooperllm/protocol.py) as read by the device; unknown fields are ignored (so
+ * the display-only ModelSync.lam is), missing ones fail.
+ */
 public final class Protocol {
+    /** The protocol this core speaks (cooperllm.protocol.PROTOCOL_VERSION; GET /v1/health names the server's). */
+    public static final int VERSION = 2;
+
     private Protocol() {}
 
     /** One block's guidance as advertised by a round. */
@@ -34,7 +42,8 @@ public final class Protocol {
         public final double epsilon;
         public final int localSteps;
         public final List<Integer> blocks;
-        public final double alpha;
+        /** What each measurement perturbs along: step s of a block measures directions[s mod D] on batch s div D. */
+        public final List<Direction> directions;
         public final int batchSize;
         public final double deadline;
         public final long seedLo;
@@ -44,7 +53,7 @@ public final class Protocol {
         public final List<GuidanceRef> guidance;
         public final int roundsTotal;
         /** sha256 of the run's artifact files by name (manifest.json, model.pte, …). */
-        public final java.util.Map<String, String> artifactHashes;
+        public final Map<String, String> artifactHashes;
 
         public RoundInfo(Json.Obj j) {
             runId = j.getLong("run_id");
@@ -56,7 +65,9 @@ public final class Protocol {
             List<Integer> b = new ArrayList<>();
             for (Object o : j.getList("blocks")) b.add(Math.toIntExact((Long) o));
             blocks = Collections.unmodifiableList(b);
-            alpha = j.getDouble("alpha");
+            List<Direction> d = new ArrayList<>();
+            for (Object o : j.getList("directions")) d.add(Direction.fromWire(String.valueOf(o)));
+            directions = Collections.unmodifiableList(d);
             batchSize = j.getInt("batch_size");
             deadline = j.getDouble("deadline");
             seedLo = j.getLong("seed_lo");
@@ -67,8 +78,8 @@ public final class Protocol {
             for (Object o : j.getList("guidance")) g.add(new GuidanceRef(Json.obj(o, "guidance ref")));
             guidance = Collections.unmodifiableList(g);
             roundsTotal = j.getInt("rounds_total");
-            java.util.Map<String, String> h = new java.util.TreeMap<>();
-            for (java.util.Map.Entry<String, Object> e : j.getObj("artifact_hashes").asMap().entrySet()) {
+            Map<String, String> h = new TreeMap<>();
+            for (Map.Entry<String, Object> e : j.getObj("artifact_hashes").asMap().entrySet()) {
                 h.put(e.getKey(), String.valueOf(e.getValue()));
             }
             artifactHashes = Collections.unmodifiableMap(h);
@@ -103,23 +114,23 @@ public final class Protocol {
             block = j.getInt("block");
             guidanceId = j.getString("guidance_id");
             sha256 = j.getString("sha256");
-            List<Object> c = j.getList("coeffs");
-            coeffs = new float[c.size()];
-            for (int i = 0; i < coeffs.length; i++) coeffs[i] = (float) number(c.get(i));
+            coeffs = floats(j.getList("coeffs"));
         }
     }
 
-    /** GET /v1/rounds/{r}/sync: everything needed to replay θ_r → θ_{r+1}. */
+    /**
+     * GET /v1/rounds/{r}/sync: everything needed to replay θ_r → θ_{r+1} with {@link RoundReplay#applyUpdate}. The
+     * round's directions are not repeated here: a run's strategy fixes them, so they are those its RoundInfo names.
+     */
     public static final class ModelSync {
         public final long runId;
         public final int round;
         public final String strategy;
         public final boolean replayable;
-        public final double alpha;
-        public final double lam;
-        public final double eta;
         public final List<Report> reports;
         public final List<SyncGuidance> guidance;
+        /** The published update by block (ModelSync.update: q, and w or null). */
+        public final Map<Integer, BlockUpdate> update;
         public final String checksumBefore;
         public final String checksumAfter;
 
@@ -128,18 +139,34 @@ public final class Protocol {
             round = j.getInt("round");
             strategy = j.getString("strategy");
             replayable = j.getBool("replayable");
-            alpha = j.getDouble("alpha");
-            lam = j.getDouble("lam");
-            eta = j.getDouble("eta");
             List<Report> r = new ArrayList<>();
             for (Object o : j.getList("reports")) r.add(Report.fromJson(o));
             reports = Collections.unmodifiableList(r);
             List<SyncGuidance> g = new ArrayList<>();
             for (Object o : j.getList("guidance")) g.add(new SyncGuidance(Json.obj(o, "sync guidance")));
             guidance = Collections.unmodifiableList(g);
+            update = updates(j.getList("update"));
             checksumBefore = j.getString("theta_checksum_before");
             checksumAfter = j.getString("theta_checksum_after");
         }
+    }
+
+    /** ModelSync.update (a list of SyncUpdate: block, q, w or null) by block. */
+    static Map<Integer, BlockUpdate> updates(List<Object> items) {
+        Map<Integer, BlockUpdate> out = new TreeMap<>();
+        for (Object o : items) {
+            Json.Obj e = Json.obj(o, "sync update");
+            BlockUpdate u = new BlockUpdate(e.getDouble("q"), e.has("w") ? floats(e.getList("w")) : null);
+            if (out.put(e.getInt("block"), u) != null) throw new Json.JsonException("update names block " + e.getInt("block") + " twice");
+        }
+        return Collections.unmodifiableMap(out);
+    }
+
+    /** JSON numbers that are exact binary32 values (Python writes a float32 as the double of the same value). */
+    static float[] floats(List<Object> items) {
+        float[] out = new float[items.size()];
+        for (int i = 0; i < out.length; i++) out[i] = (float) number(items.get(i));
+        return out;
     }
 
     static double number(Object o) {

@@ -1,6 +1,10 @@
 package org.cooperllm.core;
 
-/** One two-point ZO measurement: p = (L(θ+εz) − L(θ−εz)) / 2ε along z(seed) on block (−1 = all blocks). */
+/**
+ * One two-point ZO measurement: p = (L(θ+εu) − L(θ−εu)) / 2ε along u(seed) on block (−1 = all blocks). Which kind of
+ * direction u is follows from step and the round's directions ({@link Direction#of}), so the wire form needs no
+ * field for it.
+ */
 public final class Report {
     public static final int ALL_BLOCKS = -1;
     public final long seed;

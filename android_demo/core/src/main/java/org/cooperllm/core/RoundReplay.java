@@ -5,20 +5,12 @@ import java.util.Map;
 import java.util.TreeMap;
 
 /**
- * The exact round update (cooperllm/zgr.py apply_round, docs/PERTURBATIONS.md §5): θ ← θ − η·[(1−λ)·ĝ_Z + λ·V c].
- * Devices replay it from seeds and scalars to follow the global model without downloading the adapter.
+ * A round's update applied exactly as the server applied it (cooperllm/zgr.py apply_update, docs/PERTURBATIONS.md §5).
+ * Devices replay it from seeds, scalars, guidance bases and the published per-block numbers to follow the global model
+ * without downloading the adapter; any deviation in order or rounding would show as a checksum mismatch.
  */
 public final class RoundReplay {
     private RoundReplay() {}
-
-    public static int[] reportsPerBlock(ParamLayout layout, List<Report> reports) {
-        int[] counts = new int[layout.blocks.size()];
-        for (Report r : reports) {
-            int[] range = blocksOf(layout, r.block);
-            for (int b = range[0]; b < range[1]; b++) counts[b]++;
-        }
-        return counts;
-    }
 
     /** [first, end) of the blocks a report touches. */
     public static int[] blocksOf(ParamLayout layout, int block) {
@@ -29,32 +21,38 @@ public final class RoundReplay {
         return new int[] {block, block + 1};
     }
 
-    /** In place; order is part of the contract: reports in list order, then the cloud term block by block. */
-    public static void applyRound(float[] theta, ParamLayout layout, List<Report> reports,
-                                  Map<Integer, BlockGuidance> guidance, double alpha, double lam, double eta) {
+    /**
+     * θ ← θ_r + the round's update, in place. Order is part of the contract: reports in list order (blocks increasing
+     * within one), then the subspace steps block by block. SUBSPACE measurements are skipped: they reach θ through w.
+     */
+    public static void applyUpdate(float[] theta, ParamLayout layout, List<Report> reports, List<Direction> directions,
+                                   Map<Integer, BlockGuidance> guidance, Map<Integer, BlockUpdate> update) {
         if (theta.length != layout.total) {
             throw new IllegalArgumentException("theta has " + theta.length + " values, layout needs " + layout.total);
         }
-        int[] counts = reportsPerBlock(layout, reports);
         for (Report r : reports) {
+            Direction kind = Direction.of(directions, r.step);
+            if (kind == Direction.SUBSPACE) continue;
             int[] range = blocksOf(layout, r.block);
             for (int b = range[0]; b < range[1]; b++) {
-                BlockGuidance g = guidance.get(b);
-                double coef = -(eta * (1.0 - lam) * r.scalar / counts[b]);
+                BlockUpdate u = update.get(b);
+                if (u == null || u.q == 0.0) continue;
                 ParamLayout.Block blk = layout.blocks.get(b);
-                Perturb.addPerturbation(theta, blk.offset, blk.size, coef, r.seed, b, g, alpha);
+                Perturb.addDirection(theta, blk.offset, blk.size, u.q * r.scalar, r.seed, b, kind, guidance.get(b));
             }
         }
-        if (lam > 0.0) {
-            float s = (float) (-(eta * lam));
-            for (Map.Entry<Integer, BlockGuidance> e : new TreeMap<>(guidance).entrySet()) {
-                BlockGuidance g = e.getValue();
-                if (g.coeffs == null) throw new IllegalArgumentException("guidance for block " + e.getKey() + " has no coefficients");
-                ParamLayout.Block blk = layout.blocks.get(e.getKey());
-                if (g.rows != blk.size) throw new IllegalArgumentException("guidance for block " + e.getKey() + " does not match the layout");
-                float[] w = Perturb.combineColumns(g.basis, g.rows, g.m, g.coeffs);
-                for (int i = 0; i < blk.size; i++) theta[blk.offset + i] = theta[blk.offset + i] + s * w[i];
+        for (Map.Entry<Integer, BlockUpdate> e : new TreeMap<>(update).entrySet()) {
+            float[] w = e.getValue().w;
+            if (w == null) continue;
+            int b = e.getKey();
+            BlockGuidance g = guidance.get(b);
+            if (g == null || g.m != w.length) {
+                throw new IllegalArgumentException("the update's subspace step for block " + b + " has no matching guidance basis");
             }
+            ParamLayout.Block blk = layout.blocks.get(b);
+            if (g.rows != blk.size) throw new IllegalArgumentException("guidance for block " + b + " does not match the layout");
+            float[] v = Perturb.combineColumns(g.basis, g.rows, g.m, w);
+            for (int i = 0; i < blk.size; i++) theta[blk.offset + i] = theta[blk.offset + i] + v[i];
         }
     }
 }

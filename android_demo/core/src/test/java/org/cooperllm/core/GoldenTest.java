@@ -5,9 +5,8 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.HashMap;
+import java.util.Arrays;
 import java.util.List;
-import java.util.Map;
 
 /** The golden vectors the Python suite checks (cooperllm/spec/perturbation_golden.json), matched bit for bit. */
 public class GoldenTest {
@@ -16,7 +15,7 @@ public class GoldenTest {
     public GoldenTest() throws IOException {
         String path = System.getProperty("cooperllm.golden", "../../cooperllm/spec/perturbation_golden.json");
         golden = Json.parseObject(new String(Files.readAllBytes(Path.of(path)), StandardCharsets.UTF_8));
-        Assert.eq(1L, golden.getLong("format"), "golden format");
+        Assert.eq(PortabilityCheck.FORMAT, golden.getLong("format"), "golden format");
     }
 
     private static long hex64(String h) {
@@ -66,37 +65,41 @@ public class GoldenTest {
     }
 
     @Test
-    public void guidedPerturbationMatchesGolden() {
-        Json.Obj g = golden.getObj("guided");
-        int n = g.getInt("n"), m = g.getInt("m");
-        float[] basis = Floats.fromHex(g.getList("basis_row_major"));
-        float[] z = Perturb.perturbation(g.getLong("seed"), g.getLong("block"), n, new BlockGuidance(basis, n, m, null),
-                g.getDouble("alpha"));
-        Assert.bitsEq(Floats.fromHex(g.getList("z")), z, "guided z");
-        // addPerturbation on zeros with coef 1 is z itself
-        float[] out = new float[n];
-        Perturb.addPerturbation(out, 0, n, 1.0, g.getLong("seed"), g.getLong("block"), new BlockGuidance(basis, n, m, null),
-                g.getDouble("alpha"));
-        Assert.bitsEq(z, out, "addPerturbation(coef 1)");
+    public void directionsMatchGolden() {
+        Json.Obj d = golden.getObj("directions");
+        int n = d.getInt("n"), m = d.getInt("m");
+        long seed = d.getLong("seed"), block = d.getLong("block");
+        float[] basis = Floats.fromHex(d.getList("basis_row_major"));
+        BlockGuidance g = new BlockGuidance(basis, n, m, null);
+        float[] z = Perturb.direction(seed, block, n, Direction.ISO, null);
+        Assert.bitsEq(Floats.fromHex(d.getList("iso")), z, "iso");
+        Assert.bitsEq(Floats.fromHex(d.getList("subspace_scale")), new float[] {Perturb.subspaceScale(n, m)}, "subspace scale");
+        Assert.bitsEq(Floats.fromHex(d.getList("projection")), Perturb.projectCoefficients(basis, n, m, z), "projection");
+        for (Direction kind : Direction.values()) {
+            float[] u = Perturb.direction(seed, block, n, kind, g);
+            Assert.bitsEq(Floats.fromHex(d.getList(kind.wireName())), u, kind.wireName());
+            // addDirection on zeros with coef 1 is u itself (ISO takes its streaming path, the guided kinds the other)
+            float[] out = new float[n + 2];
+            Perturb.addDirection(out, 1, n, 1.0, seed, block, kind, g);
+            Assert.bitsEq(u, Arrays.copyOfRange(out, 1, n + 1), "addDirection(coef 1) " + kind);
+            Assert.check(out[0] == 0f && out[n + 1] == 0f, "addDirection stays inside its block");
+        }
     }
 
     @Test
-    public void roundReplayMatchesGoldenBitForBit() {
-        Json.Obj r = golden.getObj("replay");
-        ParamLayout layout = ParamLayout.fromJson(r.getObj("layout"));
-        float[] theta = Floats.fromHex(r.getList("theta0"));
-        Map<Integer, BlockGuidance> guidance = new HashMap<>();
-        Json.Obj gs = r.getObj("guidance");
-        for (Map.Entry<String, Object> e : gs.asMap().entrySet()) {
-            Json.Obj g = Json.obj(e.getValue(), "guidance");
-            guidance.put(Integer.parseInt(e.getKey()), new BlockGuidance(Floats.fromHex(g.getList("basis_row_major")),
-                    g.getInt("rows"), g.getInt("cols"), Floats.fromHex(g.getList("coeffs"))));
+    public void roundReplaysMatchGoldenBitForBit() {
+        List<String> strategies = new ArrayList<>();
+        for (Object o : golden.getList("replays")) {
+            Json.Obj r = Json.obj(o, "replay");
+            String id = r.getString("strategy");
+            strategies.add(id);
+            float[] theta = PortabilityCheck.replay(r);
+            Assert.bitsEq(Floats.fromHex(r.getList("theta1")), theta, id + " theta1");
+            Assert.eq(r.getString("theta1_sha256"), Floats.thetaChecksum(theta), id + " theta1 checksum");
+            Assert.check(!Floats.thetaChecksum(theta).equals(Floats.thetaChecksum(Floats.fromHex(r.getList("theta0")))),
+                    id + ": the round moved θ");
         }
-        List<Report> reports = new ArrayList<>();
-        for (Object o : r.getList("reports")) reports.add(Report.fromJson(o));
-        RoundReplay.applyRound(theta, layout, reports, guidance, r.getDouble("alpha"), r.getDouble("lambda"), r.getDouble("eta"));
-        Assert.bitsEq(Floats.fromHex(r.getList("theta1")), theta, "theta1");
-        Assert.eq(r.getString("theta1_sha256"), Floats.thetaChecksum(theta), "theta1 checksum");
+        Assert.eq(List.of("zgr", "zo", "cloud"), strategies, "one replay per kind of round");
     }
 
     @Test
@@ -104,9 +107,12 @@ public class GoldenTest {
         Assert.raises(IllegalArgumentException.class, () -> Perturb.streamKey(-1, 0, 0), "negative seed");
         Assert.raises(IllegalArgumentException.class, () -> Perturb.streamKey(0, 1L << 32, 0), "block >= 2^32");
         Assert.raises(IllegalArgumentException.class, () -> Perturb.streamKey(0, 0, 2), "stream 2");
-        Assert.raises(IllegalArgumentException.class, () -> Perturb.perturbation(0, 0, 4, null, 1.5), "alpha > 1");
+        Assert.raises(IllegalArgumentException.class, () -> Perturb.direction(0, 0, 4, Direction.COMPLEMENT, null), "no basis");
         Assert.raises(IllegalArgumentException.class,
-                () -> Perturb.perturbation(0, 0, 4, new BlockGuidance(new float[6], 3, 2, null), 0.5), "basis rows");
+                () -> Perturb.direction(0, 0, 4, Direction.SUBSPACE, new BlockGuidance(new float[6], 3, 2, null)), "basis rows");
+        Assert.raises(IllegalArgumentException.class, () -> Perturb.subspaceScale(4, 0), "empty subspace");
+        Assert.raises(IllegalArgumentException.class, () -> Direction.fromWire("mixed"), "unknown direction kind");
+        Assert.raises(IllegalArgumentException.class, () -> new BlockUpdate(Double.NaN, null), "NaN q");
         Assert.raises(IllegalArgumentException.class, () -> new Report(0, 0, 0, Double.NaN, 1), "NaN scalar");
         Assert.raises(Json.JsonException.class, () -> Json.parse("{\"a\": [1, 2,]}"), "trailing comma");
         Assert.raises(Json.JsonException.class, () -> Json.parse("[".repeat(1000)), "deep nesting");
@@ -117,9 +123,10 @@ public class GoldenTest {
         String path = System.getProperty("cooperllm.golden", "../../cooperllm/spec/perturbation_golden.json");
         String text = new String(Files.readAllBytes(Path.of(path)), StandardCharsets.UTF_8);
         Assert.eq(List.of(), PortabilityCheck.verify(text), "the app's start-up check on this JVM");
-        String corrupted = text.replace(golden.getObj("replay").getString("theta1_sha256"), "0".repeat(64));
+        String sha = Json.obj(golden.getList("replays").get(0), "replay").getString("theta1_sha256");
+        String corrupted = text.replace(sha, "0".repeat(64));
         if (!corrupted.equals(text)) {
-            Assert.check(PortabilityCheck.verify(corrupted).contains("round replay checksum"), "a wrong checksum is reported");
+            Assert.check(PortabilityCheck.verify(corrupted).contains("zgr round replay checksum"), "a wrong checksum is reported");
         }
     }
 }

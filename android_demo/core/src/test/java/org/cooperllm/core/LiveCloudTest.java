@@ -9,8 +9,9 @@ import java.util.List;
 /**
  * The protocol against the real Python cloud (uvicorn on 127.0.0.1, tiny model, SQLite), started by
  * tests/test_android_core.py, which passes -Dcooperllm.cloud=config.json. The Java device enrols, takes every round
- * of a zgr run (guidance downloaded and sha256-checked, reports from a toy quadratic loss, durable outbox), survives
- * an app restart with a batch still in its outbox, and follows the model by replay to the server's checksums.
+ * of a zgr run (guidance downloaded and sha256-checked, subspace and complement reports from a toy quadratic loss,
+ * durable outbox), survives an app restart with a batch still in its outbox, and follows the model by replay of the
+ * published updates to the server's checksums.
  */
 public class LiveCloudTest {
     private final Json.Obj cfg;
@@ -69,7 +70,9 @@ public class LiveCloudTest {
         ParamLayout layout = ParamLayout.fromJson(cfg.getObj("manifest").getObj("layout"));
         File state = new File(cfg.getString("state_dir"));
         int rounds = cfg.getInt("rounds");
-        Assert.eq("ok", new CooperClient(url, null, 10_000).health().getString("status"), "health");
+        Json.Obj health = new CooperClient(url, null, 10_000).health();
+        Assert.eq("ok", health.getString("status"), "health");
+        Assert.eq((long) Protocol.VERSION, health.getLong("protocol_version"), "the server speaks this core's protocol");
 
         // no token: a clear 401, not a crash
         try {
@@ -90,6 +93,7 @@ public class LiveCloudTest {
         Assert.eq(0, info.round, "first round");
         Assert.eq("open", info.status, "round 0 open");
         Assert.eq(layout.blocks.size(), info.guidance.size(), "guidance for every block");
+        Assert.eq(List.of(Direction.SUBSPACE, Direction.COMPLEMENT), info.directions, "zgr measures subspace, complement");
         try {
             api.uploadReports(0, "bad-seed", List.of(new Report(info.seedHi, info.blocks.get(0), 0, 0.5, 4)));
             throw new AssertionError("expected 422");
@@ -97,7 +101,13 @@ public class LiveCloudTest {
             Assert.eq(422, e.status, "seed outside the device's range");
         }
         List<Report> r0 = dev.runRound(info, true);
-        Assert.eq(info.localSteps * info.blocks.size(), r0.size(), "one report per (step, block)");
+        Assert.eq(info.localSteps * info.blocks.size() * 2, r0.size(), "one report per (step, block, direction)");
+        for (int i = 0, nb = info.blocks.size(); i < r0.size(); i++) { // plan: batch t, block, direction j
+            Report rep = r0.get(i);
+            Assert.eq(info.seedLo + i, rep.seed, "seed of report " + i);
+            Assert.eq(info.blocks.get(i / 2 % nb), rep.block, "block of report " + i);
+            Assert.eq(i / (2 * nb) * 2 + i % 2, rep.step, "report " + i + ": step s = t·D + j");
+        }
         Assert.eq(r0.size(), dev.reportsSent, "all accepted");
         Assert.eq(0, dev.outbox().size(), "outbox drained");
         Assert.eq(1, dev.downloads, "θ_0 downloaded once");
@@ -147,6 +157,7 @@ public class LiveCloudTest {
         Assert.eq(0, first2.round, "second run starts at round 0");
         Assert.check(!restarted.submitted(first2), "round 0 of the new run is not taken as submitted");
         int downloadsBefore = restarted.downloads;
+        Assert.eq(List.of(Direction.ISO), first2.directions, "zo measures plain Rademacher directions");
         List<Report> z = restarted.runRound(first2, true);
         Assert.eq(3, z.size(), "local_steps reports over all blocks");
         for (Report rep : z) Assert.eq(Report.ALL_BLOCKS, rep.block, "block -1");

@@ -10,9 +10,10 @@ import java.util.List;
 import java.util.Map;
 
 /**
- * A SmolLM2-sized round (460,800 values in 30 blocks, guidance of rank 4 on every block, λ > 0) replayed in Java
- * must give the checksum cooperllm.zgr.apply_round gave in Python on the same inputs (written by the pytest file).
- * Prints the replay time, which the pytest file reports next to Python's.
+ * A SmolLM2-sized zgr round (460,800 values in 30 blocks, guidance of rank 4 on every block, subspace and complement
+ * reports, a published q and w per block) replayed in Java must give the checksum cooperllm.zgr.apply_update gave in
+ * Python on the same inputs (written by the pytest file). Prints the replay time, which the pytest file reports next
+ * to Python's.
  */
 public class ReplayScaleTest {
     private final File dir;
@@ -38,17 +39,18 @@ public class ReplayScaleTest {
             Json.Obj g = Json.obj(o, "guidance");
             int b = g.getInt("block");
             byte[] basis = bytes("basis_" + b + ".f32");
-            List<Object> c = g.getList("coeffs");
-            float[] coeffs = new float[c.size()];
-            for (int i = 0; i < coeffs.length; i++) coeffs[i] = (float) Protocol.number(c.get(i));
+            float[] coeffs = Protocol.floats(g.getList("coeffs"));
             guidance.put(b, new BlockGuidance(Floats.fromLittleEndian(basis, 0, basis.length / 4), layout.blocks.get(b).size,
                     coeffs.length, coeffs));
         }
+        List<Direction> directions = new ArrayList<>();
+        for (Object o : r.getList("directions")) directions.add(Direction.fromWire((String) o));
+        Map<Integer, BlockUpdate> update = Protocol.updates(r.getList("update")); // as ModelSync carries it
         List<Report> reports = new ArrayList<>();
         for (Object o : r.getList("reports")) reports.add(Report.fromJson(o));
         Assert.eq(r.getString("theta0_sha256"), Floats.thetaChecksum(theta), "θ0 read");
         long t = System.nanoTime();
-        RoundReplay.applyRound(theta, layout, reports, guidance, r.getDouble("alpha"), r.getDouble("lambda"), r.getDouble("eta"));
+        RoundReplay.applyUpdate(theta, layout, reports, directions, guidance, update);
         double ms = (System.nanoTime() - t) / 1e6;
         System.out.printf("REPLAY_MS %.1f%n", ms);
         Assert.eq(r.getString("theta1_sha256"), Floats.thetaChecksum(theta), "θ1 checksum (Java vs Python)");
