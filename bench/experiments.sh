@@ -1,51 +1,60 @@
 #!/usr/bin/env bash
-# The issue's experiments: SmolLM2-135M-Instruct on SST-2, 20 devices, 5 per round, Dirichlet(0.5) label skew, fixed
-# seeds; both task modes; strategies zgr / zo / bp; DTC on/off; ablations of α, λ (fixed vs online λ*), m (guidance
-# rank) and shifted public data. Then the figures and tables (docs/RESULTS.md, docs/results/ablations.md).
+# The ZGR v2 study: SmolLM2-135M-Instruct on SST-2, 20 devices on Dirichlet(0.5) label-skewed shards, 5 per round;
+# strategies zgr / zo / bp / cloud; S1 (the cloud's public data in-domain: SST-2 dev) and S2 (shifted: the cloud sees
+# positive reviews only); both task modes; several seeds. Hyper-parameters are chosen on a validation split carved
+# from the devices' training data (bench/split_validation.py), never on test, with the same grid size per strategy.
 #
-#   bench/experiments.sh                   # everything (exports first); re-run it to continue: every step resumes
-#   ONLY=main bench/experiments.sh         # main | ablations | report
-#   TASKS=seq-cls ONLY=main bench/experiments.sh
+#   bench/experiments.sh                        # split → tune → main → report; re-run to continue: every step resumes
+#   ONLY=tune bench/experiments.sh              # split | tune | main | report
+#   TASKS=seq-cls SEEDS="0 1 2" SETTINGS="S1 S2" STRATEGIES="zgr zo cloud bp" bench/experiments.sh
 #
-# Sizing (2 CPU cores, measured): a ZO round of K=5 devices × LOCAL_STEPS=2 reports over all blocks is 20 forward
-# passes of batch 8 × 64 through the int8 .pte, ~21–27 s on an idle machine with the cloud's rectifier beside it;
-# scoring 200 test examples ~20 s. ROUNDS=15 with EVAL_EVERY=1 is ~11 min a run, 8 ablation rounds ~6 min; the
-# whole script ~2 h here (measured: 6 main runs and 5 ablations) after two exports (~5 min each). To scale up: ROUNDS=200 EVAL_EVERY=5 EVAL_LIMIT=872
-# (the full test set); BLOCKS=each gives one report per transformer block (the paper's per-block guidance, 31 reports
-# per device per round, ~15× the forward passes); run time grows linearly in ROUNDS × K × LOCAL_STEPS × (blocks per
-# step); with more cores raise WORKERS (device processes at once; default min(K, cores)).
+# Equal device work: every strategy gets FWD forward passes per device per round. A zgr step measures the subspace
+# and the complement (4 forwards), a zo step one direction (2 forwards), a bp step one forward + backward: with FWD=4,
+# zgr takes 1 local step, zo 2, bp 2. The cloud's public-data backprop (GRAD_BATCHES × batch 8 per round) is the same
+# for zgr and cloud; cloud sends no device.
 #
-# Hyper-parameters (the same search for each ZO strategy, done before these runs and documented in docs/RESULTS.md):
-# a head-only surrogate of the seq-cls run (logistic regression on SmolLM2's cached last hidden states, the same
-# rounds, devices, Dirichlet shards, guided perturbations and cloud window) swept η for zo (1e-4 … 3e-2) and η × λ × α
-# for zgr; then 3-round probes of the real system. zo: every η gave ~60 % in the surrogate and η = 1e-2 diverged on the
-# real graph, so η = 1e-3 (the largest stable standalone MeZO rate). zgr: λ 0.9, α 0.99 with η 1e-2 (the surrogate's
-# best rows, 73 % at 15 rounds for η 1e-2 and 3e-2; η 3e-2 diverged on the real graph at round 4, loss 0.63 → 1.96,
-# once the head had grown and the LoRA gradients with it). bp: AdamW 1e-3 on the devices, FedAvg with η = 1.
+# Tuning grid (3 values each, the same budget for every strategy; TUNE_ROUNDS rounds, scored on VAL_N validation
+# examples): zgr and cloud η ∈ {1e-2, 3e-2, 1e-1} (the normalised subspace step; zgr's complement step η_zo stays at
+# its default), zo η_zo ∈ {3e-5, 1e-4, 3e-4}, bp device AdamW lr ∈ {3e-4, 1e-3, 3e-3}. The chosen values are written
+# to $OUT/tuned.env and used for every setting and seed.
+#
+# Sizing (2 CPU cores, measured): a round of 5 devices × 4 forwards of batch 8 × 64 through the int8 .pte is ~20–25 s
+# with the cloud's rectifier beside it; scoring 200 examples ~20 s, the full 872-example test ~85 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-COOPERLLM=${COOPERLLM:-cooperllm}      # e.g. COOPERLLM=.venv/bin/cooperllm from a checkout
+COOPERLLM=${COOPERLLM:-cooperllm}       # e.g. COOPERLLM=.venv/bin/cooperllm from a checkout
+PYTHON=${PYTHON:-python3}
 OUT=${OUT:-runs/exp}
 ART=${ART:-artifacts/exp}
+DATA=$OUT/data
 TASKS=${TASKS:-seq-cls causal-lm-cls}
-SEED=${SEED:-0}
+SETTINGS=${SETTINGS:-S1 S2}
+STRATEGIES=${STRATEGIES:-zgr zo cloud bp}
+SEEDS=${SEEDS:-0 1 2}
 CLIENTS=${CLIENTS:-20}
 K=${K:-5}
 PARTITION=${PARTITION:-dirichlet:0.5}
-ROUNDS=${ROUNDS:-15}
-ABL_ROUNDS=${ABL_ROUNDS:-8}
-LOCAL_STEPS=${LOCAL_STEPS:-2}
-BLOCKS=${BLOCKS:-all}
-ZGR_ETA=${ZGR_ETA:-1e-2}
-ZGR_LAM=${ZGR_LAM:-0.9}
-ZGR_ALPHA=${ZGR_ALPHA:-0.99}
-ZO_ETA=${ZO_ETA:-1e-3}
-EVAL_LIMIT=${EVAL_LIMIT:-200}
-EVAL_EVERY=${EVAL_EVERY:-1}
+ROUNDS=${ROUNDS:-30}
+TUNE_ROUNDS=${TUNE_ROUNDS:-8}
+TUNE_TASK=${TUNE_TASK:-seq-cls}
+VAL_N=${VAL_N:-400}
+EVAL_LIMIT=${EVAL_LIMIT:-200}           # curves: every EVAL_EVERY rounds on the first EVAL_LIMIT test examples
+EVAL_EVERY=${EVAL_EVERY:-5}
 LINK=${LINK:-10mbit:50ms}
 WORKERS=${WORKERS:-}
 ONLY=${ONLY:-all}
+S2_OPTIONS=${S2_OPTIONS:---public-classes 1}
+GRID_ZGR=${GRID_ZGR:-1e-2 3e-2 1e-1}
+GRID_CLOUD=${GRID_CLOUD:-1e-2 3e-2 1e-1}
+GRID_ZO=${GRID_ZO:-3e-5 1e-4 3e-4}
+GRID_BP=${GRID_BP:-3e-4 1e-3 3e-3}
+
+declare -A STEPS=([zgr]=1 [zo]=2 [bp]=2 [cloud]=1)   # equal forward passes per device per round (see above)
+declare -A KNOB=([zgr]=--eta [cloud]=--eta [zo]=--eta-zo [bp]=--local-lr)
+declare -A GRID=([zgr]=$GRID_ZGR [cloud]=$GRID_CLOUD [zo]=$GRID_ZO [bp]=$GRID_BP)
+
+want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 export_once() {  # export_once TASK FOLDER: int8 .pte with the exporter's default backend, skipped when present
     if [ ! -f "$2/manifest.json" ]; then
@@ -53,65 +62,53 @@ export_once() {  # export_once TASK FOLDER: int8 .pte with the exporter's defaul
     fi
 }
 
-sim() {  # sim NAME TASK_FOLDER ROUNDS [extra simulate options]: one resumable run in $OUT/NAME
-    local name=$1 art=$2 rounds=$3
-    shift 3
-    nice -n 10 $COOPERLLM simulate --artifacts "$art" --out "$OUT/$name" --no-progress \
-        --clients "$CLIENTS" --per-round "$K" --rounds "$rounds" --partition "$PARTITION" --seed "$SEED" \
-        --local-steps "$LOCAL_STEPS" --blocks "$BLOCKS" --eval-limit "$EVAL_LIMIT" --eval-every "$EVAL_EVERY" \
-        --link "$LINK" ${WORKERS:+--workers "$WORKERS"} "$@"
+sim() {  # sim NAME TASK STRATEGY SEED ROUNDS [extra simulate options]: one resumable run in $OUT/NAME
+    local name=$1 task=$2 strategy=$3 seed=$4 rounds=$5
+    shift 5
+    nice -n 10 $COOPERLLM simulate --artifacts "$ART/$task" --out "$OUT/$name" --no-progress \
+        --clients "$CLIENTS" --per-round "$K" --rounds "$rounds" --partition "$PARTITION" --seed "$seed" \
+        --strategy "$strategy" --local-steps "${STEPS[$strategy]}" --blocks all --link "$LINK" \
+        --train-data "$DATA/devices.tsv" ${WORKERS:+--workers "$WORKERS"} "$@"
 }
 
-zgr() { echo --strategy zgr --eta "$ZGR_ETA" --lam "$ZGR_LAM" --alpha "$ZGR_ALPHA"; }  # the reference zgr options
-
-SEQCLS=$ART/seq-cls
-
-if [ "$ONLY" != report ]; then
+if want split || want tune || want main; then
+    $PYTHON bench/split_validation.py --out "$DATA"
     for task in $TASKS; do export_once "$task" "$ART/$task"; done
 fi
 
-if [ "$ONLY" = all ] || [ "$ONLY" = main ]; then
+if want tune; then
+    for strategy in $STRATEGIES; do
+        for value in ${GRID[$strategy]}; do
+            sim "tune/$strategy@$value" "$TUNE_TASK" "$strategy" 0 "$TUNE_ROUNDS" \
+                "${KNOB[$strategy]}" "$value" --test-data "$DATA/val.tsv" --eval-limit "$VAL_N" \
+                --eval-every "$TUNE_ROUNDS" --final-eval-limit "$VAL_N"
+        done
+    done
+    $PYTHON bench/pick_tuned.py "$OUT/tune" > "$OUT/tuned.env"
+    cat "$OUT/tuned.env"
+fi
+
+if want main; then
+    # shellcheck disable=SC1091
+    source "$OUT/tuned.env"   # TUNED_zgr=..., TUNED_zo=..., ...
     for task in $TASKS; do
-        art=$ART/$task
-        # shellcheck disable=SC2046
-        sim "$task-zgr" "$art" "$ROUNDS" $(zgr)
-        sim "$task-zo" "$art" "$ROUNDS" --strategy zo --eta "$ZO_ETA"
-        sim "$task-bp" "$art" "$ROUNDS" --strategy bp
+        for setting in $SETTINGS; do
+            extra=""
+            [ "$setting" = S2 ] && extra=$S2_OPTIONS
+            for seed in $SEEDS; do
+                for strategy in $STRATEGIES; do
+                    tuned=TUNED_$strategy
+                    # shellcheck disable=SC2086
+                    sim "$task-$setting-$strategy-s$seed" "$task" "$strategy" "$seed" "$ROUNDS" \
+                        "${KNOB[$strategy]}" "${!tuned}" --eval-limit "$EVAL_LIMIT" --eval-every "$EVAL_EVERY" $extra
+                done
+            done
+        done
     done
 fi
 
-# name and the options it changes from the reference zgr run (η, λ, α above; m 4; DTC on; public data = dev.tsv)
-declare -A ABLATION=(
-    [dtc-off]="--guidance-codec plain"
-    [lam-auto]="--lam auto"
-    [public-shift]="--public-classes 1"  # the cloud sees positive reviews only
-    [lam-auto-shift]="--lam auto --public-classes 1"
-    [alpha0.5]="--alpha 0.5"
-    [m1]="--rank 1"
-    [m8]="--rank 8"
-)
-ABLATIONS=${ABLATIONS:-dtc-off lam-auto public-shift lam-auto-shift alpha0.5 m1 m8}
-
-if [ "$ONLY" = all ] || [ "$ONLY" = ablations ]; then
-    # on seq-cls (the paper's setting: a new head, ~38 pp of headroom), ABL_ROUNDS rounds each, compared with the
-    # main zgr run at the same round
-    for name in $ABLATIONS; do
-        # shellcheck disable=SC2046,SC2086
-        sim "seq-cls-zgr-$name" "$SEQCLS" "$ABL_ROUNDS" $(zgr) ${ABLATION[$name]}
-    done
-fi
-
-runs() { for name in "$@"; do [ -f "$OUT/$name/config.json" ] && echo "$OUT/$name"; done; }
-
-if [ "$ONLY" = all ] || [ "$ONLY" = main ] || [ "$ONLY" = report ]; then
-    # shellcheck disable=SC2046
-    $COOPERLLM report $(runs seq-cls-{zgr,zo,bp} causal-lm-cls-{zgr,zo,bp}) --out docs/RESULTS.md \
-        ${NOTES:+--notes "$NOTES"} \
-        --title "SmolLM2-135M-Instruct on SST-2: ZGR vs federated ZO vs FedAvg backprop"
-fi
-if [ "$ONLY" = all ] || [ "$ONLY" = ablations ] || [ "$ONLY" = report ]; then
-    # shellcheck disable=SC2046
-    $COOPERLLM report $(runs seq-cls-zgr $(printf 'seq-cls-zgr-%s ' $ABLATIONS)) \
-        --out docs/results/ablations.md ${ABL_NOTES:+--notes "$ABL_NOTES"} --at-round "$ABL_ROUNDS" \
-        --title "ZGR ablations (seq-cls): DTC, λ fixed vs online, shifted public data, α, m"
+if want report; then
+    mapfile -t runs < <(find "$OUT" -mindepth 1 -maxdepth 1 -type d -name '*-S[12]-*' | sort)
+    $COOPERLLM report "${runs[@]}" --out docs/RESULTS.md --json docs/results/headline.json \
+        ${NOTES:+--notes "$NOTES"} --title "ZGR v2 on SmolLM2-135M-Instruct / SST-2: zgr vs zo, cloud and bp"
 fi

@@ -148,7 +148,7 @@ class RunConfig(_Model):
             "per-direction λ_k* estimated each round"
         ),
     ] = "auto"
-    lam_max: Annotated[float, Field(ge=0, le=1, description="upper clip of the per-direction λ_k*")] = 0.9
+    lam_max: Annotated[float, Field(ge=0, le=1, description="upper clip of the per-direction λ_k*")] = 1.0
     eta: Annotated[
         float,
         Field(

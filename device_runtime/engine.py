@@ -105,10 +105,12 @@ class ZOEngine:
     # --- the four verbs ------------------------------------------------------------------------------------------
     def perturb(self, coef: float, seed: int, report_block: int, kind: Direction = Direction.ISO) -> None:
         """θ_b += coef·u(seed, b) for every block the step touches, one block's u alive at a time."""
+        if kind is not Direction.ISO:  # check every block first: a refused step leaves θ untouched
+            for b in self.blocks_of(report_block):
+                if b not in self.guidance:
+                    raise ValueError(f"a {kind.name.lower()} step on block {b} needs that block's guidance")
         for b in self.blocks_of(report_block):
             g = self.guidance.get(b)
-            if kind is not Direction.ISO and g is None:
-                raise ValueError(f"a {kind.name.lower()} step on block {b} needs that block's guidance")
             add_direction(self.theta[self.layout.blocks[b].slice], coef, seed, b, kind, None if g is None else g.basis)
 
     def forward(self, batch: EncodedBatch) -> float:

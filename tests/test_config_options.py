@@ -134,8 +134,8 @@ def test_the_demo_runs_the_same_simulation_as_before():
         eval_limit=200,
         local_steps=8,
         blocks="all",
-        eta=1e-3,
-        lam=0.5,
+        eta=1e-2,  # zgr's default η (v2: a normalised step)
+        lam="auto",  # RunConfig's default: the per-direction λ_k*
     )
     args = build_parser().parse_args(["demo", "--rounds", "5", "--eta", "0.01"])
     assert (demo_config(args).rounds, demo_config(args).eta) == (5, 0.01)
@@ -158,7 +158,9 @@ def test_a_run_folder_written_before_the_shared_fields_still_resumes(tmp_path):
     )  # fmt: skip
     kept = save_or_check_config(tmp_path, asked)
     assert kept.workers == 1 and kept.command == old["command"] and json.loads(kept.to_json())["rounds"] == 3
-    assert kept.run_config(8) == RunConfig(rounds=3, lam="auto", quorum=5, min_devices=5, deadline_s=21600.0)
+    # the retired v1 field (alpha) is dropped; the η the folder was written with is kept, not today's default
+    assert kept.run_config(8) == RunConfig(rounds=3, lam="auto", eta=1e-3, quorum=5, min_devices=5, deadline_s=21600.0)
+    assert not hasattr(kept, "alpha")
 
 
 def test_options_straight_from_a_pydantic_model():

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cooperllm.rectify import RectifierState, mixing_weights, normalised, scalar_multipliers
+from cooperllm.rectify import BiasTrack, RectifierState, mixing_weights, normalised, scalar_multipliers
 from cooperllm.zgr import BlockGuidance, Report
 
 
@@ -22,17 +22,27 @@ def _samples(mean, sd, n, seed=0):
 
 
 def test_lambda_trusts_the_cloud_where_it_agrees_and_the_devices_where_it_does_not():
-    """Direction 0: the cloud agrees with the devices; direction 1: the cloud points the other way."""
+    """Direction 0: the cloud agrees with the devices on average; direction 1: it points the other way."""
     truth = np.array([1.0, 1.0])
     g = _guidance([1.0, -1.0], tau2=1e-4)
-    bias = None
-    for r in range(10):  # the running bias settles over rounds
-        st = mixing_weights(_samples(truth, 1.0, 10, seed=r), g, bias, lam_max=1.0)
-        bias = st.running_bias
-    assert st.lam[0] > 0.6  # agreement: the low-noise cloud gradient leads (b² is only noise here)
-    assert st.lam[1] < 0.1  # disagreement of 2 against a standard error of ~0.3: the devices lead
-    assert st.bias_sq[1] == pytest.approx(4.0, rel=0.35)
+    track = None
+    for r in range(12):  # the signed running mean settles over rounds
+        st = mixing_weights(_samples(truth, 1.0, 10, seed=r), g, track, lam_max=1.0)
+        track = st.track
+    assert st.lam[0] > 0.7  # agreement: μ₀ ~ 0 within its known noise, the low-noise cloud gradient leads
+    assert st.lam[1] < 0.1  # a disagreement of 2 against a standard error of ~0.3: the devices lead
+    assert st.bias_sq[1] == pytest.approx(4.0, rel=0.3)
+    assert st.bias_sq[0] < 0.05
     assert st.n == 10 and st.device_var.shape == (2,)
+
+
+def test_the_bias_is_measured_relative_to_the_clouds_sign():
+    """Flipping a basis column flips c_k and ā_k together: the bias estimate must not change."""
+    s = _samples([0.5, 2.0], 1.0, 10)
+    a = mixing_weights(s, _guidance([1.0, 1.0]), None, 1.0)
+    b = mixing_weights(s * np.array([1.0, -1.0]), _guidance([1.0, -1.0]), None, 1.0)
+    np.testing.assert_allclose(a.bias_sq, b.bias_sq)
+    np.testing.assert_allclose(a.lam, b.lam)
 
 
 def test_lambda_is_clipped_and_fixed_lambda_still_measures():
@@ -40,14 +50,15 @@ def test_lambda_is_clipped_and_fixed_lambda_still_measures():
     s = _samples([0.0, 0.0], 1.0, 8)
     assert mixing_weights(s, g, None, lam_max=0.7).lam.max() <= 0.7
     fixed = mixing_weights(s, g, None, lam_max=0.7, fixed=0.3)
-    assert fixed.lam.tolist() == [0.3, 0.3] and fixed.device_var.min() > 0
+    assert fixed.lam.tolist() == [0.3, 0.3] and fixed.device_var.min() > 0 and fixed.track.weight == 1.0
 
 
-def test_without_device_samples_the_cloud_leads():
+def test_without_device_samples_the_cloud_leads_and_the_track_carries_over():
     g = _guidance([0.5, 0.5])
     assert mixing_weights(None, g, None, lam_max=0.9).lam.tolist() == [1.0, 1.0]
-    one = mixing_weights(_samples([0.0, 0.0], 1.0, 1), g, [0.2, -0.1], lam_max=0.9)
-    assert one.lam.tolist() == [0.9, 0.9] and one.running_bias.tolist() == [0.2, -0.1]
+    held = BiasTrack(2.0, [0.4, -0.2], [0.01, 0.01])
+    one = mixing_weights(_samples([0.0, 0.0], 1.0, 1), g, held, lam_max=0.9)
+    assert one.lam.tolist() == [0.9, 0.9] and one.track == held
 
 
 def test_normalised_step_is_scale_free_and_tracks_its_scale():
@@ -73,7 +84,7 @@ def test_scalar_multipliers_divide_by_reports_per_block_and_rms():
 
 
 def test_state_round_trips_through_json():
-    st = RectifierState({3: [0.5, -0.25]}, {3: 2.0}, 0.125)
+    st = RectifierState({3: BiasTrack(1.9, [0.5, -0.25], [0.1, 0.2])}, {3: 2.0}, 0.125)
     back = RectifierState.from_json(json.loads(json.dumps(st.to_json())))
     assert back == st
     assert RectifierState.from_json(None) == RectifierState()

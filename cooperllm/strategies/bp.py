@@ -29,7 +29,7 @@ class FedAvgBackprop(Strategy):
     def aggregate(self, theta: np.ndarray, layout: ParamLayout, cfg: RunConfig, inputs: RoundInputs) -> Aggregate:
         out = theta.copy()
         out += np.float32(cfg.eta) * weighted_mean(inputs.deltas).astype(np.float32)
-        return Aggregate(out, 0.0, len(inputs.deltas))
+        return Aggregate(out, None, len(inputs.deltas))  # mixes nothing: no λ (like zo)
 
 
 def weighted_mean(deltas: Sequence[tuple[int, np.ndarray]]) -> np.ndarray:

@@ -47,7 +47,7 @@ class Rectified(Strategy):
         update = {b: BlockUpdate(q=q.get(b, 0.0), w=w.get(b)) for b in sorted(set(q) | set(w))}
         out = theta.copy()
         apply_update(out, layout, inputs.reports, self.directions, inputs.guidance, update)
-        state = RectifierState({b: st.running_bias.tolist() for b, st in stats.items()}, step_ms, scalar_ms)
+        state = RectifierState({b: st.track for b, st in stats.items()}, step_ms, scalar_ms)
         return Aggregate(out, mean_lambda(stats), len(inputs.reports), update, block_stats(stats), state)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 from pathlib import Path
 
+from cooperllm_app.simulation import study
 from cooperllm_app.simulation.headline import headline_markdown
 from cooperllm_app.simulation.plots import load_run, markdown_table, plot_runs, summary_row
 
@@ -34,12 +36,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="read every run as it stood after N rounds (compare runs of different lengths at the same budget)",
     )
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the multi-seed study (per setting, task and strategy: final full-test accuracy per seed, "
+        "curves, mean λ; paired McNemar tests of zgr against each baseline) to PATH and its table to the Markdown",
+    )
     p.set_defaults(func=run)
 
 
 def _command(args: argparse.Namespace) -> str:
     parts = ["cooperllm", "report", *args.runs, "--out", args.out]
-    for flag in ("figures", "labels", "title", "notes", "at_round"):
+    for flag in ("figures", "labels", "title", "notes", "at_round", "json"):
         value = getattr(args, flag)
         if value is not None and not (flag == "title" and value == "Simulation results"):
             parts += [f"--{flag.replace('_', '-')}", str(value)]
@@ -55,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
     if args.at_round is not None:
         runs = [r.up_to(args.at_round) for r in runs]
     notes = [*Path(args.notes).read_text().strip().splitlines(), ""] if args.notes else []
+    table = []
+    if args.json:
+        found = study.build(runs)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(found, indent=1) + "\n")
+        table = ["## Final accuracy over seeds, and the paired tests", "", *study.markdown(found)]
     out = Path(args.out)
     figures = Path(args.figures) if args.figures else out.parent / "figures"
     pngs = plot_runs(runs, figures)
@@ -68,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         "requests and responses with headers; wall-clock of the rounds, evaluation excluded)."
         + ("" if args.at_round is None else f" Every run is read as it stood after round {args.at_round}."),
         "",
+        *table,
         *headline_markdown(runs),
         *notes,
         "## Runs",

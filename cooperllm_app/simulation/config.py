@@ -83,7 +83,12 @@ class SimConfig:
         None, help="shifted public data: keep only these classes, e.g. '1'", unset="all classes", parse=parse_classes
     )
     test_data: str = config_field("", help="evaluation data", unset="../shared/data/sst2/test.tsv")
-    eval_limit: int | None = config_field(None, help="score on the first N test examples only")
+    eval_limit: int | None = config_field(
+        None, help="score the rounds in between on the first N test examples only (curves)"
+    )
+    final_eval_limit: int | None = config_field(
+        None, help="score θ₀ and the last round on the first N test examples", unset="all of them"
+    )
     eval_every: int = config_field(1, help="score θ every N rounds and after the last")
     local_steps: int = run_field("local_steps")
     blocks: str = config_field(  # RunConfig.blocks in words: each = None, all = [-1], 0,3,5 = a list

@@ -145,6 +145,7 @@ def round_line(
         "loss": None if evaluation is None else evaluation["loss"],
         "n_eval": None if evaluation is None else evaluation["n_eval"],
         "eval_s": None if evaluation is None else evaluation["eval_s"],
+        "correct_bits": None if evaluation is None else evaluation.get("correct_bits"),
         "bytes_up": up,
         "bytes_down": down,
         "bytes_up_mean": sum(up.values()) / n if n else None,

@@ -170,8 +170,9 @@ class _Simulation:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
-    def _evaluate(self, token: str, version: int, checksum: str | None) -> dict:
+    def _evaluate(self, token: str, version: int, checksum: str | None, limit: int | None) -> dict:
         task = {"op": "eval", "version": version, "checksum": checksum, "token": token, "cloud": self.cloud.url}
+        task["limit"] = limit
         return self.evaluator.call(task, alive=self._alive)
 
     def run(self) -> SimulationResult:
@@ -200,7 +201,7 @@ class _Simulation:
             say(f"resuming {self.run_dir} at round {resumed_at} ({len(done)} of {cfg.rounds} rounds done)")
         if record.baseline is None:
             first = self._summary(admin, run.run_id, 0, wait_closed=False)
-            ev = self._evaluate(token, 0, first.theta_checksum)
+            ev = self._evaluate(token, 0, first.theta_checksum, cfg.final_eval_limit)
             record.add_line({"kind": "baseline", **ev})
             say(f"before training: accuracy {ev['accuracy'] * 100:.2f} %, loss {ev['loss']:.4f} ({ev['n_eval']} test)")
         bar = tqdm(
@@ -245,7 +246,9 @@ class _Simulation:
         round_s = time.monotonic() - t0
         evaluation = None
         if (r + 1) % cfg.eval_every == 0 or r == cfg.rounds - 1:
-            evaluation = self._evaluate(token, r + 1, summary.theta_checksum_after)
+            last = r == cfg.rounds - 1
+            limit = cfg.final_eval_limit if last else cfg.eval_limit
+            evaluation = self._evaluate(token, r + 1, summary.theta_checksum_after, limit)
         line = round_line(r, devices, record.device_results(r), summary, evaluation, round_s, record.last(), resumed)
         record.add_line(line)
         return line

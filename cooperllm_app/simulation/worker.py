@@ -190,7 +190,7 @@ class Evaluator:
 
     def __init__(self, cfg: SimConfig, run_dir: Path, threads: int):
 
-        data = {"test": CorpusSource(str(cfg.test_data), limit=cfg.eval_limit)}
+        data = {"test": CorpusSource(str(cfg.test_data), limit=cfg.final_eval_limit)}
         self.session = open_session(
             cfg.artifacts, cfg.backend, threads=threads, data=data, corpus_cache=run_dir / "corpora"
         )
@@ -205,13 +205,17 @@ class Evaluator:
         if task.get("checksum") and theta_checksum(theta) != task["checksum"]:
             raise RuntimeError(f"adapter v{task['version']} does not match the round's published checksum")
         backend = self.session.backend
-        res = evaluate(backend.run, theta, self.test, backend.batch_size, progress=False)
+        limit = task.get("limit")
+        corpus = self.test if limit is None or limit >= len(self.test) else self.test.subset(range(limit))
+        res = evaluate(backend.run, theta, corpus, backend.batch_size, progress=False)
         return {
             "accuracy": res.accuracy,
             "loss": res.loss,
             "n_eval": res.n_examples,
             "eval_s": round(time.perf_counter() - t0, 3),
             "theta_norm": float(np.linalg.norm(theta)),
+            # which examples θ got right, packed (paired McNemar tests between runs and against θ₀)
+            "correct_bits": np.packbits(res.correct, bitorder="little").tobytes().hex(),
         }
 
 

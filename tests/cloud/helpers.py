@@ -9,17 +9,21 @@ from safetensors.numpy import load
 
 from cooperllm.api_client import CooperClient
 from cooperllm.layout import ParamLayout
-from cooperllm.protocol import ReportIn, RoundInfo, sync_guidance, sync_reports
-from cooperllm.zgr import apply_round
+from cooperllm.protocol import ReportIn, RoundInfo, sync_guidance, sync_reports, sync_update
+from cooperllm.strategies import get_strategy
 
 
 def make_reports(info: RoundInfo, rng: np.random.Generator, offset: int = 0) -> list[ReportIn]:
+    """A complete round of synthetic reports, in the device client's order: per batch t, per block, one report per
+    direction the round names (step s = t·D + j measures ``info.directions[j]``), one seed each from the range."""
     out = []
     seed = info.seed_lo + offset
-    for step in range(info.local_steps):
+    d = len(info.directions)
+    for t in range(info.local_steps):
         for block in info.blocks:
-            out.append(ReportIn(seed=seed, block=block, step=step, scalar=float(rng.normal()), n_examples=4))
-            seed += 1
+            for j in range(d):
+                out.append(ReportIn(seed=seed, block=block, step=t * d + j, scalar=float(rng.normal()), n_examples=4))
+                seed += 1
     return out
 
 
@@ -39,9 +43,10 @@ def theta_from_bytes(data: bytes, layout: ParamLayout) -> np.ndarray:
 
 
 def replay(client: CooperClient, layout: ParamLayout, round_: int, theta: np.ndarray) -> np.ndarray:
-    """θ_{r+1} from θ_r with the server's sync payload and the guidance frames a device downloaded."""
+    """θ_{r+1} from θ_r with the server's sync payload (reports, guidance, published update) and the guidance frames a
+    device downloaded, as a device replays it (the strategy names the round's directions)."""
     sync = client.sync(round_)
     bases = {g.block: client.guidance(round_, g.block) for g in sync.guidance}
     out = theta.copy()
-    apply_round(out, layout, sync_reports(sync), sync_guidance(sync, bases), sync.alpha, sync.lam, sync.eta)
+    get_strategy(sync.strategy).replay(out, layout, sync_reports(sync), sync_guidance(sync, bases), sync_update(sync))
     return out

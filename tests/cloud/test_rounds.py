@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from live_cloud import small_run
+from sqlalchemy import select
 
+from cloud_api import db
 from cooperllm.api_client import ApiError
 from cooperllm.layout import ParamLayout, theta_checksum
-from cooperllm.perturb import perturbation
-from cooperllm.protocol import Metrics, ModelSync, ReportIn, RunConfig
+from cooperllm.perturb import STREAM_XI, Direction, rademacher, subspace_scale
+from cooperllm.protocol import Metrics, ModelSync, ReportIn, RunConfig, sync_reports, sync_update
+from cooperllm.rectify import RectifierState, mixing_weights
+from cooperllm.strategies import RoundInputs, get_strategy
+from cooperllm.zgr import BlockGuidance
 
 from .helpers import make_reports, replay, theta_from_bytes, wait_round
 
@@ -34,28 +41,33 @@ def moved(before: Metrics, after: Metrics) -> dict[str, int]:
     return {k: n for k, n in out.items() if n}
 
 
-def expected_online_lambda(
-    layout: ParamLayout, sync: ModelSync, bases: dict[int, np.ndarray], cloud_var: float, lam_max: float
-) -> tuple[float, float]:
-    """(λ*, ‖b̄‖²) recomputed from what the server published, after its formula (DESIGN.md §5.5), not its code.
+ZGR = (Direction.SUBSPACE, Direction.COMPLEMENT)
 
-    Per guided block b with k_b ≥ 2 reports: dσ²_b = n_b·var(p)/k_b (sample variance), ĝ_Z = Σ p·z(seed, b)/k_b along
-    the round's guided perturbations, disagreement ‖ĝ_Z − V_b c_b‖². Then ‖b̄‖² = max(0, Σ disagreement − dσ² − τ²)
-    and λ* = dσ² / (dσ² + ‖b̄‖² + τ²), clipped to [0, λ_max]."""
-    zo_var = disagreement = 0.0
-    for g in sync.guidance:
-        mine = [r for r in sync.reports if r.block == g.block]
-        assert all(r.block >= 0 for r in sync.reports) and len(mine) >= 2  # single-block reports, σ² measurable
-        n_b = layout.blocks[g.block].size
-        p = np.array([r.scalar for r in mine])
-        zo_var += n_b * p.var(ddof=1) / len(mine)
-        g_z = sum(
-            r.scalar * perturbation(r.seed, g.block, n_b, bases[g.block], sync.alpha).astype(np.float64) for r in mine
-        )
-        g_c = bases[g.block].astype(np.float64) @ np.asarray(g.coeffs, dtype=np.float32).astype(np.float64)
-        disagreement += float(np.sum((g_z / len(mine) - g_c) ** 2))
-    bias_sq = max(0.0, disagreement - zo_var - cloud_var)
-    return min(max(zo_var / (zo_var + bias_sq + cloud_var), 0.0), lam_max), bias_sq
+
+def subspace_samples(layout: ParamLayout, sync: ModelSync, bases: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Per guided block, the devices' subspace estimates a = ξ·p/s of the round (docs/PERTURBATIONS.md §4), recomputed
+    from what the server published, after the formula, not the rectifier's code: report step s measured
+    ``ZGR[s mod 2]``; only SUBSPACE measurements count."""
+    rows: dict[int, list[np.ndarray]] = {}
+    for r in sync.reports:
+        if ZGR[r.step % 2] is not Direction.SUBSPACE:
+            continue
+        assert r.block >= 0  # single-block reports here
+        n, m = bases[r.block].shape
+        xi = rademacher(r.seed, r.block, m, STREAM_XI).astype(np.float64)
+        rows.setdefault(r.block, []).append(xi * (r.scalar / float(subspace_scale(n, m))))
+    return {b: np.stack(v) for b, v in rows.items()}
+
+
+def coeff_var(live, run_id: int, round_: int) -> dict[int, np.ndarray]:
+    """τ_k² per block as the rectifier stored it beside the round's guidance."""
+    with live.engine.db.connect() as conn:
+        rows = conn.execute(
+            select(db.guidance.c.block, db.guidance.c.coeff_var).where(
+                db.guidance.c.run_id == run_id, db.guidance.c.round == round_
+            )
+        ).all()
+    return {b: np.asarray(json.loads(v), dtype=np.float64) for b, v in rows}
 
 
 def test_full_zgr_round_replays_bit_exactly(live):
@@ -65,13 +77,15 @@ def test_full_zgr_round_replays_bit_exactly(live):
     run = admin.create_run(cfg)
     devices = [live.device(f"d{i}") for i in range(3)]
     layout = live.engine.host.layout
-    per_round = 3 * cfg.local_steps * len(layout.blocks)  # every device completes every block, every step
+    # every device completes every block, every step, measuring the subspace then the complement
+    per_round = 3 * cfg.local_steps * len(layout.blocks) * len(ZGR)
     theta0 = theta_from_bytes(devices[0].adapter(0), layout)
     assert theta_checksum(theta0) == run.theta_checksum
     rng = np.random.default_rng(0)
     for rnd in range(2):
         infos = [d.current_round() for d in devices]
         assert {i.round for i in infos} == {rnd} and infos[0].status == "open"
+        assert infos[0].directions == ["subspace", "complement"]
         assert [(g.block, g.m) for g in infos[0].guidance] == [(b, 2) for b in range(len(layout.blocks))]
         assert len({(i.seed_lo, i.seed_hi) for i in infos}) == 3  # disjoint seed ranges per device
         for d, info in zip(devices, infos, strict=True):
@@ -85,20 +99,27 @@ def test_full_zgr_round_replays_bit_exactly(live):
         assert nxt.round == rnd + 1
         theta1 = replay(devices[1], layout, rnd, theta0)
         sync = devices[1].sync(rnd)
-        assert (
-            len(sync.reports) == per_round and sync.lam == 0.3 and sync.theta_checksum_before == infos[0].theta_checksum
-        )
+        assert len(sync.reports) == per_round and sync.theta_checksum_before == infos[0].theta_checksum
+        assert sync.lam == pytest.approx(0.3, rel=1e-12)  # the fixed λ, for every block and direction
+        # one published update per block: the complement multiplier q and a rank-2 subspace step w
+        assert [(u.block, len(u.w)) for u in sync.update] == [(b, 2) for b in range(len(layout.blocks))]
+        assert all(u.q < 0 for u in sync.update)
         assert theta_checksum(theta1) == sync.theta_checksum_after == nxt.theta_checksum
         assert np.array_equal(theta_from_bytes(devices[2].adapter(rnd + 1), layout), theta1)
         assert not np.array_equal(theta1, theta0)
         theta0 = theta1
     rounds = admin.rounds(run.run_id)
     assert [r.status for r in rounds] == ["closed", "closed", "open"]
-    assert [(r.n_reports, r.n_devices, r.lam, r.extensions) for r in rounds] == [
-        (per_round, 3, 0.3, 0),
-        (per_round, 3, 0.3, 0),
-        (0, 0, None, 0),
+    assert [(r.n_reports, r.n_devices, r.extensions) for r in rounds] == [
+        (per_round, 3, 0),
+        (per_round, 3, 0),
+        (0, 0, 0),
     ]
+    assert [r.lam for r in rounds[:2]] == [pytest.approx(0.3, rel=1e-12)] * 2 and rounds[2].lam is None
+    for r in rounds[:2]:  # per block: λ_k = 0.3 for k < m, measured on 3 devices × local_steps subspace samples
+        assert sorted(r.rectifier) == [str(b) for b in range(len(layout.blocks))]
+        assert all(st["lam"] == [0.3, 0.3] and st["n"] == 3 * cfg.local_steps for st in r.rectifier.values())
+    assert rounds[2].rectifier is None
     assert [r.theta_checksum_after for r in rounds[:2]] == [r.theta_checksum for r in rounds[1:]]
     m = admin.metrics()
     # guidance for rounds 0, 1, 2: round r's computed at θ of round r − 1 (θ₀ for 0 and 1), grad_batches backward
@@ -110,7 +131,7 @@ def test_full_zgr_round_replays_bit_exactly(live):
         r.rectifier_s > 0 for r in rounds
     )
     assert moved(before, m) == {"devices": 3, "uploads_total": 6, "rounds_closed": 2, "reports_total": 2 * per_round}
-    assert m.last_lambda == 0.3
+    assert m.last_lambda == rounds[1].lam
 
 
 def test_idempotent_reupload_never_counts_twice(live):
@@ -163,7 +184,8 @@ def test_deadline_closes_with_min_devices(live):
     assert info.round == 1 and info.status == "finished"
     r0 = admin.rounds(run.run_id)[0]
     assert r0.status == "closed" and r0.n_reports == 2 and r0.n_devices == 2 and r0.extensions == 0
-    assert r0.lam == 0.0 and r0.theta_checksum_after == info.theta_checksum != r0.theta_checksum
+    assert r0.lam is None and r0.rectifier is None  # zo mixes nothing
+    assert r0.theta_checksum_after == info.theta_checksum != r0.theta_checksum
     assert admin.run(run.run_id).status == "finished"
     assert moved(before, admin.metrics()) == {"devices": 2, "uploads_total": 2, "rounds_closed": 1, "reports_total": 2}
 
@@ -225,72 +247,103 @@ def test_bp_strategy_is_fedavg_of_deltas(live):
     np.testing.assert_allclose(theta1, expected, atol=1e-7)
     assert not devs[0].sync(0).replayable
     r0 = admin.rounds(run.run_id)[0]
-    assert (r0.status, r0.n_reports, r0.n_devices, r0.lam) == ("closed", 2, 2, 0.0)  # one delta per device, no λ
+    assert (r0.status, r0.n_reports, r0.n_devices, r0.lam) == ("closed", 2, 2, None)  # one delta per device, no λ
 
 
-def test_online_lambda_is_published_and_replayable(live):
+def test_per_direction_lambda_is_published_and_replayable(live):
+    """lam 'auto': each round publishes λ_k per block and direction (the round summary's rectifier numbers, their
+    mean in the summary, the ModelSync and the metrics), equal to ``mixing_weights`` of the round's subspace samples,
+    the cloud's c and τ² and the running bias carried from the previous round; the whole aggregation, recomputed from
+    the published record and that carried state, gives the published update and θ; and the round replays bit-exactly.
+    """
     admin = live.admin()
-    run = admin.create_run(
-        RunConfig(
-            strategy="zgr",
-            rounds=2,
-            quorum=2,
-            local_steps=3,
-            blocks=[0, 1],
-            lam="auto",
-            lam_max=0.3,
-            eta=0.05,
-            guidance_rank=2,
-            grad_batches=3,
-            grad_batch_size=8,
-            deadline_s=60,
-        )
+    cfg = RunConfig(
+        strategy="zgr",
+        rounds=2,
+        quorum=2,
+        local_steps=3,
+        blocks=[0, 1],
+        lam="auto",
+        lam_max=0.9,
+        eta=0.05,
+        eta_zo=1e-3,
+        guidance_rank=2,
+        grad_batches=3,
+        grad_batch_size=8,
+        deadline_s=60,
     )
+    run = admin.create_run(cfg)
     layout = live.engine.host.layout
     devs = [live.device(f"auto{i}") for i in range(2)]
     theta0 = theta_from_bytes(devs[0].adapter(0), layout)
-    # Per block 6 scalars mean ± spread, signs balanced (device 0: + − +, device 1: − + −). Whatever the seeds:
-    # round 0 (mean 0.1, spread 0.03): the mean pulls ĝ_Z off the cloud's V c far more than the devices' noise dσ²
-    # explains, so ‖b̄‖² > 0 and λ* lies inside (0, λ_max): the estimate itself is what gets published.
-    # round 1 (mean 0, spread 1): dσ² dwarfs τ², and ‖b̄‖² cannot reach 2.33·dσ² (the guided part of ĝ_Z is bounded),
-    # so λ* > λ_max = 0.3 and the clip decides.
-    for rnd, mean, spread in ((0, 0.1, 0.03), (1, 0.0, 1.0)):
+    # SUBSPACE scalars p = s·ξ_0·x make the devices' estimate of direction 0 exactly a_0 = x (a_1 = ξ_0ξ_1·x); the
+    # 6 samples per block alternate x = offset ± spread. Block 0 (offset, spread) = (1, 0.01) in round 0 and
+    # (0.5, 0.01) in round 1: precise devices far from the cloud's c_0, so b_0² > 0 and λ_0 lies strictly inside
+    # (0, λ_max) — the estimate itself is published, and in round 1 it carries round 0's bias (the running average).
+    # Block 1: (0, 100) both rounds: the devices' noise dwarfs the rest, b_0² clips at 0 and λ_0 at λ_max.
+    plan = {0: {0: (1.0, 0.01), 1: (0.0, 100.0)}, 1: {0: (0.5, 0.01), 1: (0.0, 100.0)}}  # round: block: x
+    state = RectifierState()
+    for rnd in range(2):
         sent = []
         for i, d in enumerate(devs):
             info = d.current_round()
-            reports = [
-                r.model_copy(update={"scalar": mean + spread * (-1) ** (r.step + i)})
-                for r in make_reports(info, np.random.default_rng(0))
-            ]
+            assert info.directions == ["subspace", "complement"]
+            rows = {g.block: (g.rows, g.m) for g in info.guidance}
+            reports = []
+            for r in make_reports(info, np.random.default_rng(rnd)):
+                if ZGR[r.step % 2] is Direction.SUBSPACE:
+                    n, m = rows[r.block]
+                    xi0 = float(rademacher(r.seed, r.block, m, STREAM_XI)[0])
+                    offset, spread = plan[rnd][r.block]
+                    x = offset + spread * (-1) ** (r.step // 2 + i)
+                    r = r.model_copy(update={"scalar": float(subspace_scale(n, m)) * xi0 * x})
+                reports.append(r)
             d.upload_reports(rnd, reports, f"auto-{rnd}-{info.seed_lo}")
             sent += reports
         wait_round(devs[0], rnd + 1)
         sync = devs[0].sync(rnd)
+        summary = admin.rounds(run.run_id)[rnd]
         m = admin.metrics()
-        (cost,) = [c for c in m.rectifier if (c["run_id"], c["round"]) == (run.run_id, rnd)]
         bases = {g.block: devs[1].guidance(rnd, g.block) for g in sync.guidance}
-        assert [g.block for g in sync.guidance] == [0, 1] and len(sync.reports) == 2 * 3 * 2
+        assert [g.block for g in sync.guidance] == [0, 1] and len(sync.reports) == 2 * 3 * 2 * 2
         assert [(r.seed, r.scalar) for r in sync.reports] == sorted((r.seed, r.scalar) for r in sent)
-        estimate, bias_sq = expected_online_lambda(layout, sync, bases, cost["cloud_var"], lam_max=1.0)
-        if rnd == 0:
-            assert 0.0 < estimate < 0.3 and bias_sq > 0.0
-            assert sync.lam == pytest.approx(estimate, rel=1e-9)
-        else:
-            assert estimate > 0.3 and sync.lam == 0.3
-        assert admin.rounds(run.run_id)[rnd].lam == sync.lam == m.last_lambda
+        tau2 = coeff_var(live, run.run_id, rnd)
+        (cost,) = [c for c in m.rectifier if (c["run_id"], c["round"]) == (run.run_id, rnd)]
+        assert sum(float(v.sum()) for v in tau2.values()) == pytest.approx(cost["cloud_var"], rel=1e-9)
+        guidance = {
+            g.block: BlockGuidance(bases[g.block], np.asarray(g.coeffs, dtype=np.float32), coeff_var=tau2[g.block])
+            for g in sync.guidance
+        }
+        samples = subspace_samples(layout, sync, bases)
+        lams = []
+        for b, g in guidance.items():
+            st = mixing_weights(samples[b], g, state.bias.get(b), cfg.lam_max)
+            published = summary.rectifier[str(b)]
+            assert published["n"] == 6 and published["lam"] == pytest.approx(st.lam.tolist(), rel=1e-9, abs=1e-15)
+            assert published["bias_sq"] == pytest.approx(st.bias_sq.tolist(), rel=1e-9, abs=1e-15)
+            assert published["cloud_var"] == tau2[b].tolist() and published["cloud"] == g.coeffs.tolist()
+            assert samples[b][:, 0].mean() == pytest.approx(plan[rnd][b][0], abs=1e-6)  # ā_0 = the offset
+            lams += st.lam.tolist()
+        lam0 = summary.rectifier["0"]["lam"][0]
+        assert 0.0 < lam0 < cfg.lam_max and summary.rectifier["1"]["lam"][0] == cfg.lam_max
+        if rnd == 1:  # the running bias: round 0's disagreement still counts, so a fresh estimate would differ
+            fresh = mixing_weights(samples[0], guidance[0], None, cfg.lam_max)
+            assert not np.allclose(fresh.bias_sq, summary.rectifier["0"]["bias_sq"])
+        assert summary.lam == sync.lam == m.last_lambda == pytest.approx(np.mean(lams), rel=1e-9)
+        # the whole aggregation from the published record and the state carried from the previous round
+        agg = get_strategy("zgr").aggregate(
+            theta0, layout, cfg, RoundInputs(reports=sync_reports(sync), guidance=guidance, state=state)
+        )
+        published_update = sync_update(sync)
+        assert sorted(published_update) == sorted(agg.update) == [0, 1]
+        for b, u in agg.update.items():
+            assert published_update[b].q == u.q and published_update[b].w.tobytes() == u.w.tobytes()
+        assert theta_checksum(agg.theta) == sync.theta_checksum_after
         theta1 = replay(devs[1], layout, rnd, theta0)
-        assert theta_checksum(theta1) == sync.theta_checksum_after
-        theta0 = theta1
+        assert theta_checksum(theta1) == sync.theta_checksum_after == summary.theta_checksum_after
+        assert np.array_equal(theta_from_bytes(devs[0].adapter(rnd + 1), layout), theta1)
+        theta0, state = theta1, agg.state
     assert admin.run(run.run_id).status == "finished"
-
-
-def test_online_lambda_estimator_limits():
-    from cooperllm.zgr import lambda_star
-
-    assert lambda_star(1.0, 0.0, 0.0) == 1.0  # an unbiased, noiseless cloud gets all the weight
-    assert lambda_star(0.0, 1.0, 1.0) == 0.0  # noiseless devices keep it
-    assert lambda_star(1.0, 1.0, 2.0, lam_max=0.9) == pytest.approx(0.25)
-    assert lambda_star(5.0, 0.0, 0.0, lam_max=0.7) == 0.7
 
 
 def test_dtc_report_frame_upload_counts_like_json(live):

@@ -1,13 +1,14 @@
-"""End to end with real two-point ZO estimates: devices measure L(θ ± εz) with the eager tiny model along the
-guided perturbations of the downloaded bases, the server aggregates; every round's update is a descent direction
-(negative inner product with the true gradient) and, with the cloud's rectification, the loss goes down."""
+"""End to end with real two-point ZO estimates: devices measure L(θ ± εu) with the eager tiny model along the
+directions the round names (zgr: inside the downloaded guidance subspace, then in its complement; zo: plain
+Rademacher), the server aggregates; every round's update is a descent direction (negative inner product with the
+true gradient) and, with the cloud's rectification, the loss goes down."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cooperllm.perturb import perturbation
+from cooperllm.perturb import Direction, direction
 from cooperllm.protocol import ReportIn, RunConfig
 from cooperllm.strategies import get_strategy
 
@@ -25,14 +26,13 @@ def test_rounds_descend(live, strategy):
     host = live.engine.host
     layout = host.layout
     rounds, eps = 3, 1e-3
-    # η is small on purpose: E[p·z] = (αI + (1−α)(n_b/m)VVᵀ)·g, so along the guidance the ZO aggregate is
-    # amplified by (1−α)·n_b/m (448 here); an η tuned for plain ZO overshoots there.
+    # both steps are normalised (cooperllm.rectify): zgr moves each block by η·√m along the guidance per round, the
+    # ZO part (zo's whole step, zgr's complement step) each coordinate by about η_zo/√N_b
     cfg = RunConfig(
         strategy=strategy,
         rounds=rounds,
         quorum=3,
         local_steps=8,
-        alpha=0.5,
         lam=0.9,
         eta=0.01,
         guidance_rank=2,
@@ -50,15 +50,19 @@ def test_rounds_descend(live, strategy):
             info = d.current_round()
             assert info.round == rnd
             bases = {g.block: d.guidance(rnd, g.block) for g in info.guidance}
+            kinds = [Direction[k.upper()] for k in info.directions]
+            assert kinds == list(get_strategy(strategy).directions)
             reports, seed = [], info.seed_lo
-            for step in range(info.local_steps):
+            for t in range(info.local_steps):
                 for b in info.blocks:
-                    z = np.zeros(layout.total, dtype=np.float32)
-                    sl = layout.blocks[b].slice
-                    z[sl] = perturbation(seed, b, sl.stop - sl.start, bases.get(b), info.alpha)
-                    p = (_loss(host, theta + eps * z, rows) - _loss(host, theta - eps * z, rows)) / (2 * eps)
-                    reports.append(ReportIn(seed=seed, block=b, step=step, scalar=p, n_examples=len(rows)))
-                    seed += 1
+                    for j, kind in enumerate(kinds):  # measurement t·D + j along directions[j], same batch
+                        u = np.zeros(layout.total, dtype=np.float32)
+                        sl = layout.blocks[b].slice
+                        u[sl] = direction(seed, b, sl.stop - sl.start, kind, bases.get(b))
+                        p = (_loss(host, theta + eps * u, rows) - _loss(host, theta - eps * u, rows)) / (2 * eps)
+                        step = t * len(kinds) + j
+                        reports.append(ReportIn(seed=seed, block=b, step=step, scalar=p, n_examples=len(rows)))
+                        seed += 1
             d.upload_reports(rnd, reports, f"{strategy}-{rnd}-{info.seed_lo}")
         wait_round(devs[0], rnd + 1)
         grad = host.gradient(theta, np.arange(host.n_public))[0]

@@ -1,12 +1,13 @@
-"""ZO engine: SPSA scale, perturb/restore drift bound, local update == round replay, schedules, descent."""
+"""ZO engine: SPSA scale per kind of direction, perturb/restore drift bound, local update == round replay,
+schedules, descent."""
 
 import numpy as np
 import pytest
 
 from cooperllm.layout import ParamLayout, theta_checksum
-from cooperllm.perturb import perturbation
+from cooperllm.perturb import Direction, direction
 from cooperllm.tokenization import EncodedBatch
-from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, apply_round
+from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, BlockUpdate, apply_update
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine, step_seed
 
 DIM, CLASSES = 6, 3
@@ -50,7 +51,8 @@ def test_spsa_scalar_is_directional_derivative():
     theta = np.random.default_rng(1).standard_normal(layout.total).astype(np.float32) * 0.1
     engine = ZOEngine(theta, layout, run, ZOConfig(eps=1e-3, seed=5))
     report = engine.step(batch, 0)
-    z = np.concatenate([perturbation(report.seed, b.index, b.size) for b in layout.blocks]).astype(np.float64)
+    z = np.concatenate([direction(report.seed, b.index, b.size, Direction.ISO) for b in layout.blocks])
+    z = z.astype(np.float64)
     h = 1e-3  # central difference in float64 along the same z
     th = theta.astype(np.float64)
     lp = run(batch, (th + h * z).astype(np.float32))[0]
@@ -59,53 +61,87 @@ def test_spsa_scalar_is_directional_derivative():
     assert report.scalar == pytest.approx((lp - lm) / (2 * h), rel=0.05, abs=1e-2)
 
 
-@pytest.mark.parametrize("guided", [False, True])
-def test_perturb_restore_drift_is_bounded(guided):
-    """+εz, −2εz, +εz restores θ up to rounding: per entry ≤ 2 ulp of (|θ| + 2ε|z|), and stays tiny over many steps."""
+@pytest.mark.parametrize("kind", list(Direction))
+def test_perturb_restore_drift_is_bounded(kind):
+    """+εu, −2εu, +εu restores θ up to rounding: per entry ≤ 2 ulp of (|θ| + 2ε|u|), and stays tiny over many steps."""
     layout = _layout()
     rng = np.random.default_rng(2)
     theta = (rng.standard_normal(layout.total) * 0.02).astype(np.float32)
     guidance = {}
-    if guided:
+    if kind is not Direction.ISO:
         for b in layout.blocks:
             basis = np.linalg.qr(rng.standard_normal((b.size, 2)))[0].astype(np.float32)
             guidance[b.index] = BlockGuidance(basis, np.zeros(2, np.float32))
     eps = 1e-3
-    engine = ZOEngine(theta, layout, lambda b, t: (0.0, None), ZOConfig(eps=eps, alpha=0.5), guidance)
+    engine = ZOEngine(theta, layout, lambda b, t: (0.0, None), ZOConfig(eps=eps), guidance)
     start = theta.copy()
     before = theta.copy()
     worst = 0.0
     for step in range(300):
         seed = step_seed(0, 0, step)
-        z_abs = np.concatenate(
+        u_abs = np.concatenate(
             [
-                np.abs(
-                    perturbation(
-                        seed,
-                        b.index,
-                        b.size,
-                        guidance.get(
-                            b.index, BlockGuidance(np.zeros((b.size, 1), np.float32), np.zeros(1, np.float32))
-                        ).basis
-                        if guided
-                        else None,
-                        0.5,
-                    )
-                )
+                np.abs(direction(seed, b.index, b.size, kind, guidance[b.index].basis if guidance else None))
                 for b in layout.blocks
             ]
         )
-        engine.perturb(eps, seed, ALL_BLOCKS)
-        engine.perturb(-2 * eps, seed, ALL_BLOCKS)
-        engine.perturb(eps, seed, ALL_BLOCKS)
-        bound = 2 * np.spacing((np.abs(before) + 2 * eps * z_abs).astype(np.float32))
+        engine.perturb(eps, seed, ALL_BLOCKS, kind)
+        engine.perturb(-2 * eps, seed, ALL_BLOCKS, kind)
+        engine.perturb(eps, seed, ALL_BLOCKS, kind)
+        bound = 2 * np.spacing((np.abs(before) + 2 * eps * u_abs).astype(np.float32))
         drift = np.abs(theta - before)
         assert (drift <= bound).all(), f"step {step}: drift {drift.max()} beyond bound"
         worst = max(worst, float(drift.max()))
         before = theta.copy()
     total = np.abs(theta - start).max()
     assert total <= 300 * 2 * np.spacing(np.float32(0.2))  # accumulated drift stays at the rounding scale
-    assert worst > 0 or not guided  # guided z is not integer: rounding does occur, the bound is what holds
+    # guided u is not integer: rounding does occur, the bound is what holds
+    assert worst > 0 or kind is Direction.ISO
+
+
+@pytest.mark.parametrize("kind", [Direction.SUBSPACE, Direction.COMPLEMENT])
+def test_guided_step_needs_the_blocks_guidance(kind):
+    """A guided step on a block without guidance is refused before θ is touched (also when it spans all blocks
+    and an earlier block has guidance)."""
+    layout = _layout()
+    features, batch = _toy()
+    rng = np.random.default_rng(4)
+    basis = np.linalg.qr(rng.standard_normal((layout.blocks[0].size, 2)))[0].astype(np.float32)
+    theta = np.full(layout.total, 0.25, np.float32)
+    engine = ZOEngine(
+        theta, layout, _softmax_regression(features), ZOConfig(), {0: BlockGuidance(basis, np.zeros(2, np.float32))}
+    )
+    for block in (1, ALL_BLOCKS):
+        with pytest.raises(ValueError, match="needs that block's guidance"):
+            engine.step(batch, 0, block=block, kind=kind)
+        assert (theta == 0.25).all()  # nothing was perturbed before the refusal
+    engine.step(batch, 0, block=0, kind=kind)  # the guided block is fine
+    assert np.abs(theta - 0.25).max() < 1e-6
+
+
+@pytest.mark.parametrize("kind", [Direction.SUBSPACE, Direction.COMPLEMENT])
+def test_guided_spsa_scalar_is_directional_derivative(kind):
+    """A guided step measures p ≈ u·∇L along the direction of its kind (the device's side of docs §4)."""
+    layout = _layout()
+    features, batch = _toy()
+    run = _softmax_regression(features)
+    rng = np.random.default_rng(6)
+    guidance = {
+        b.index: BlockGuidance(
+            np.linalg.qr(rng.standard_normal((b.size, 2)))[0].astype(np.float32), np.zeros(2, np.float32)
+        )
+        for b in layout.blocks
+    }
+    theta = (rng.standard_normal(layout.total) * 0.1).astype(np.float32)
+    engine = ZOEngine(theta, layout, run, ZOConfig(eps=1e-3, seed=5), guidance)
+    report = engine.step(batch, 0, kind=kind)
+    u = np.concatenate([direction(report.seed, b.index, b.size, kind, guidance[b.index].basis) for b in layout.blocks])
+    u = u.astype(np.float64)
+    h = 1e-3
+    th = theta.astype(np.float64)
+    lp = run(batch, (th + h * u).astype(np.float32))[0]
+    lm = run(batch, (th - h * u).astype(np.float32))[0]
+    assert report.scalar == pytest.approx((lp - lm) / (2 * h), rel=0.05, abs=1e-2)
 
 
 def test_step_restores_theta_when_forward_fails():
@@ -127,22 +163,29 @@ def test_step_restores_theta_when_forward_fails():
     assert np.allclose(theta, 0.25, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", [Direction.ISO, Direction.COMPLEMENT])
 @pytest.mark.parametrize("schedule", ["all", "cycle"])
-def test_local_updates_replay_exactly_through_apply_round(schedule):
-    """The device's trajectory is the sequence of one-report rounds: the server can rebuild it bit for bit."""
+def test_local_updates_replay_exactly_through_apply_update(schedule, kind):
+    """The device's trajectory is the sequence of one-report rounds with q = −lr: the server can rebuild it bit for
+    bit with ``apply_update`` (ISO and COMPLEMENT reports move θ by q·p·u; SUBSPACE ones enter a round through w)."""
     layout = _layout()
     features, batch = _toy()
     rng = np.random.default_rng(3)
     theta0 = (rng.standard_normal(layout.total) * 0.1).astype(np.float32)
-    basis = np.linalg.qr(rng.standard_normal((layout.blocks[1].size, 2)))[0].astype(np.float32)
-    guidance = {1: BlockGuidance(basis, np.array([0.1, -0.2], np.float32))}
-    cfg = ZOConfig(lr=0.05, eps=1e-3, schedule=schedule, alpha=0.6, seed=11)
+    guidance = {
+        b.index: BlockGuidance(
+            np.linalg.qr(rng.standard_normal((b.size, 2)))[0].astype(np.float32), np.array([0.1, -0.2], np.float32)
+        )
+        for b in layout.blocks
+    }
+    cfg = ZOConfig(lr=0.05, eps=1e-3, schedule=schedule, seed=11)
+    local = {b.index: BlockUpdate(q=-cfg.lr) for b in layout.blocks}
     theta = theta0.copy()
     engine = ZOEngine(theta, layout, _softmax_regression(features), cfg, guidance)
     reports = []
     for t in range(7):
-        r = engine.step(batch, t, round_id=2)
-        engine.update(r)
+        r = engine.step(batch, t, round_id=2, kind=kind)
+        engine.update(r, kind=kind)
         reports.append(r)
     if schedule == "cycle":
         assert [r.block for r in reports] == [t % 3 for t in range(7)]
@@ -153,16 +196,42 @@ def test_local_updates_replay_exactly_through_apply_round(schedule):
     # compare replay against the engine up to drift, and replay against itself bit for bit.
     replay = theta0.copy()
     for r in reports:
-        apply_round(replay, layout, [r], guidance, cfg.alpha, 0.0, cfg.lr)
+        apply_update(replay, layout, [r], (kind,), guidance, local)
     assert np.abs(replay - theta).max() < 1e-5
-    # Each local update is bit-identical to apply_round on the θ it started from.
+    # Each local update is bit-identical to apply_update on the θ it started from.
     before = theta.copy()
-    r = engine.step(batch, 7, round_id=2)
+    r = engine.step(batch, 7, round_id=2, kind=kind)
     restored = theta.copy()
-    engine.update(r)
-    apply_round(restored, layout, [r], guidance, cfg.alpha, 0.0, cfg.lr)
+    engine.update(r, kind=kind)
+    apply_update(restored, layout, [r], (kind,), guidance, local)
     assert theta_checksum(restored) == theta_checksum(theta)
     assert np.abs(before - restored).max() > 0
+
+
+def test_subspace_local_update_moves_inside_the_subspace():
+    """A SUBSPACE report's local update θ −= lr·p·u_V stays in span(V) of each block (and only on guided blocks)."""
+    layout = _layout()
+    features, batch = _toy()
+    rng = np.random.default_rng(8)
+    basis = np.linalg.qr(rng.standard_normal((layout.blocks[0].size, 2)))[0].astype(np.float32)
+    theta = (rng.standard_normal(layout.total) * 0.1).astype(np.float32)
+    start = theta.copy()
+    engine = ZOEngine(
+        theta,
+        layout,
+        _softmax_regression(features),
+        ZOConfig(lr=0.05),
+        {0: BlockGuidance(basis, np.zeros(2, np.float32))},
+    )
+    r = engine.step(batch, 0, block=0, kind=Direction.SUBSPACE)
+    engine.update(r, kind=Direction.SUBSPACE)
+    moved = (theta - start).astype(np.float64)
+    sl = layout.blocks[0].slice
+    assert np.abs(moved[sl]).max() > 0 and not moved[layout.blocks[1].slice].any()
+    expected = -0.05 * r.scalar * direction(r.seed, 0, layout.blocks[0].size, Direction.SUBSPACE, basis)
+    assert np.allclose(moved[sl], expected, atol=1e-6)
+    b64 = basis.astype(np.float64)
+    assert np.allclose(moved[sl] - b64 @ (b64.T @ moved[sl]), 0.0, atol=1e-6)  # no component outside span(V)
 
 
 def test_zo_lowers_the_loss_with_fixed_seed():
@@ -183,7 +252,7 @@ def test_config_validation():
     with pytest.raises(ValueError):
         ZOConfig(eps=0)
     with pytest.raises(ValueError):
-        ZOConfig(alpha=1.5)
+        ZOConfig(lr=-1.0)
     layout = _layout()
     with pytest.raises(ValueError):
         ZOEngine(np.zeros(3, np.float32), layout, lambda b, t: (0.0, None), ZOConfig())

@@ -78,15 +78,22 @@ def test_zgr_simulation_writes_a_complete_metrics_line_per_round(zgr_run):
         assert 0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0
         assert len(m["devices"]) == 2 and set(m["bytes_up"]) == {str(d) for d in m["devices"]}
         assert all(v > 0 for v in [*m["bytes_up"].values(), *m["bytes_down"].values()])
-        assert m["lam"] == 0.5
+        # lam 'auto' (the default): λ_k per block and direction, published with the rectifier's numbers; the line's
+        # λ is their mean, each clipped to [0, lam_max]
+        assert sorted(m["rectifier"]) == ["0", "1"]
+        lams = [x for st in m["rectifier"].values() for x in st["lam"]]
+        assert all(st["n"] == 2 * 2 for st in m["rectifier"].values())  # 2 devices × 2 subspace measurements
+        assert len(lams) == 2 * 4 and all(0.0 <= x <= 0.9 for x in lams)  # 2 blocks × rank 4
+        assert m["lam"] == pytest.approx(sum(lams) / len(lams), rel=1e-9)
         assert m["guidance_bits"] is None or 0 < m["guidance_bits"] < 32  # DTC-quantized guidance frames
         assert m["device_peak_rss_mb"] > 0 and m["device_torch"] is False  # the device processes are torch-free
         assert m["missing_device_stats"] == [] and m["resumed"] is False
     assert rounds[0]["guidance_bits"] is not None  # round 0's guidance cannot have been prefetched
     assert rounds[1]["wall_s"] >= rounds[0]["wall_s"] and rounds[1]["cum_bytes"] > rounds[0]["cum_bytes"]
-    # what the cloud counted: 2 devices × 2 steps × 2 blocks per round, and θ moved every round
+    # what the cloud counted: 2 devices × 2 steps × 2 blocks × 2 directions (subspace, complement) per round, and θ
+    # moved every round
     cloud = _cloud_rounds(zgr_run)
-    assert [(r, s, n, d) for r, s, n, d, *_ in cloud] == [(0, "closed", 8, 2), (1, "closed", 8, 2)]
+    assert [(r, s, n, d) for r, s, n, d, *_ in cloud] == [(0, "closed", 16, 2), (1, "closed", 16, 2)]
     assert all(before != after for *_, before, after in cloud)
 
 
@@ -137,7 +144,7 @@ def test_a_killed_simulation_resumes_without_repeating_a_round(sig, tmp_path, ti
     bits = [m["guidance_bits"] for m in after if m["guidance_bits"] is not None]  # None: prefetched earlier
     assert bits and all(b >= 32 for b in bits)  # lossless float32 guidance frames
     cloud = _cloud_rounds(out)
-    assert [(r, s, n) for r, s, n, *_ in cloud] == [(0, "closed", 8), (1, "closed", 8), (2, "closed", 8)]
+    assert [(r, s, n) for r, s, n, *_ in cloud] == [(0, "closed", 16), (1, "closed", 16), (2, "closed", 16)]
     assert [r[5] for r in cloud[:-1]] == [r[4] for r in cloud[1:]]  # θ chains round to round across the restart
     # a third start finds the run complete and starts nothing
     third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -159,7 +166,8 @@ def zo_run(tmp_path_factory, tiny_artifacts, tiny_model_dir) -> Path:
 
 def test_zo_simulation(zo_run):
     (line,) = _round_lines(zo_run)
-    assert line["lam"] == 0.0 and line["guidance_bits"] is None  # no cloud guidance in plain federated ZO
+    # no cloud guidance in plain federated ZO: no λ, no rectifier numbers, no guidance frame
+    assert line["lam"] is None and line["rectifier"] is None and line["guidance_bits"] is None
     assert 0.0 <= line["accuracy"] <= 1.0 and all(v > 0 for v in line["bytes_up"].values())
     assert _cloud_rounds(zo_run)[0][1:3] == ("closed", 8)
 
@@ -172,6 +180,9 @@ def test_cloud_simulation_sends_no_device(tmp_path, tiny_artifacts, tiny_model_d
     simulate(SimConfig(**opts), out, progress=False)
     lines = _round_lines(out)
     assert [(m["round"], m["devices"], m["reports"], m["lam"]) for m in lines] == [(0, [], 0, 1.0), (1, [], 0, 1.0)]
+    for m in lines:  # λ_k = 1 in every guided block and direction, no device measurement behind it
+        assert sorted(m["rectifier"]) == ["0", "1"]
+        assert all(st["n"] == 0 and st["lam"] == [1.0] * 4 for st in m["rectifier"].values())
     assert all(m["bytes_up_mean"] is None and m["cum_bytes"] == 0 and 0.0 <= m["accuracy"] <= 1.0 for m in lines)
     cloud = _cloud_rounds(out)
     assert [(s, n, d) for _, s, n, d, *_ in cloud] == [("closed", 0, 0), ("closed", 0, 0)]
