@@ -31,8 +31,13 @@ def main() -> None:
     held = set(np.random.default_rng(args.seed).choice(len(rows), size=args.n, replace=False).tolist())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "val.tsv").write_text("\n".join([header] + [r for i, r in enumerate(rows) if i in held]) + "\n")
-    (out / "devices.tsv").write_text("\n".join([header] + [r for i, r in enumerate(rows) if i not in held]) + "\n")
+    for name, keep in (("val.tsv", True), ("devices.tsv", False)):
+        text = "\n".join([header] + [r for i, r in enumerate(rows) if (i in held) == keep]) + "\n"
+        path = out / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:  # runs may be reading it: write once
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)
     print(f"{out}/devices.tsv: {len(rows) - args.n} rows; {out}/val.tsv: {args.n} rows (seed {args.seed})")
 
 

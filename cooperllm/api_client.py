@@ -223,6 +223,12 @@ class CooperClient:
         params = {} if version is None else {"version": version}
         return self._request("GET", "/adapter", params=params).content
 
+    def adapter_delta(self, from_version: int, to_version: int) -> bytes:
+        """GET /v1/adapter/delta: θ of round ``to_version`` as a lossless delta frame from θ of ``from_version``
+        (decode it with :func:`cooperllm.theta_delta.decode` and the θ the device holds); 404 for unknown versions."""
+        params = {"from": from_version, "to": to_version}
+        return self._request("GET", "/adapter/delta", params=params).content
+
     def peft_export(self, out_dir: str | os.PathLike, version: int | None = None) -> Path:
         """GET /v1/adapter/peft: unpack ``adapter_model.safetensors`` + ``adapter_config.json`` into ``out_dir``
         (loadable with ``peft.PeftModel.from_pretrained(base, out_dir)``)."""

@@ -20,6 +20,7 @@ GET  /rounds/{r}/sync             → ModelSync (closed round r: everything need
                                   ?wait=s: long poll while round r is open
 GET  /adapter[?version=r]         → safetensors of θ at the start of round r (default: the latest)
 GET  /adapter/peft[?version=r]    → zip of adapter_model.safetensors + adapter_config.json
+GET  /adapter/delta?from=r0&to=r  → θ_r as a lossless delta from θ_r0 (``cooperllm.theta_delta`` frame)
 GET  /health                      → Health (no auth)
 GET  /metrics                     → Metrics (admin)
 POST /admin/runs                  RunConfig → RunInfo (starts a run; the previous one stops)
@@ -76,6 +77,7 @@ ERRORS = {
     "wrong_strategy": "this upload does not match the run's strategy",
     "unknown_guidance": "no guidance for this round and block",
     "unknown_version": "unknown adapter version",
+    "bad_version_range": "a delta goes from an earlier adapter version to a later one",
     "bad_frame": "malformed tensor frame",
     "unsupported_encoding": "unsupported content encoding",
     "run_failed": "run failed",

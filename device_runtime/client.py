@@ -3,8 +3,9 @@
 Round r on a device:
 1. θ_r: replay round r−1 from the θ this device held at its start (``apply_update`` with the server's reports,
    guidance and published update) and check the published checksum; any mismatch, a missed round or a
-   non-replayable strategy
-   downloads the full adapter instead (DESIGN.md §5.6).
+   non-replayable strategy downloads θ_r instead (DESIGN.md §5.6): as a lossless delta from the θ of an earlier round
+   of the run the device holds (``cooperllm.theta_delta``; ``ClientConfig.delta_downloads``), else, or when that
+   fails, the full adapter.
 2. guidance V_b for the round's blocks (frame sha256 checked; a version the device already holds is not downloaded
    again), then ``local_steps × len(blocks) × len(directions)`` SPSA reports at θ_r (measurement s of a block
    perturbs along ``directions[s mod D]`` on batch ``s div D``) (local learning rate 0 by default: every report
@@ -29,11 +30,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load
 from tqdm import tqdm
 
+from cooperllm import theta_delta
 from cooperllm.api_client import ApiError
 from cooperllm.layout import theta_checksum
 from cooperllm.manifest import MANIFEST_FILE, sha256_file
@@ -87,6 +90,7 @@ class ClientConfig:
     pipeline: bool = True  # SPC: prefetch guidance and upload in the background; False: transfers one by one
     upload_batch: int = DEFAULT_BATCH  # reports per upload at most
     upload_linger_s: float = DEFAULT_LINGER_S  # how long a report may wait for others to share its upload (SPC)
+    delta_downloads: bool = True  # θ after missed rounds as a delta from the θ held; False: the full adapter
 
 
 @dataclass
@@ -94,6 +98,7 @@ class ClientStats:
     rounds: list[dict] = field(default_factory=list)  # per round: reports, seconds, wall_s, compute_s, bytes, ...
     replays: int = 0
     downloads: int = 0  # full adapter downloads
+    delta_downloads: int = 0  # adapters rebuilt from a delta against the θ of an earlier round this device held
     reports: int = 0  # reports computed
     reports_acked: int = 0  # acknowledged by the cloud (this process)
     reports_dropped: int = 0  # refused as late (the round closed first)
@@ -214,8 +219,14 @@ class DeviceClient:
             self.fetcher = GuidanceFetcher(self.api, self.store, self.transfers.backoff, background=False)
         return self.fetcher
 
-    def _download(self, version: int, checksum: str) -> np.ndarray:
-
+    def _download(self, version: int, checksum: str, run_id: int | None = None) -> np.ndarray:
+        """θ at the start of round ``version`` of run ``run_id``, checked against ``checksum``: as a delta from the θ
+        of an earlier round of that run this device holds when it can, else (or when the delta fails) in full."""
+        held = self._held_theta(version, run_id) if self.cfg.delta_downloads else None
+        if held is not None:
+            theta = self._download_delta(*held, version, checksum)
+            if theta is not None:
+                return theta
         data = self._call(f"adapter v{version}", self.api.adapter, version)
         try:
             theta = self.layout.flatten(load(data))
@@ -224,6 +235,36 @@ class DeviceClient:
         if theta_checksum(theta) != checksum:
             raise ClientError(f"downloaded adapter v{version} does not match the round's checksum")
         self.stats.downloads += 1
+        return theta
+
+    def _held_theta(self, version: int, run_id: int | None) -> tuple[int, np.ndarray] | None:
+        """(round, θ at its start) that this device holds of an earlier round of run ``run_id``, or None."""
+        st = self.state
+        if run_id is None or st.extra.get("run_id") != run_id or not 0 <= st.round_id < version:
+            return None
+        # round_base: θ at the start of round_id; without it (after sync_final) θ itself is that round's
+        return st.round_id, (st.round_base if st.round_base is not None else st.theta)
+
+    def _download_delta(self, base_version: int, base: np.ndarray, version: int, checksum: str) -> np.ndarray | None:
+        """θ_version from ``GET /adapter/delta`` and the held θ_base_version; None on any failure (the caller then
+        downloads the full adapter, with retries: a delta is only ever an optimisation, so it is tried once)."""
+        what = f"adapter delta v{base_version}→v{version}"
+        try:
+            frame = self.api.adapter_delta(base_version, version)
+        except (ApiError, httpx.HTTPError, OSError) as exc:
+            log.info("%s unavailable (%s); downloading the full adapter", what, exc)
+            return None
+        try:
+            theta = theta_delta.decode(
+                frame, base, from_version=base_version, to_version=version, max_values=self.layout.total
+            )
+        except theta_delta.ThetaDeltaError as exc:
+            log.warning("%s refused: %s; downloading the full adapter", what, exc)
+            return None
+        if theta_checksum(theta) != checksum:
+            log.warning("%s does not give the round's checksum; downloading the full adapter", what)
+            return None
+        self.stats.delta_downloads += 1
         return theta
 
     def _replay(self, prev_round: int, base: np.ndarray, expected: str | None) -> np.ndarray | None:
@@ -279,7 +320,7 @@ class DeviceClient:
         elif st.round_base is not None and st.round_id == info.round - 1:
             theta = self._replay(st.round_id, st.round_base, info.theta_checksum)
         if theta is None:
-            theta = self._download(info.round, info.theta_checksum)
+            theta = self._download(info.round, info.theta_checksum, info.run_id)
         st.theta[...] = theta
         st.round_base = theta.copy()
         st.round_id = info.round

@@ -45,6 +45,11 @@ def register_run(dsub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no pipelining: fetch all guidance, compute, then upload and wait, one after the other (the baseline)",
     )
+    p.add_argument(
+        "--full-adapter",
+        action="store_true",
+        help="after missed rounds download the full adapter, not a lossless delta from the θ held (the baseline)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=run_client)
 
@@ -69,6 +74,7 @@ def run_client(args: argparse.Namespace) -> int:
         max_rounds=args.rounds,
         progress=not args.no_progress,
         pipeline=not args.sequential,
+        delta_downloads=not args.full_adapter,
     )
     transfers = Transfers(Backoff(give_up_after_s=args.give_up_after))
     with CooperClient(args.cloud) as api:
@@ -85,6 +91,7 @@ def run_client(args: argparse.Namespace) -> int:
         "rounds": stats.rounds,
         "replays": stats.replays,
         "downloads": stats.downloads,
+        "delta_downloads": stats.delta_downloads,
         "reports": stats.reports,
         "reports_acked": stats.reports_acked,
         "reports_dropped": stats.reports_dropped,
@@ -101,8 +108,8 @@ def run_client(args: argparse.Namespace) -> int:
         for r in stats.rounds:
             print(f"round {r['round']:>4}: {r['reports']} reports in {r['seconds']:.1f} s, mean loss {r['mean_loss']}")
         print(
-            f"model sync: {stats.replays} by replay, {stats.downloads} by download; guidance: "
-            f"{stats.guidance_downloads} frames downloaded, {stats.guidance_kept} kept; "
+            f"model sync: {stats.replays} by replay, {stats.delta_downloads} by delta, {stats.downloads} by download; "
+            f"guidance: {stats.guidance_downloads} frames downloaded, {stats.guidance_kept} kept; "
             f"{stats.bytes_up:,} bytes up, {stats.bytes_down:,} down; {stats.retries} retries"
         )
     return 0

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cooperllm.layout import ParamLayout
+from cooperllm.perturb import Direction, direction
 from cooperllm.protocol import ReportIn, RunConfig
 from cooperllm.strategies import STRATEGY_NAMES, DeviceWork, RoundInputs, Upload, get_strategy
-from cooperllm.perturb import Direction, direction
 from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, ReportError, check_report
 
 

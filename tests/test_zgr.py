@@ -61,9 +61,7 @@ def test_replay_golden_is_bit_exact(case):
         )
         for b, v in g["guidance"].items()
     }
-    update = {
-        u["block"]: BlockUpdate(u["q"], None if u["w"] is None else f32_from_hex(u["w"])) for u in g["update"]
-    }
+    update = {u["block"]: BlockUpdate(u["q"], None if u["w"] is None else f32_from_hex(u["w"])) for u in g["update"]}
     directions = [Direction[d.upper()] for d in g["directions"]]
     apply_update(theta, layout, [Report(**r) for r in g["reports"]], directions, guidance, update)
     assert np.array_equal(theta.view(np.uint32), f32_from_hex(g["theta1"]).view(np.uint32))

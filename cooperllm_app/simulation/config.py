@@ -105,6 +105,11 @@ class SimConfig:
     grad_batch_size: int = run_field("grad_batch_size")
     local_lr: float | None = config_field(None, help="device learning rate", unset="0 for ZO; bp: AdamW 1e-3")
     guidance_codec: str = config_field("dtc", help="guidance frames: dtc or plain f32", choices=("dtc", "plain"))
+    adapter_download: str = config_field(
+        "delta",
+        help="θ after missed rounds: delta (lossless, from the θ a device holds) or full",
+        choices=("delta", "full"),
+    )
     deadline_s: float = run_field(
         "deadline_s", flag="--deadline", help="round deadline, s (a safety net: a round closes when K reported)"
     )
@@ -142,6 +147,8 @@ class SimConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.guidance_codec not in ("dtc", "plain"):
             raise ValueError(f"guidance codec must be dtc or plain, got {self.guidance_codec!r}")
+        if self.adapter_download not in ("delta", "full"):
+            raise ValueError(f"adapter download must be delta or full, got {self.adapter_download!r}")
         parse_partition(self.partition)
         LinkSpec.parse(self.link)
         block_list(self.blocks)

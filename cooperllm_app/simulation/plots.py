@@ -97,7 +97,58 @@ def plot_runs(runs: list[Run], out_dir: Path) -> list[Path]:
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
+    rectified = [run for run in runs if any(m.get("rectifier") for m in run.rounds)]
+    if rectified:
+        written.append(_plot_rectifier(plt, rectified, out_dir / "rectifier_vs_rounds.png"))
     return written
+
+
+def rectifier_series(run: Run) -> dict[str, tuple[list[int], list[float]]]:
+    """Per round, the mean over blocks and directions of λ_k, b_k², s_k²/N and τ_k² (the rectifier's inputs)."""
+    out: dict[str, tuple[list[int], list[float]]] = {k: ([], []) for k in ("lam", "bias_sq", "device_se2", "cloud_var")}
+    for m in run.rounds:
+        stats = m.get("rectifier") or {}
+        blocks = [b for b in stats.values() if b.get("n")]  # where the devices measured something
+        lams = [x for b in stats.values() for x in b["lam"]]
+        if lams:
+            out["lam"][0].append(m["round"] + 1)
+            out["lam"][1].append(sum(lams) / len(lams))
+        if not blocks:
+            continue
+        values = {
+            "bias_sq": [x for b in blocks for x in b["bias_sq"]],
+            "device_se2": [x / b["n"] for b in blocks for x in b["device_var"]],
+            "cloud_var": [x for b in blocks for x in b["cloud_var"]],
+        }
+        for k, v in values.items():
+            out[k][0].append(m["round"] + 1)
+            out[k][1].append(sum(v) / len(v))
+    return out
+
+
+def _plot_rectifier(plt, runs: list[Run], path: Path) -> Path:
+    """λ_k (mean over blocks and directions) and the three terms it is made of, per round, one line per run."""
+    fig, (ax_lam, ax_terms) = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=120)
+    for run in runs:
+        series = rectifier_series(run)
+        ax_lam.plot(*series["lam"], marker="o", markersize=3, label=run.label)
+        for key, style in (("bias_sq", "-"), ("device_se2", "--"), ("cloud_var", ":")):
+            xs, ys = series[key]
+            if xs:
+                ax_terms.plot(xs, ys, style, label=f"{run.label}: {key}")
+    ax_lam.set_xlabel("round")
+    ax_lam.set_ylabel("mean λ_k (weight of the cloud)")
+    ax_lam.set_ylim(0, 1.05)
+    ax_terms.set_xlabel("round")
+    ax_terms.set_ylabel("mean over directions")
+    ax_terms.set_yscale("log")
+    for ax in (ax_lam, ax_terms):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _pct(v: float | None) -> str:

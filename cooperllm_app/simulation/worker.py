@@ -166,6 +166,7 @@ class DeviceHost:
             poll_s=0.05,
             max_rounds=1,
             progress=False,
+            delta_downloads=self.cfg.adapter_download == "delta",
         )
         with DeviceClient(self.session, api, self.shard(d), device_dir(self.run_dir, d), cfg, self._transfers()) as c:
             st = c.state
@@ -182,6 +183,7 @@ class DeviceHost:
             "mean_loss": last["mean_loss"],
             "replays": stats.replays,
             "downloads": stats.downloads,
+            "delta_downloads": stats.delta_downloads,
         }
 
 

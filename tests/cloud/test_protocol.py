@@ -80,6 +80,7 @@ def test_openapi_operation_ids_are_stable():
         "upload_delta",
         "get_model_sync",
         "get_adapter",
+        "get_adapter_delta",
         "get_peft_export",
         "get_health",
         "get_metrics",

@@ -253,7 +253,7 @@ def test_bp_strategy_is_fedavg_of_deltas(live):
 def test_per_direction_lambda_is_published_and_replayable(live):
     """lam 'auto': each round publishes λ_k per block and direction (the round summary's rectifier numbers, their
     mean in the summary, the ModelSync and the metrics), equal to ``mixing_weights`` of the round's subspace samples,
-    the cloud's c and τ² and the running bias carried from the previous round; the whole aggregation, recomputed from
+    the cloud's c and τ² and the bias track carried from the previous round; the whole aggregation, recomputed from
     the published record and that carried state, gives the published update and θ; and the round replays bit-exactly.
     """
     admin = live.admin()
@@ -279,8 +279,9 @@ def test_per_direction_lambda_is_published_and_replayable(live):
     # SUBSPACE scalars p = s·ξ_0·x make the devices' estimate of direction 0 exactly a_0 = x (a_1 = ξ_0ξ_1·x); the
     # 6 samples per block alternate x = offset ± spread. Block 0 (offset, spread) = (1, 0.01) in round 0 and
     # (0.5, 0.01) in round 1: precise devices far from the cloud's c_0, so b_0² > 0 and λ_0 lies strictly inside
-    # (0, λ_max) — the estimate itself is published, and in round 1 it carries round 0's bias (the running average).
-    # Block 1: (0, 100) both rounds: the devices' noise dwarfs the rest, b_0² clips at 0 and λ_0 at λ_max.
+    # (0, λ_max) — the estimate itself is published; in round 1, b_0² comes from the signed running mean of ā_0 − c_0
+    # over both rounds. Block 1: (0, 100) both rounds: the devices' noise dwarfs the rest, b_0² clips at 0 and λ_0 at
+    # λ_max.
     plan = {0: {0: (1.0, 0.01), 1: (0.0, 100.0)}, 1: {0: (0.5, 0.01), 1: (0.0, 100.0)}}  # round: block: x
     state = RectifierState()
     for rnd in range(2):
@@ -326,7 +327,7 @@ def test_per_direction_lambda_is_published_and_replayable(live):
             lams += st.lam.tolist()
         lam0 = summary.rectifier["0"]["lam"][0]
         assert 0.0 < lam0 < cfg.lam_max and summary.rectifier["1"]["lam"][0] == cfg.lam_max
-        if rnd == 1:  # the running bias: round 0's disagreement still counts, so a fresh estimate would differ
+        if rnd == 1:  # the bias track: round 0's disagreement still counts, so a fresh estimate would differ
             fresh = mixing_weights(samples[0], guidance[0], None, cfg.lam_max)
             assert not np.allclose(fresh.bias_sq, summary.rectifier["0"]["bias_sq"])
         assert summary.lam == sync.lam == m.last_lambda == pytest.approx(np.mean(lams), rel=1e-9)

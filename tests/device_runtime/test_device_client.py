@@ -53,10 +53,12 @@ def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, 
         client.outbox.counts()
     assert client.store._mem == {}
     n_blocks = len(session.manifest.layout.blocks)
+    # per round: 2 local steps × every block × 2 measurements (the guidance subspace, then its complement)
+    per_round = 2 * n_blocks * 2
     assert [r["round"] for r in stats.rounds] == [0, 1, 2]
-    assert all(r["reports"] == 2 * n_blocks for r in stats.rounds)
+    assert all(r["reports"] == per_round for r in stats.rounds)
     assert stats.downloads == 0 and stats.replays == 3  # rounds 1 and 2 and the final model, all by replay
-    assert Outbox(tmp_path / "dev").counts() == {"acked": 3 * 2 * n_blocks} == {"acked": stats.reports_acked}
+    assert Outbox(tmp_path / "dev").counts() == {"acked": 3 * per_round} == {"acked": stats.reports_acked}
     assert stats.guidance_downloads == 3 * n_blocks and stats.guidance_kept == 0  # a new version every round
     assert stats.bytes_up > 0 and stats.bytes_down > 0
     assert sum(r["bytes_up"] for r in stats.rounds) <= stats.bytes_up
@@ -68,7 +70,10 @@ def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, 
     )
     with CooperClient(cloud, ADMIN) as admin:
         rounds = admin.rounds(run.run_id)
-    assert [r.n_reports for r in rounds] == [2 * n_blocks] * 3
+    assert [r.n_reports for r in rounds] == [per_round] * 3
+    # the server read half of them as subspace measurements: 2 per block and round (one per local step)
+    assert all(st["n"] == 2 for r in rounds for st in r.rectifier.values())
+    assert all(sorted(r.rectifier) == [str(b) for b in range(n_blocks)] for r in rounds)
 
 
 def test_kept_guidance_versions_are_not_downloaded_again(cloud, session, toy_corpus, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cooperllm.manifest import read_manifest
+from cooperllm.protocol import RunConfig
 from cooperllm_app.simulation.config import SimConfig
 from cooperllm_app.simulation.metrics import ROUND_FIELDS, read_lines
 from cooperllm_app.simulation.runner import simulate
@@ -31,6 +32,7 @@ def _options(tiny_artifacts: Path, tiny_model_dir: Path, **kw) -> dict:
         rounds=2,
         local_steps=2,
         eval_limit=32,
+        final_eval_limit=48,  # θ₀ and the last round: more test examples than the rounds in between
         public_n=64,
         link="100mbit:2ms",
         workers=2,
@@ -68,9 +70,10 @@ def zgr_run(tmp_path_factory, tiny_artifacts, tiny_model_dir) -> Path:
 def test_zgr_simulation_writes_a_complete_metrics_line_per_round(zgr_run):
     lines = read_lines(zgr_run / "metrics.jsonl")
     assert [m["kind"] for m in lines] == ["baseline", "round", "round"]
-    assert 0.0 <= lines[0]["accuracy"] <= 1.0 and lines[0]["n_eval"] == 32
+    assert 0.0 <= lines[0]["accuracy"] <= 1.0 and lines[0]["n_eval"] == 48
     rounds = lines[1:]
     assert [m["round"] for m in rounds] == [0, 1]
+    assert [m["n_eval"] for m in rounds] == [32, 48]  # eval_limit in between, final_eval_limit for the last round
     for m in rounds:
         # guidance_bits is None in a round whose devices downloaded no frame: they prefetched its guidance while
         # they ran the round before (the SPC fetcher runs ahead), so those bytes count in that round
@@ -83,7 +86,9 @@ def test_zgr_simulation_writes_a_complete_metrics_line_per_round(zgr_run):
         assert sorted(m["rectifier"]) == ["0", "1"]
         lams = [x for st in m["rectifier"].values() for x in st["lam"]]
         assert all(st["n"] == 2 * 2 for st in m["rectifier"].values())  # 2 devices × 2 subspace measurements
-        assert len(lams) == 2 * 4 and all(0.0 <= x <= 0.9 for x in lams)  # 2 blocks × rank 4
+        # one λ_k per guidance direction (rank ≤ 4: the rectifier's window may hold fewer gradients)
+        assert all(1 <= len(st["lam"]) == len(st["cloud"]) <= 4 for st in m["rectifier"].values())
+        assert all(0.0 <= x <= RunConfig().lam_max for x in lams)
         assert m["lam"] == pytest.approx(sum(lams) / len(lams), rel=1e-9)
         assert m["guidance_bits"] is None or 0 < m["guidance_bits"] < 32  # DTC-quantized guidance frames
         assert m["device_peak_rss_mb"] > 0 and m["device_torch"] is False  # the device processes are torch-free
@@ -182,7 +187,7 @@ def test_cloud_simulation_sends_no_device(tmp_path, tiny_artifacts, tiny_model_d
     assert [(m["round"], m["devices"], m["reports"], m["lam"]) for m in lines] == [(0, [], 0, 1.0), (1, [], 0, 1.0)]
     for m in lines:  # λ_k = 1 in every guided block and direction, no device measurement behind it
         assert sorted(m["rectifier"]) == ["0", "1"]
-        assert all(st["n"] == 0 and st["lam"] == [1.0] * 4 for st in m["rectifier"].values())
+        assert all(st["n"] == 0 and st["lam"] == [1.0] * len(st["cloud"]) for st in m["rectifier"].values())
     assert all(m["bytes_up_mean"] is None and m["cum_bytes"] == 0 and 0.0 <= m["accuracy"] <= 1.0 for m in lines)
     cloud = _cloud_rounds(out)
     assert [(s, n, d) for _, s, n, d, *_ in cloud] == [("closed", 0, 0), ("closed", 0, 0)]
