@@ -40,7 +40,7 @@ TUNE_ROUNDS=${TUNE_ROUNDS:-8}
 TUNE_TASK=${TUNE_TASK:-seq-cls}
 VAL_N=${VAL_N:-400}
 EVAL_LIMIT=${EVAL_LIMIT:-200}           # curves: every EVAL_EVERY rounds on the first EVAL_LIMIT test examples
-EVAL_EVERY=${EVAL_EVERY:-5}
+EVAL_EVERY=${EVAL_EVERY:-10}
 LINK=${LINK:-10mbit:50ms}
 WORKERS=${WORKERS:-}
 ONLY=${ONLY:-all}
@@ -91,12 +91,14 @@ fi
 if want main; then
     # shellcheck disable=SC1091
     source "$OUT/tuned.env"   # TUNED_zgr=..., TUNED_zo=..., ...
-    for task in $TASKS; do
-        for setting in $SETTINGS; do
-            extra=""
-            [ "$setting" = S2 ] && extra=$S2_OPTIONS
-            for seed in $SEEDS; do
+    for task in $TASKS; do  # seed by seed, so that a stopped study holds whole seeds
+        for seed in $SEEDS; do
+            for setting in $SETTINGS; do
+                extra=""
+                [ "$setting" = S2 ] && extra=$S2_OPTIONS
                 for strategy in $STRATEGIES; do
+                    # zo and bp never see the public data: their S1 run stands for S2 too (cooperllm report --json)
+                    if [ "$setting" = S2 ] && { [ "$strategy" = zo ] || [ "$strategy" = bp ]; }; then continue; fi
                     tuned=TUNED_$strategy
                     # shellcheck disable=SC2086
                     sim "$task-$setting-$strategy-s$seed" "$task" "$strategy" "$seed" "$ROUNDS" \

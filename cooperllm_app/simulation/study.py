@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cooperllm.evaluate import EvalResult, paired_change
+from cooperllm.strategies import get_strategy
 from cooperllm_app.simulation.plots import Run
 
 STRATEGY_ORDER = ("zgr", "zo", "bp", "cloud")
@@ -76,13 +77,18 @@ def _round_of_reaching(run: Run, target: float) -> int | None:
 
 
 def group_runs(runs: list[Run]) -> dict[tuple[str, str, str], dict[int, Run]]:
+    """Runs by (setting, task, strategy), then seed. A strategy that never sees the cloud's public data (zo, bp) runs
+    the same computation in S1 and S2, so one run of it stands in both settings."""
     groups: dict[tuple[str, str, str], dict[int, Run]] = defaultdict(dict)
+    settings = sorted({setting_of(run) for run in runs})
     for run in runs:
-        key = (setting_of(run), run.task, run.config["strategy"])
+        strategy = run.config["strategy"]
         seed = int(run.config["seed"])
-        if seed in groups[key]:
-            raise ValueError(f"two runs of {key} with seed {seed}: {groups[key][seed].folder} and {run.folder}")
-        groups[key][seed] = run
+        for setting in [setting_of(run)] if get_strategy(strategy).guided else settings:
+            key = (setting, run.task, strategy)
+            if seed in groups[key]:
+                raise ValueError(f"two runs of {key} with seed {seed}: {groups[key][seed].folder} and {run.folder}")
+            groups[key][seed] = run
     return groups
 
 
