@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # third-party loggers that are chatty at INFO; they still speak at WARNING and above
@@ -26,11 +28,35 @@ def fail(message: object, code: int) -> int:
     return code
 
 
+def quiet_third_party() -> None:
+    """Silence the third-party messages a run prints that say nothing about it, each named and why it is harmless,
+    so that a user's terminal shows the project's own progress and results. Anything else still gets through.
+
+    Set before the libraries are imported (they are imported lazily by the commands that need them)."""
+    # transformers' and huggingface_hub's own progress bars ("Loading weights", "Writing model shards") interleave
+    # with the project's bars for the same work; the project reports its stages itself. Read at their import.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # torchao, at import: its CUDA kernels (_C_mxfp8, _C_cutlass_90a) and Triton are absent from this CPU build; the
+    # project's int8 weight-only path uses neither. Real torchao errors stay visible.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    # torch, at torchao's import: torchao registers two Enum classes with torch's pytree in a way torch 2.13 calls
+    # deprecated; a notice about torchao's code, with no effect on export or on what the graphs compute.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # torch, while ExecuTorch lowers a graph: a pytree spec object is copied through a deprecated isinstance check
+    # inside torch; the lowered program does not depend on it (the exporter's tests compare it with eager).
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+
+
 def run_parsed(args: argparse.Namespace) -> int:
     """Set up logging and run the chosen command; bad input becomes a one-line error and exit code 2."""
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
     for noisy in _NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+        logging.getLogger(noisy).setLevel(
+            max(logging.getLogger(noisy).level, logging.WARNING, logging.getLogger().level)
+        )
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

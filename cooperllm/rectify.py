@@ -10,8 +10,9 @@ devices, its low-noise gradient drives; where it disagrees, λ_k falls and the d
 How the bias is measured. One round's difference δ_k = ā_k − c_k is mostly noise (the round's few devices, their few
 measurements), so b_k² comes from the *signed* differences over rounds: a weighted running mean μ_k = Σ wᵢδᵢ/Σ wᵢ
 (weights βⁱ, newest 1), whose own variance Σ wᵢ²(s²/N + τ²)ᵢ/(Σ wᵢ)² is known from each round's measured noise;
-b_k² = max(0, μ_k² − BIAS_Z²·that variance): a bias is counted where it is significant. A cloud that is right on average leaves μ_k near 0 however noisy the rounds; a
-cloud whose data is shifted keeps δ_k on one side, round after round. Signs are taken relative to the cloud's own
+b_k² = max(0, μ_k² − BIAS_Z²·that variance): a bias is counted where it is significant. A cloud that is right on
+average leaves μ_k near 0 however noisy the rounds; a cloud whose data is shifted keeps δ_k on one side, round after
+round. Signs are taken relative to the cloud's own
 gradient (δ_k·sign(c_k)), since a basis column's sign is arbitrary from one round's basis to the next.
 
 Why scale-free. Each part's step is normalised by a running estimate of its own scale (an exponential average of the

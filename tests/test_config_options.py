@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -124,21 +124,23 @@ def test_a_sim_config_outside_run_configs_bounds_is_refused_before_the_run_start
 def test_the_demo_runs_the_same_simulation_as_before():
     args = build_parser().parse_args(["demo"])
     assert demo_config(args) == SimConfig(
-        artifacts="artifacts/demo-smollm2",
+        artifacts="artifacts/demo-smollm2-seq-cls",
         clients=4,
         per_round=2,
-        rounds=3,
+        rounds=10,
         strategy="zgr",
         partition="iid",
         link="10mbit:50ms",
-        eval_limit=200,
-        local_steps=8,
+        eval_limit=None,
+        final_eval_limit=None,  # θ₀ and the last round on the whole test set
+        eval_every=10_000,  # nothing scored in between
+        local_steps=1,
         blocks="all",
         eta=1e-2,  # zgr's default η (v2: a normalised step)
         lam="auto",  # RunConfig's default: the per-direction λ_k*
     )
-    args = build_parser().parse_args(["demo", "--rounds", "5", "--eta", "0.01"])
-    assert (demo_config(args).rounds, demo_config(args).eta) == (5, 0.01)
+    args = build_parser().parse_args(["demo", "--rounds", "5", "--eta", "0.01", "--final-eval-limit", "100"])
+    assert (demo_config(args).rounds, demo_config(args).eta, demo_config(args).final_eval_limit) == (5, 0.01, 100)
 
 
 def test_a_run_folder_written_before_the_shared_fields_still_resumes(tmp_path):
@@ -152,15 +154,21 @@ def test_a_run_folder_written_before_the_shared_fields_still_resumes(tmp_path):
         "strategy": "zgr", "test_data": "/d/test.tsv", "train_data": "/d/train.tsv", "window": 8, "workers": 2,
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(old, indent=2, sort_keys=True))
+    # asked with the settings the folder was written with (η and λ_max were the defaults then, not now)
     asked = SimConfig(
-        artifacts="/a/art", rounds=3, lam="auto", eta=1e-3, local_lr=0.0, workers=1, model="smollm2",
+        artifacts="/a/art", rounds=3, lam="auto", lam_max=0.9, eta=1e-3, local_lr=0.0, workers=1, model="smollm2",
         train_data="/d/train.tsv", public_data="/d/dev.tsv", test_data="/d/test.tsv", command="another",
     )  # fmt: skip
     kept = save_or_check_config(tmp_path, asked)
     assert kept.workers == 1 and kept.command == old["command"] and json.loads(kept.to_json())["rounds"] == 3
-    # the retired v1 field (alpha) is dropped; the η the folder was written with is kept, not today's default
-    assert kept.run_config(8) == RunConfig(rounds=3, lam="auto", eta=1e-3, quorum=5, min_devices=5, deadline_s=21600.0)
+    # the retired v1 field (alpha) is dropped; the fields the folder was written with are kept, not today's defaults
+    assert kept.run_config(8) == RunConfig(
+        rounds=3, lam="auto", lam_max=0.9, eta=1e-3, quorum=5, min_devices=5, deadline_s=21600.0
+    )
     assert not hasattr(kept, "alpha")
+    # today's defaults are another run: the folder refuses them instead of resuming under other settings
+    with pytest.raises(ValueError, match=r"holds another simulation \(lam_max: 0.9 here vs 1.0 asked\)"):
+        save_or_check_config(tmp_path, replace(asked, lam_max=RunConfig().lam_max))
 
 
 def test_options_straight_from_a_pydantic_model():

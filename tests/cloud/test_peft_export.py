@@ -15,7 +15,7 @@ def test_peft_export_matches_server_theta(live, tiny_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    live.admin().create_run(RunConfig(strategy="zo", rounds=2, quorum=2, local_steps=1, eta=0.5, deadline_s=60))
+    live.admin().create_run(RunConfig(strategy="zo", rounds=2, quorum=2, local_steps=1, eta_zo=0.5, deadline_s=60))
     devs = [live.device(f"p{i}") for i in range(2)]
     for i, d in enumerate(devs):
         info = d.current_round()

@@ -86,10 +86,14 @@ class Server:
 
 
 def _reports(info) -> list[ReportIn]:
-    out = []
-    for i, block in enumerate(info.blocks):
-        seed = info.seed_lo + i
-        out.append(ReportIn(seed=seed, block=block, step=0, scalar=((seed % 1000) - 500) / 250.0, n_examples=4))
+    """The round's one local step on every block: one report per direction the round names (zgr: the subspace at
+    step 0, the complement at step 1), deterministic scalars so that both runs upload the same numbers."""
+    out, seed = [], info.seed_lo
+    for block in info.blocks:
+        for step in range(len(info.directions)):
+            scalar = ((seed % 1000) - 500) / 250.0
+            out.append(ReportIn(seed=seed, block=block, step=step, scalar=scalar, n_examples=4))
+            seed += 1
     return out
 
 

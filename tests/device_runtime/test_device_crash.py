@@ -108,11 +108,12 @@ def test_killed_device_delivers_every_report_exactly_once(tmp_path, tiny_model_d
                 )
             ).all()
         on_server = sorted(tuple(x) for x in rows)
-        n_blocks = len(engine.host.layout.blocks)
-        assert len(computed) == ROUNDS * LOCAL_STEPS * n_blocks  # every planned step computed, once
+        # a zgr step measures two directions (the guidance subspace, then its complement): two reports per block
+        per_round = LOCAL_STEPS * len(engine.host.layout.blocks) * 2
+        assert len(computed) == ROUNDS * per_round  # every planned measurement computed, once
         assert on_server == computed  # every computed report on the server, exactly once, with its exact scalar
         with CooperClient(server.url, ADMIN) as admin:
-            assert [x.n_reports for x in admin.rounds(run.run_id)] == [LOCAL_STEPS * n_blocks] * ROUNDS
+            assert [x.n_reports for x in admin.rounds(run.run_id)] == [per_round] * ROUNDS
             assert admin.run(run.run_id).status == "finished"
             final_theta = admin.run(run.run_id).theta_checksum
         assert theta_checksum(load_state(state, engine.host.layout).theta) == final_theta

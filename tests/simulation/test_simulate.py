@@ -220,10 +220,21 @@ def test_report_renders_figures_and_a_table(zgr_run, zo_run, tmp_path):
     assert main(argv) == 0
     text = md.read_text()
     pngs = sorted((tmp_path / "docs" / "figures").glob("*.png"))
-    assert [p.name for p in pngs] == ["accuracy_vs_bytes.png", "accuracy_vs_rounds.png", "accuracy_vs_wallclock.png"]
+    assert [p.name for p in pngs] == [
+        "accuracy_vs_bytes.png",
+        "accuracy_vs_rounds.png",
+        "accuracy_vs_wallclock.png",
+        "rectifier_vs_rounds.png",  # the zgr run published its rectifier's numbers (the zo run has none)
+    ]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)
     assert "| run | strategy |" in text and "| zgr | zgr |" in text and "| fed-zo | zo |" in text
     assert all(f"]({Path('figures') / p.name})" in text for p in pngs)
     assert f"--out {zgr_run}" in text and "cooperllm report" in text  # the commands behind the runs and the report
     assert "## Headline figures beside the paper's" in text and "| 8.8× |" in text  # both runs share a task
     assert text.index("missed the target by 1.2 pp") < text.index("## Runs")  # the notes follow the headline
+    # the rectifier figure's λ line is each round's mean λ_k, plotted at round r + 1; zo contributes no line
+    from cooperllm_app.simulation.plots import load_run, rectifier_series
+
+    zgr_lines = _round_lines(zgr_run)
+    assert rectifier_series(load_run(zgr_run))["lam"] == ([1, 2], [pytest.approx(m["lam"]) for m in zgr_lines])
+    assert rectifier_series(load_run(zo_run))["lam"] == ([], [])

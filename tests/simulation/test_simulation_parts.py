@@ -45,10 +45,12 @@ def test_a_run_folder_keeps_its_config_and_refuses_another(tmp_path):
 
 
 def test_the_recorded_command_names_only_what_differs_from_the_defaults():
-    cfg = SimConfig(artifacts="art", strategy="bp", public_classes=[1], guidance_rank=2, lam="auto")
+    cfg = SimConfig(artifacts="art", strategy="bp", public_classes=[1], guidance_rank=2, lam=0.5)
     assert command_line(cfg, "runs/x") == (
-        "cooperllm simulate --artifacts art --out runs/x --strategy bp --public-classes 1 --lam auto --rank 2"
+        "cooperllm simulate --artifacts art --out runs/x --strategy bp --public-classes 1 --lam 0.5 --rank 2"
     )
+    # lam 'auto' is the default now: not named
+    assert "--lam" not in command_line(SimConfig(artifacts="art", lam="auto"), "runs/x")
     assert block_list("each") is None and block_list("all") == [-1] and block_list("0,3") == [0, 3]
     with pytest.raises(ValueError):
         block_list("head")
