@@ -20,18 +20,16 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from cooperllm.config_fields import add_config_options
 from cooperllm.console import fail
-from cooperllm.evaluate import EvalResult, paired_change
+from cooperllm.evaluate import paired_change
 from cooperllm.manifest import ManifestError, read_manifest
 from cooperllm.models import DEFAULT_MODEL
 from cooperllm.strategies import get_strategy
 from cooperllm.tasks import TaskSpec
 from cooperllm_app.commands.simulate import stop_on_sigterm
 from cooperllm_app.simulation.config import SimConfig, command_line
-from cooperllm_app.simulation.metrics import fmt_bytes, mean_of
+from cooperllm_app.simulation.metrics import evaluation_of, fmt_bytes, mean_of
 from cooperllm_app.simulation.runner import simulate
 from exporters import export_artifacts
 from exporters.api import resolve_backend
@@ -104,13 +102,6 @@ def demo_config(args: argparse.Namespace) -> SimConfig:
     return SimConfig(artifacts=args.artifacts, **chosen)
 
 
-def _result(line: dict) -> EvalResult:
-    """A metrics line's evaluation with its per-example results (for the paired test)."""
-    n = int(line["n_eval"])
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(line["correct_bits"]), np.uint8), bitorder="little")[:n]
-    return EvalResult(line["accuracy"], line["loss"], n, bits.astype(bool))
-
-
 def run(args: argparse.Namespace) -> int:
 
     stop_on_sigterm()
@@ -145,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if result.ran == 0:
         print(f"    {args.out} holds this finished run: shown as recorded (--fresh runs it again)")
     print("3/3 results")
-    change = paired_change(_result(base), _result(last))
+    change = paired_change(evaluation_of(base), evaluation_of(last))
     verdict = "significant" if change.p_value < 0.05 else "not significant"
     print(f"    accuracy before  {base['accuracy'] * 100:.2f} %  (loss {base['loss']:.4f}, {base['n_eval']} examples)")
     print(f"    accuracy after   {last['accuracy'] * 100:.2f} %  (loss {last['loss']:.4f}) after {len(rounds)} rounds")

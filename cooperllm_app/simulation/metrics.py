@@ -14,6 +14,10 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
+from cooperllm.evaluate import EvalResult
+
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.jsonl"
@@ -40,6 +44,20 @@ def fmt_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+def pack_correct(correct: np.ndarray) -> str:
+    """Which examples θ got right, as hex of the bits packed LSB-first (a metrics line's ``correct_bits``)."""
+    return np.packbits(correct, bitorder="little").tobytes().hex()
+
+
+def evaluation_of(line: dict | None) -> EvalResult | None:
+    """A metrics line's evaluation with its per-example results (for paired tests); None where it has none."""
+    if not line or line.get("accuracy") is None or not line.get("correct_bits"):
+        return None
+    n = int(line["n_eval"])
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(line["correct_bits"]), np.uint8), bitorder="little")[:n]
+    return EvalResult(float(line["accuracy"]), float(line["loss"]), n, bits.astype(bool))
 
 
 def mean_of(values: list[float | None]) -> float | None:

@@ -10,57 +10,42 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
 
 import numpy as np
 
 from cooperllm.evaluate import EvalResult, paired_change
 from cooperllm.strategies import get_strategy
+from cooperllm_app.simulation.metrics import evaluation_of
 from cooperllm_app.simulation.plots import Run
 
 STRATEGY_ORDER = ("zgr", "zo", "bp", "cloud")
-
-
-@dataclass(frozen=True)
-class Final:
-    """A run's final full-test evaluation (and θ₀'s), with the per-example results for paired tests."""
-
-    accuracy: float
-    n: int
-    correct: np.ndarray
 
 
 def setting_of(run: Run) -> str:
     return "S2" if run.config.get("public_classes") else "S1"
 
 
-def _final(line: dict | None) -> Final | None:
-    if not line or line.get("accuracy") is None or not line.get("correct_bits"):
-        return None
-    n = int(line["n_eval"])
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(line["correct_bits"]), np.uint8), bitorder="little")[:n]
-    return Final(float(line["accuracy"]), n, bits.astype(bool))
-
-
-def final_of(run: Run) -> Final | None:
-    """The last round's evaluation when the run is complete and it scored the full (final) set."""
+def final_of(run: Run) -> EvalResult | None:
+    """The last round's evaluation when the run is complete (it scored the final, full set)."""
     if not run.rounds or run.rounds[-1]["round"] != run.config["rounds"] - 1:
         return None
-    return _final(run.rounds[-1])
+    return evaluation_of(run.rounds[-1])
 
 
-def mcnemar(a: Final, b: Final) -> dict:
+def mcnemar(a: EvalResult, b: EvalResult) -> dict:
     """a vs b on the same examples: how many predictions only a got right, only b, and the exact two-sided p."""
-    if a.n != b.n:
-        raise ValueError(f"paired test needs the same examples: {a.n} vs {b.n}")
-    change = paired_change(EvalResult(b.accuracy, 0.0, b.n, b.correct), EvalResult(a.accuracy, 0.0, a.n, a.correct))
+    if a.n_examples != b.n_examples:
+        raise ValueError(f"paired test needs the same examples: {a.n_examples} vs {b.n_examples}")
+    change = paired_change(b, a)
     return {"only_a_right": change.gained, "only_b_right": change.lost, "p_value": change.p_value}
 
 
-def _pooled(pairs: list[tuple[Final, Final]]) -> dict:
-    a = Final(0.0, 0, np.concatenate([p[0].correct for p in pairs]))
-    b = Final(0.0, 0, np.concatenate([p[1].correct for p in pairs]))
-    return mcnemar(a, b)
+def _pooled(pairs: list[tuple[EvalResult, EvalResult]]) -> dict:
+    def joined(results: list[EvalResult]) -> EvalResult:
+        correct = np.concatenate([r.correct for r in results])
+        return EvalResult(float(correct.mean()), 0.0, len(correct), correct)
+
+    return mcnemar(joined([a for a, _ in pairs]), joined([b for _, b in pairs]))
 
 
 def _mean_lambda(run: Run) -> float | None:
@@ -104,7 +89,7 @@ def build(runs: list[Run]) -> dict:
         finals = {s: final_of(by_seed[s]) for s in seeds}
         done = [s for s in seeds if finals[s] is not None]
         for s in seeds:
-            base = _final(by_seed[s].baseline)
+            base = evaluation_of(by_seed[s].baseline)
             if base is not None:
                 zero_shot.setdefault(task, base.accuracy)
         accs = [finals[s].accuracy for s in done]
@@ -117,7 +102,8 @@ def build(runs: list[Run]) -> dict:
                 "final_accuracy": accs,
                 "final_mean": statistics.fmean(accs) if accs else None,
                 "final_sd": statistics.stdev(accs) if len(accs) > 1 else None,
-                "test_examples": finals[done[0]].n if done else None,
+                "test_examples": finals[done[0]].n_examples if done else None,
+                "curve_examples": by_seed[seeds[0]].config.get("eval_limit"),  # the rounds before the last
                 "rounds": by_seed[seeds[0]].config["rounds"],
                 "accuracy_by_round": [
                     {str(m["round"] + 1): m["accuracy"] for m in by_seed[s].rounds if m.get("accuracy") is not None}
@@ -151,7 +137,7 @@ def comparisons(groups: dict[tuple[str, str, str], dict[int, Run]]) -> list[dict
             pairs = []
             for seed in sorted(set(zgr_runs) & set(other_runs)):
                 a, b = final_of(zgr_runs[seed]), final_of(other_runs[seed])
-                if a is not None and b is not None and a.n == b.n:
+                if a is not None and b is not None and a.n_examples == b.n_examples:
                     pairs.append((seed, a, b))
             if not pairs:
                 continue

@@ -36,6 +36,7 @@ from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
 from cooperllm_app.simulation.bp_device import BackpropDevice
 from cooperllm_app.simulation.config import SimConfig, load_config
+from cooperllm_app.simulation.metrics import pack_correct
 from cooperllm_app.simulation.resume import read_partition
 from device_runtime.budget import peak_rss_mb
 from device_runtime.client import ClientConfig, DeviceClient
@@ -217,7 +218,7 @@ class Evaluator:
             "eval_s": round(time.perf_counter() - t0, 3),
             "theta_norm": float(np.linalg.norm(theta)),
             # which examples θ got right, packed (paired McNemar tests between runs and against θ₀)
-            "correct_bits": np.packbits(res.correct, bitorder="little").tobytes().hex(),
+            "correct_bits": pack_correct(res.correct),
         }
 
 

@@ -1,0 +1,86 @@
+"""The multi-seed study (headline.json): grouping by setting, shared zo/bp runs, paired McNemar tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cooperllm_app.simulation import study
+from cooperllm_app.simulation.metrics import pack_correct
+from cooperllm_app.simulation.plots import Run
+
+N = 100
+
+
+def _line(round_: int | None, correct: np.ndarray, lam=None) -> dict:
+    return {
+        "kind": "baseline" if round_ is None else "round",
+        "round": round_,
+        "accuracy": float(correct.mean()),
+        "loss": 0.5,
+        "n_eval": len(correct),
+        "correct_bits": pack_correct(correct),
+        "lam": lam,
+    }
+
+
+def _run(strategy: str, seed: int, final: np.ndarray, shifted: bool = False, lam=None, rounds: int = 3) -> Run:
+    config = {"strategy": strategy, "seed": seed, "rounds": rounds, "public_classes": [1] if shifted else None}
+    curve = [_line(r, final[: N // 2] if r < rounds - 1 else final, lam) for r in range(rounds)]
+    base = np.zeros(N, bool)
+    base[: N // 2] = True
+    return Run(
+        f"{strategy}-{seed}", Path(f"/runs/{strategy}-{seed}-{shifted}"), config, _line(None, base), curve, "seq-cls"
+    )
+
+
+def _correct(k: int, seed: int = 0) -> np.ndarray:
+    c = np.zeros(N, bool)
+    c[np.random.default_rng(seed).permutation(N)[:k]] = True
+    return c
+
+
+def test_study_groups_seeds_shares_zo_across_settings_and_tests_pairs():
+    runs = [
+        _run("zgr", 0, _correct(80, 1), lam=0.9),
+        _run("zgr", 1, _correct(82, 2), lam=0.8),
+        _run("zo", 0, _correct(60, 3)),
+        _run("zo", 1, _correct(58, 4)),
+        _run("zgr", 0, _correct(75, 5), shifted=True, lam=0.3),
+        _run("cloud", 0, _correct(52, 6), shifted=True, lam=1.0),
+    ]
+    found = study.build(runs)
+    by = {(e["setting"], e["strategy"]): e for e in found["runs"]}
+    assert by[("S1", "zgr")]["seeds"] == [0, 1] and by[("S1", "zgr")]["final_accuracy"] == [0.8, 0.82]
+    assert by[("S1", "zgr")]["final_mean"] == pytest.approx(0.81) and by[("S1", "zgr")]["mean_lambda"] == pytest.approx(
+        0.85
+    )
+    assert by[("S2", "zo")]["runs"] == by[("S1", "zo")]["runs"]  # zo never sees the public data: one run, both settings
+    assert by[("S1", "zo")]["mean_lambda"] is None and by[("S1", "zgr")]["test_examples"] == N
+    assert found["zero_shot_accuracy"] == {"seq-cls": 0.5}
+    comp = {(c["setting"], c["b"]): c for c in found["comparisons"]}
+    s1 = comp[("S1", "zo")]
+    assert s1["seeds"] == [0, 1] and s1["mean_difference_pp"] == pytest.approx(22.0)
+    assert s1["pooled"]["p_value"] < 1e-4 and s1["pooled"]["only_a_right"] > s1["pooled"]["only_b_right"]
+    assert comp[("S2", "cloud")]["per_seed"][0]["p_value"] < 1e-3
+    assert ("S1", "cloud") not in comp  # no S1 cloud run: no comparison invented
+
+
+def test_an_unfinished_run_is_listed_but_not_counted():
+    runs = [_run("zgr", 0, _correct(80)), _run("zgr", 1, _correct(80))]
+    runs[1].rounds.pop()  # the last round never came
+    entry = study.build(runs)["runs"][0]
+    assert entry["seeds"] == [0] and entry["incomplete_seeds"] == [1]
+
+
+def test_two_runs_of_the_same_seed_are_refused():
+    with pytest.raises(ValueError, match="two runs"):
+        study.build([_run("zo", 0, _correct(60)), _run("zo", 0, _correct(61))])
+
+
+def test_markdown_has_a_row_per_group_and_comparison():
+    found = study.build([_run("zgr", 0, _correct(80)), _run("zo", 0, _correct(60))])
+    text = "\n".join(study.markdown(found))
+    assert "| S1 | seq-cls | zgr | 0 | 80.00 %" in text and "zgr − zo" in text
