@@ -64,7 +64,7 @@ def test_study_groups_seeds_shares_zo_across_settings_and_tests_pairs():
     s1 = comp[("S1", "zo")]
     assert s1["seeds"] == [0, 1] and s1["mean_difference_pp"] == pytest.approx(22.0)
     assert s1["pooled"]["p_value"] < 1e-4 and s1["pooled"]["only_a_right"] > s1["pooled"]["only_b_right"]
-    assert comp[("S2", "cloud")]["per_seed"][0]["p_value"] < 1e-3
+    assert comp[("S2", "cloud")]["per_seed"][0]["p_value"] < 0.01
     assert ("S1", "cloud") not in comp  # no S1 cloud run: no comparison invented
 
 
