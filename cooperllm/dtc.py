@@ -631,7 +631,7 @@ class _Reader:
 
 def encode_reports(reports: Sequence[Report], *, scalar_bits: int = 32, level: int = DEFAULT_LEVEL) -> bytes:
     """Batch reports into one frame: columns of zig-zag varint deltas (seed, block, step, n_examples), then the
-    scalars (float32 by default, byte-plane shuffled), zstd. Order is kept: ``apply_round`` depends on it.
+    scalars (float32 by default, byte-plane shuffled), zstd. Order is kept: ``apply_update`` depends on it.
 
     With ``scalar_bits=32`` scalars are rounded to float32: devices should compute p in float32 (or round it) so
     the server replays exactly what they applied. ``scalar_bits=64`` keeps Python floats exactly.

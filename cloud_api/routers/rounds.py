@@ -147,7 +147,8 @@ async def upload_delta(
 
 @router.get("/{round}/sync", operation_id="get_model_sync", response_model=ModelSync)
 async def model_sync(round: RoundNo, state: State, device: DeviceId, wait: LongPoll = 0.0) -> ModelSync:
-    """Seeds, scalars, guidance ids and coefficients, λ, η and checksums: replay θ_r → θ_r+1 with apply_round.
+    """Seeds, scalars, guidance ids and coefficients, the per-block update and checksums: replay θ_r → θ_r+1 with
+    apply_update.
 
     Long poll: with ``wait=s`` a round that is still open is waited for (up to s seconds) instead of answered 409."""
 
