@@ -19,6 +19,7 @@ from cooperllm_app.simulation.metrics import evaluation_of
 from cooperllm_app.simulation.plots import Run
 
 STRATEGY_ORDER = ("zgr", "zo", "bp", "cloud")
+SEEDS_TARGET = 3  # the seeds a claim needs; groups with fewer are marked, not hidden
 
 
 def setting_of(run: Run) -> str:
@@ -113,10 +114,16 @@ def build(runs: list[Run]) -> dict:
                     statistics.fmean(lams) if (lams := [x for s in done if (x := _mean_lambda(by_seed[s]))]) else None
                 ),
                 "incomplete_seeds": [s for s in seeds if finals[s] is None],
+                "meets_seed_target": len(done) >= SEEDS_TARGET,
+                "final_on_full_test": all(by_seed[s].config.get("final_eval_limit") is None for s in seeds),
                 "runs": [str(by_seed[s].folder) for s in seeds],
+                # the exact command behind each seed's run, as the run folder recorded it (defaults omitted)
+                "commands": [by_seed[s].config.get("command") for s in seeds],
             }
         )
     return {
+        "seeds_target": SEEDS_TARGET,
+        "complete": bool(entries) and all(e["meets_seed_target"] and e["final_on_full_test"] for e in entries),
         "zero_shot_accuracy": zero_shot,
         "runs": entries,
         "comparisons": comparisons(groups),
@@ -203,5 +210,13 @@ def markdown(study: dict) -> list[str]:
             f"{c['mean_difference_pp']:+.2f} pp | {p['only_a_right']} / {p['only_b_right']} | {p['p_value']:.3g} |"
         )
     zs = ", ".join(f"{t} {100 * a:.2f} %" for t, a in sorted(study["zero_shot_accuracy"].items()))
-    lines += ["", f"Zero-shot (θ₀) accuracy on the same test examples: {zs or '–'}.", ""]
+    lines += ["", f"Zero-shot (θ₀) accuracy on the same test examples: {zs or '–'}."]
+    short = [f"{e['setting']} {e['strategy']}" for e in study["runs"] if not e["meets_seed_target"]]
+    if short:
+        lines.append(
+            f"**Fewer than {study['seeds_target']} seeds** (read as single measurements, not as the study's claims): "
+            + ", ".join(short)
+            + "."
+        )
+    lines.append("")
     return lines

@@ -27,7 +27,13 @@ def _line(round_: int | None, correct: np.ndarray, lam=None) -> dict:
 
 
 def _run(strategy: str, seed: int, final: np.ndarray, shifted: bool = False, lam=None, rounds: int = 3) -> Run:
-    config = {"strategy": strategy, "seed": seed, "rounds": rounds, "public_classes": [1] if shifted else None}
+    config = {
+        "strategy": strategy,
+        "seed": seed,
+        "rounds": rounds,
+        "public_classes": [1] if shifted else None,
+        "final_eval_limit": None,
+    }
     curve = [_line(r, final[: N // 2] if r < rounds - 1 else final, lam) for r in range(rounds)]
     base = np.zeros(N, bool)
     base[: N // 2] = True
@@ -60,6 +66,8 @@ def test_study_groups_seeds_shares_zo_across_settings_and_tests_pairs():
     assert by[("S2", "zo")]["runs"] == by[("S1", "zo")]["runs"]  # zo never sees the public data: one run, both settings
     assert by[("S1", "zo")]["mean_lambda"] is None and by[("S1", "zgr")]["test_examples"] == N
     assert found["zero_shot_accuracy"] == {"seq-cls": 0.5}
+    assert not found["complete"] and not by[("S1", "zgr")]["meets_seed_target"]  # 2 seeds of the 3 a claim needs
+    assert by[("S1", "zgr")]["final_on_full_test"]
     comp = {(c["setting"], c["b"]): c for c in found["comparisons"]}
     s1 = comp[("S1", "zo")]
     assert s1["seeds"] == [0, 1] and s1["mean_difference_pp"] == pytest.approx(22.0)
@@ -84,3 +92,4 @@ def test_markdown_has_a_row_per_group_and_comparison():
     found = study.build([_run("zgr", 0, _correct(80)), _run("zo", 0, _correct(60))])
     text = "\n".join(study.markdown(found))
     assert "| S1 | seq-cls | zgr | 0 | 80.00 %" in text and "zgr − zo" in text
+    assert "Fewer than 3 seeds" in text
