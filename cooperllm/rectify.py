@@ -37,9 +37,9 @@ from cooperllm.zgr import BlockGuidance, Report, blocks_of, direction_of, report
 BETA = 0.9  # weight of the past in every running average (bias, step scales): ~10 rounds of memory
 # The bias counts where the devices' evidence against the cloud is beyond BIAS_Z standard errors of its running mean:
 # b² = max(0, μ² − BIAS_Z²·Var μ). 1 makes the estimate unbiased before clipping; the clipping then turns pure noise
-# into a bias about a third of the time, which costs an in-domain cloud some weight in the first rounds (mean λ 0.62 in
-# round 1, 0.89 in round 8 of the tuning run runs/exp/tune/zgr@1e-2). 2 was tried after the tuning and not re-tuned, so the study runs 1
-# (docs/RESULTS.md).
+# into a bias about a third of the time, which costs an in-domain cloud some weight in the first rounds (mean λ 0.62
+# in round 1, 0.89 in round 8 of the tuning run runs/exp/tune/zgr@1e-2). 2 was tried after the tuning and not
+# re-tuned, so the study runs 1 (docs/RESULTS.md).
 BIAS_Z = 1.0
 
 
