@@ -30,7 +30,7 @@ ART=${ART:-artifacts/exp}
 DATA=$OUT/data
 TASKS=${TASKS:-seq-cls causal-lm-cls}
 SETTINGS=${SETTINGS:-S1 S2}
-STRATEGIES=${STRATEGIES:-zgr zo cloud bp}
+STRATEGIES=${STRATEGIES:-zgr zo cloud bp}   # also: zgraxis (zgr with --rectifier axis, the rule tested along ĉ)
 SEEDS=${SEEDS:-0 1 2}
 CLIENTS=${CLIENTS:-20}
 K=${K:-5}
@@ -50,9 +50,10 @@ GRID_CLOUD=${GRID_CLOUD:-1e-2 3e-2 1e-1}
 GRID_ZO=${GRID_ZO:-3e-5 1e-4 3e-4}
 GRID_BP=${GRID_BP:-3e-4 1e-3 3e-3}
 
-declare -A STEPS=([zgr]=1 [zo]=2 [bp]=2 [cloud]=1)   # equal forward passes per device per round (see above)
-declare -A KNOB=([zgr]=--eta [cloud]=--eta [zo]=--eta-zo [bp]=--local-lr)
-declare -A GRID=([zgr]=$GRID_ZGR [cloud]=$GRID_CLOUD [zo]=$GRID_ZO [bp]=$GRID_BP)
+declare -A STEPS=([zgr]=1 [zgraxis]=1 [zo]=2 [bp]=2 [cloud]=1)   # equal forward passes per device per round (above)
+declare -A KNOB=([zgr]=--eta [zgraxis]=--eta [cloud]=--eta [zo]=--eta-zo [bp]=--local-lr)
+declare -A GRID=([zgr]=$GRID_ZGR [zgraxis]=$GRID_ZGR [cloud]=$GRID_CLOUD [zo]=$GRID_ZO [bp]=$GRID_BP)
+declare -A AS=([zgraxis]="zgr --rectifier axis")   # a study name → the simulate options it stands for
 
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
@@ -67,7 +68,7 @@ sim() {  # sim NAME TASK STRATEGY SEED ROUNDS [extra simulate options]: one resu
     shift 5
     nice -n 10 $COOPERLLM simulate --artifacts "$ART/$task" --out "$OUT/$name" --no-progress \
         --clients "$CLIENTS" --per-round "$K" --rounds "$rounds" --partition "$PARTITION" --seed "$seed" \
-        --strategy "$strategy" --local-steps "${STEPS[$strategy]}" --blocks all --link "$LINK" \
+        --strategy ${AS[$strategy]:-$strategy} --local-steps "${STEPS[$strategy]}" --blocks all --link "$LINK" \
         --train-data "$DATA/devices.tsv" ${WORKERS:+--workers "$WORKERS"} "$@"
 }
 

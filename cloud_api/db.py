@@ -62,7 +62,7 @@ rounds = Table(
     Column("extensions", Integer, nullable=False, default=0),
     Column("n_reports", Integer, nullable=False, default=0),
     Column("n_devices", Integer, nullable=False, default=0),
-    Column("lam", Float),  # mean λ_k of the round's update (None where the strategy mixes nothing)
+    Column("lam", Float),  # mean weight λ of the cloud in the round's update (None where the strategy mixes nothing)
     # JSON {"update": [SyncUpdate...], "rectifier": {block: stats}, "state": RectifierState}: the published update a
     # device replays, the rectifier's numbers, and what it carries into the next round
     Column("outcome", Text),

@@ -146,11 +146,20 @@ class RunConfig(_Model):
     lam: Annotated[
         float | Literal["auto"],
         Field(
-            description="weight λ of the cloud's gradient in each guidance direction, in [0, 1], or 'auto' for the "
-            "per-direction λ_k* estimated each round"
+            description="weight λ of the cloud's gradient in the guidance subspace, in [0, 1], or 'auto' for λ "
+            "estimated each round from the devices' measurements (see rectifier)"
         ),
     ] = "auto"
-    lam_max: Annotated[float, Field(ge=0, le=1, description="upper clip of the per-direction λ_k*")] = 1.0
+    lam_max: Annotated[float, Field(ge=0, le=1, description="upper clip of the estimated λ")] = 1.0
+    rectifier: Annotated[
+        Literal["direction", "axis"],
+        Field(
+            description="how lam 'auto' is measured: 'direction', a λ_k per guidance direction from that round's "
+            "error (steps normalised by their own scale); 'axis', one λ tested along the cloud's direction over a "
+            "10-round horizon, the devices' parts shrunk to what stands above their noise (steps normalised by the "
+            "cloud's scale): it turns a shifted cloud down, see docs/RESULTS.md"
+        ),
+    ] = "direction"
     eta: Annotated[
         float,
         Field(
@@ -303,7 +312,7 @@ class ModelSync(_Model):
     round: int
     strategy: str
     replayable: bool  # False for ``bp`` (FedAvg of deltas): download the adapter instead
-    lam: float | None  # the mean λ_k (for display; the update already holds it)
+    lam: float | None  # the mean weight λ of the cloud (for display; the update already holds it)
     reports: list[ReportIn]  # in aggregation order
     guidance: list[SyncGuidance]
     update: list[SyncUpdate]
@@ -320,8 +329,10 @@ class RoundSummary(_Model):
     extensions: int
     n_reports: int
     n_devices: int
-    lam: float | None  # mean λ_k over the guided blocks and directions
-    rectifier: dict | None = None  # per block: n, device_mean, device_var, cloud, cloud_var, bias_sq, lam (each m)
+    lam: float | None  # mean weight λ of the cloud over the guided blocks and directions
+    # {"blocks": {block: n, device_mean, device_var, cloud, cloud_var, bias_sq, lam (each m)}, "axis": the test along
+    # the cloud's direction (cooperllm.rectify.AxisStats, measured under either rule) or null}
+    rectifier: dict | None = None
     theta_checksum: str
     theta_checksum_after: str | None
     rectifier_s: float | None

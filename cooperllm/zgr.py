@@ -2,7 +2,7 @@
 
 A round's update is published as numbers per block (:class:`BlockUpdate`) and applied as a fixed sequence of float32
 operations (docs/PERTURBATIONS.md §5), so the server and every device that replays it from seeds, scalars and those
-numbers reach the same θ bit for bit. How a strategy chooses the numbers (the rectifier's per-direction λ_k, the
+numbers reach the same θ bit for bit. How a strategy chooses the numbers (the rectifier's λ, the
 normalised steps) lives in ``cooperllm.rectify``; here is only what every side must agree on.
 """
 

@@ -137,7 +137,7 @@ def test_the_demo_runs_the_same_simulation_as_before():
         local_steps=1,
         blocks="all",
         eta=1e-2,  # zgr's default η (v2: a normalised step)
-        lam="auto",  # RunConfig's default: the per-direction λ_k*
+        lam="auto",  # RunConfig's default (with the per-direction rule)
     )
     args = build_parser().parse_args(["demo", "--rounds", "5", "--eta", "0.01", "--final-eval-limit", "100"])
     assert (demo_config(args).rounds, demo_config(args).eta, demo_config(args).final_eval_limit) == (5, 0.01, 100)

@@ -1,4 +1,5 @@
-"""The rectifier's per-direction λ_k and its scale-free steps (cooperllm.rectify)."""
+"""The rectifier's λ (tested along the cloud's direction), its per-direction numbers and its scale-free steps
+(cooperllm.rectify)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from cooperllm.rectify import BiasTrack, RectifierState, mixing_weights, normalised, scalar_multipliers
+from cooperllm.rectify import (
+    BiasTrack,
+    RectifierState,
+    direction_lambda,
+    direction_stats,
+    normalised,
+    rectify,
+    scalar_multipliers,
+)
 from cooperllm.zgr import BlockGuidance, Report
 
 
@@ -21,44 +30,78 @@ def _samples(mean, sd, n, seed=0):
     return np.asarray(mean) + sd * rng.standard_normal((n, len(mean)))
 
 
-def test_lambda_trusts_the_cloud_where_it_agrees_and_the_devices_where_it_does_not():
-    """Direction 0: the cloud agrees with the devices on average; direction 1: it points the other way."""
-    truth = np.array([1.0, 1.0])
-    g = _guidance([1.0, -1.0], tau2=1e-4)
-    track = None
-    for r in range(12):  # the signed running mean settles over rounds
-        st = mixing_weights(_samples(truth, 1.0, 10, seed=r), g, track, lam_max=1.0)
-        track = st.track
-    assert st.lam[0] > 0.7  # agreement: μ₀ ~ 0 within its known noise, the low-noise cloud gradient leads
-    assert st.lam[1] < 0.1  # a disagreement of 2 against a standard error of ~0.3: the devices lead
-    assert st.bias_sq[1] == pytest.approx(4.0, rel=0.3)
-    assert st.bias_sq[0] < 0.05
-    assert st.n == 10 and st.device_var.shape == (2,)
+def _rounds(truth, cloud, rounds=12, sd=1.0, n=10, tau2=1e-4, lam_max=1.0):
+    """``rounds`` rounds of two blocks whose devices measure ``truth`` (per block) with noise ``sd`` against the
+    cloud's ``cloud``; returns the last round's (stats, d, axis) and state."""
+    state = RectifierState()
+    guidance = {b: _guidance(c, tau2) for b, c in enumerate(cloud)}
+    for r in range(rounds):
+        samples = {b: _samples(t, sd, n, seed=10 * r + b) for b, t in enumerate(truth)}
+        stats, d, axis = rectify(samples, guidance, state, lam_max)
+        state = RectifierState({b: st.track for b, st in stats.items()}, axis=axis.track)
+    return stats, d, axis, state
 
 
-def test_the_bias_is_measured_relative_to_the_clouds_sign():
-    """Flipping a basis column flips c_k and ā_k together: the bias estimate must not change."""
-    s = _samples([0.5, 2.0], 1.0, 10)
-    a = mixing_weights(s, _guidance([1.0, 1.0]), None, 1.0)
-    b = mixing_weights(s * np.array([1.0, -1.0]), _guidance([1.0, -1.0]), None, 1.0)
-    np.testing.assert_allclose(a.bias_sq, b.bias_sq)
-    np.testing.assert_allclose(a.lam, b.lam)
+def test_lambda_trusts_a_cloud_that_agrees_with_the_devices():
+    """The cloud's c is the devices' own gradient: along ĉ the devices confirm its slope ‖c‖, b_∥² stays ~0, and
+    the low-noise cloud leads (λ = s_∥²/(s_∥² + τ_∥²))."""
+    truth = [[1.0, 0.5], [-0.5, 0.0]]
+    stats, d, axis, _ = _rounds(truth, truth)
+    assert axis.bias_sq < 0.05 and axis.lam > 0.9
+    assert axis.device_proj == pytest.approx(axis.cloud_norm, abs=4 * np.sqrt(axis.device_se2))
+    assert all(st.lam.tolist() == [axis.lam] * 2 for st in stats.values())  # the weight of every c_k
+    np.testing.assert_allclose(np.concatenate([d[0], d[1]]), np.concatenate(truth), atol=0.3)
 
 
-def test_lambda_is_clipped_and_fixed_lambda_still_measures():
-    g = _guidance([0.0, 0.0])
-    s = _samples([0.0, 0.0], 1.0, 8)
-    assert mixing_weights(s, g, None, lam_max=0.7).lam.max() <= 0.7
-    fixed = mixing_weights(s, g, None, lam_max=0.7, fixed=0.3)
-    assert fixed.lam.tolist() == [0.3, 0.3] and fixed.device_var.min() > 0 and fixed.track.weight == 1.0
+def test_lambda_falls_when_the_devices_refute_the_clouds_direction():
+    """The cloud claims the loss falls along ĉ; the devices measure the opposite slope there, pooled over every
+    direction and, round after round, significant: λ → 0 and the step follows the devices, against the cloud."""
+    truth = [[-1.0, -1.0], [-1.0, -1.0]]
+    cloud = [[1.0, 1.0], [1.0, 1.0]]
+    stats, d, axis, state = _rounds(truth, cloud, sd=3.0)
+    assert axis.lam < 0.1 and axis.bias_sq == pytest.approx(16.0, rel=0.5)  # (a_∥ − ‖c‖)² = (−2 − 2)²
+    assert axis.device_proj < 0 and float(np.concatenate([d[0], d[1]]) @ np.ones(4)) < 0  # d goes against c
+    assert state.axis is axis.track and axis.track.weight > 1  # the running test carries over
 
 
-def test_without_device_samples_the_cloud_leads_and_the_track_carries_over():
-    g = _guidance([0.5, 0.5])
-    assert mixing_weights(None, g, None, lam_max=0.9).lam.tolist() == [1.0, 1.0]
+def test_the_axis_test_does_not_depend_on_a_basis_columns_sign():
+    """Flipping basis column 1 flips c_1 and ā_1 together: λ, b² and ω stay, and d flips in that coordinate."""
+    samples = {0: _samples([0.5, 2.0], 1.0, 10)}
+    flip = np.array([1.0, -1.0])
+    s1, d1, a1 = rectify(samples, {0: _guidance([1.0, 1.0])}, RectifierState(), 1.0)
+    s2, d2, a2 = rectify({0: samples[0] * flip}, {0: _guidance([1.0, -1.0])}, RectifierState(), 1.0)
+    assert (a1.lam, a1.bias_sq, a1.keep) == pytest.approx((a2.lam, a2.bias_sq, a2.keep))
+    np.testing.assert_allclose(d1[0] * flip, d2[0])
+    np.testing.assert_allclose(s1[0].bias_sq, s2[0].bias_sq)  # the per-direction diagnostic too
+
+
+def test_the_devices_part_off_the_clouds_direction_is_kept_as_far_as_it_stands_above_its_noise():
+    """ω = max(0, 1 − noise/‖ā_⊥‖²): a strong, precise gradient off ĉ is kept almost whole; pure noise mostly not."""
+    cloud = [[1.0, 0.0, 0.0, 0.0]]
+    strong = rectify({0: _samples([1.0, 5.0, -5.0, 5.0], 0.1, 20)}, {0: _guidance(cloud[0])}, RectifierState(), 1.0)
+    noise = rectify({0: _samples([1.0, 0.0, 0.0, 0.0], 1.0, 20)}, {0: _guidance(cloud[0])}, RectifierState(), 1.0)
+    assert strong[2].keep > 0.99 and noise[2].keep < 0.6
+    assert strong[2].perp_sq == pytest.approx(75.0, rel=0.02)
+
+
+def test_lambda_is_clipped_and_a_fixed_lambda_mixes_plainly_and_still_measures():
+    g = {0: _guidance([0.0, 1.0])}
+    s = {0: _samples([0.0, 0.0], 1.0, 8)}
+    assert rectify(s, g, RectifierState(), lam_max=0.7)[2].lam <= 0.7
+    stats, d, axis = rectify(s, g, RectifierState(), lam_max=0.7, fixed=0.3)
+    np.testing.assert_allclose(d[0], 0.3 * g[0].coeffs + 0.7 * s[0].mean(axis=0))
+    assert stats[0].lam.tolist() == [0.3, 0.3] and stats[0].device_var.min() > 0 and stats[0].track.weight == 1.0
+    assert axis is not None and axis.track.weight == 1.0
+
+
+def test_without_device_samples_the_cloud_leads_and_the_tracks_carry_over():
+    g = {0: _guidance([0.5, 0.5])}
+    stats, d, axis = rectify({}, g, RectifierState(), lam_max=0.9)
+    assert stats[0].lam.tolist() == [1.0, 1.0] and d[0].tolist() == [0.5, 0.5] and axis is None
     held = BiasTrack(2.0, [0.4, -0.2], [0.01, 0.01])
-    one = mixing_weights(_samples([0.0, 0.0], 1.0, 1), g, held, lam_max=0.9)
-    assert one.lam.tolist() == [0.9, 0.9] and one.track == held
+    stats, d, axis = rectify({0: _samples([0.0, 0.0], 1.0, 1)}, g, RectifierState({0: held}), lam_max=0.9)
+    assert stats[0].lam.tolist() == [1.0, 1.0] and stats[0].track == held and axis is None
+    assert direction_stats(None, g[0], None).n == 0
 
 
 def test_normalised_step_is_scale_free_and_tracks_its_scale():
@@ -84,7 +127,59 @@ def test_scalar_multipliers_divide_by_reports_per_block_and_rms():
 
 
 def test_state_round_trips_through_json():
-    st = RectifierState({3: BiasTrack(1.9, [0.5, -0.25], [0.1, 0.2])}, {3: 2.0}, 0.125)
+    st = RectifierState({3: BiasTrack(1.9, [0.5, -0.25], [0.1, 0.2])}, {3: 2.0}, 0.125, BiasTrack(1.0, [0.3], [0.1]))
     back = RectifierState.from_json(json.loads(json.dumps(st.to_json())))
     assert back == st
     assert RectifierState.from_json(None) == RectifierState()
+
+
+def test_the_clouds_slope_is_taken_net_of_its_own_noise():
+    """ĉ is chosen by the cloud's own noisy c = g + ε, so ‖c‖ overstates the slope along ĉ by about Σ τ²/‖c‖; the
+    test compares the devices' slope with κ = (‖c‖² − Σ τ²)/‖c‖ instead. Here Σ τ² = ‖g‖², as in the study's rounds:
+    against ‖c‖ an in-domain cloud would carry a bias of ~0.6 every round; against κ what is left (the ratio's
+    second-order bias, ~0.2) is a fraction of it."""
+    rng = np.random.default_rng(7)
+    g = np.full(16, 0.25)  # ‖g‖² = 1
+    tau2 = 1.0 / 16
+    state, gaps = RectifierState(), []
+    for r in range(20):
+        c = g + np.sqrt(tau2) * rng.standard_normal(16)
+        guidance = {b: _guidance(c[8 * b : 8 * b + 8], tau2) for b in range(2)}
+        samples = {b: _samples(g[8 * b : 8 * b + 8], 0.5, 40, seed=100 * r + b) for b in range(2)}
+        stats, _, axis = rectify(samples, guidance, state, 1.0)
+        state = RectifierState({b: st.track for b, st in stats.items()}, axis=axis.track)
+        gaps.append(axis.cloud_norm - axis.device_proj)
+        assert axis.cloud_slope == pytest.approx(max(0.0, axis.cloud_norm - 1.0 / axis.cloud_norm))
+    assert np.mean(gaps) > 0.4 and np.mean(gaps) > 4 * np.std(gaps) / np.sqrt(len(gaps))  # ‖c‖ overstates
+    assert axis.bias_sq < 0.25 * np.mean(gaps) ** 2
+
+
+def test_a_refuted_cloud_and_noisy_devices_leave_a_small_step():
+    """The cloud claims a slope of 2 along ĉ, the devices measure ~0 with a noise of ~0.5 per round: the cloud is
+    refuted (λ → 0), and the devices' own slope, within its noise, is mostly shrunk away (ω_∥ small), so the
+    subspace step is a fraction of the cloud's instead of the devices' noise at the cloud's scale."""
+    truth = [[0.0, 0.0], [0.0, 0.0]]
+    cloud = [[1.0, 1.0], [1.0, 1.0]]
+    _, d, axis, _ = _rounds(truth, cloud, sd=1.4, n=8)
+    assert axis.lam < 0.05 and axis.bias_sq > 1.0
+    assert axis.keep_along == pytest.approx(max(0.0, 1.0 - axis.device_se2 / axis.device_proj**2))
+    step = np.linalg.norm(np.concatenate([d[0], d[1]]))
+    assert step < 0.5 * axis.cloud_norm
+
+
+def test_the_per_direction_rule_trusts_the_cloud_where_it_agrees_and_the_devices_where_it_does_not():
+    """RunConfig.rectifier 'direction': direction 0, the cloud agrees with the devices on average; direction 1, it
+    points the other way. The running per-direction test settles over rounds and each λ_k follows its own."""
+    truth = np.array([1.0, 1.0])
+    g = {0: _guidance([1.0, -1.0], tau2=1e-4)}
+    state = RectifierState()
+    for r in range(12):
+        stats, d, _ = rectify({0: _samples(truth, 1.0, 10, seed=r)}, g, state, lam_max=1.0, by_direction=True)
+        state = RectifierState({0: stats[0].track})
+    st = stats[0]
+    assert st.lam[0] > 0.7 and st.lam[1] < 0.1
+    assert st.bias_sq[1] == pytest.approx(4.0, rel=0.3) and st.bias_sq[0] < 0.05
+    np.testing.assert_allclose(d[0], st.lam * st.cloud + (1 - st.lam) * st.device_mean)
+    assert direction_lambda(direction_stats(None, g[0], None), 0.9).tolist() == [1.0, 1.0]
+    one = direction_stats(_samples([0.0, 0.0], 1.0, 1), g[0], None)
+    assert direction_lambda(one, 0.9).tolist() == [0.9, 0.9]

@@ -8,6 +8,7 @@ import pytest
 from cooperllm.layout import ParamLayout
 from cooperllm.perturb import Direction, direction
 from cooperllm.protocol import ReportIn, RunConfig
+from cooperllm.rectify import RectifierState, direction_lambda, rectify, subspace_samples
 from cooperllm.strategies import STRATEGY_NAMES, DeviceWork, RoundInputs, Upload, get_strategy
 from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, Report, ReportError, check_report
 
@@ -77,24 +78,37 @@ def test_zo_aggregate_is_a_normalised_zo_step_and_leaves_theta():
     np.testing.assert_allclose(agg10.theta, agg.theta, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("lam", [0.25, "auto"])
-def test_zgr_aggregate_mixes_each_direction(lam):
+@pytest.mark.parametrize(("lam", "rule"), [(0.25, "axis"), ("auto", "axis"), ("auto", "direction")])
+def test_zgr_aggregate_publishes_the_rectifier_and_takes_its_normalised_step(lam, rule):
+    """The published numbers are what ``rectify`` computes from the round; the subspace step is −η·d/√ms in the
+    first round, ms the mean square of the cloud's c (axis rule) or of d itself (per-direction rule); a fixed λ mixes
+    each direction plainly, d = λc + (1 − λ)ā."""
     layout, theta, guidance, reports = _zgr_round(1)
-    cfg = RunConfig(strategy="zgr", lam=lam, lam_max=0.9, eta=0.1, eta_zo=0.01)
+    cfg = RunConfig(strategy="zgr", lam=lam, lam_max=0.9, eta=0.1, eta_zo=0.01, rectifier=rule)
     agg = get_strategy("zgr").aggregate(theta, layout, cfg, RoundInputs(reports=reports, guidance=guidance))
-    stats = agg.stats["1"]
-    assert stats["n"] == 3 and len(stats["lam"]) == 2
+    zgr = get_strategy("zgr")
+    samples = subspace_samples(layout, reports, zgr.directions, guidance)
+    fixed = None if lam == "auto" else lam
+    stats, d, axis = rectify(samples, guidance, RectifierState(), 0.9, fixed, by_direction=rule == "direction")
+    published = agg.stats["blocks"]["1"]
+    assert published == stats[1].to_json() and published["n"] == 3 and len(published["lam"]) == 2
+    assert agg.stats["axis"] == axis.to_json() and axis.blocks == 2  # measured and published under either rule
+    c = guidance[1].coeffs.astype(np.float64)
     if lam == 0.25:
-        assert stats["lam"] == [0.25, 0.25]
+        np.testing.assert_allclose(d[1], 0.25 * c + 0.75 * np.array(published["device_mean"]))
+        assert published["lam"] == [0.25, 0.25]
+    elif rule == "axis":
+        assert published["lam"] == [axis.lam] * 2 and 0.0 <= axis.lam <= 0.9
     else:
-        assert all(0.0 <= x <= 0.9 for x in stats["lam"])
-    d = np.array(stats["lam"]) * np.array(stats["cloud"]) + (1 - np.array(stats["lam"])) * np.array(
-        stats["device_mean"]
-    )
+        lam_k = np.array(published["lam"])
+        assert all(0.0 <= x <= 0.9 for x in lam_k) and lam_k.tolist() == direction_lambda(stats[1], 0.9).tolist()
+        np.testing.assert_allclose(d[1], lam_k * c + (1 - lam_k) * np.array(published["device_mean"]))
+    scale = d[1] if rule == "direction" else c
     w = agg.update[1].w
-    np.testing.assert_allclose(w, -0.1 * d / np.sqrt(np.mean(d**2)), rtol=1e-6)  # first round: ms = mean d²
-    assert agg.lam == pytest.approx(np.mean(agg.stats["0"]["lam"] + stats["lam"]))  # over every block and direction
-    assert set(agg.state.bias) == {0, 1} and agg.state.step_ms[1] == pytest.approx(np.mean(d**2))
+    np.testing.assert_allclose(w, -0.1 * d[1] / np.sqrt(np.mean(scale**2)), rtol=1e-6)  # first round: ms = mean²
+    assert agg.lam == pytest.approx(np.mean(agg.stats["blocks"]["0"]["lam"] + published["lam"]))
+    assert set(agg.state.bias) == {0, 1} and agg.state.step_ms[1] == pytest.approx(np.mean(scale**2))
+    assert agg.state.axis == axis.track
 
 
 def test_zgr_needs_guidance():

@@ -64,9 +64,9 @@ class RoundInputs:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """θ_{r+1}; the published update that rebuilds it from θ_r (``apply_update``); the mean λ_k (None where the
-    strategy mixes nothing); how many uploads were used; the rectifier's per-block numbers (for the round summary and
-    the metrics) and the state it carries into the next round."""
+    """θ_{r+1}; the published update that rebuilds it from θ_r (``apply_update``); the mean weight λ of the cloud
+    (None where the strategy mixes nothing); how many uploads were used; the rectifier's numbers (for the round
+    summary and the metrics) and the state it carries into the next round."""
 
     theta: np.ndarray
     lam: float | None

@@ -2,10 +2,11 @@
 
 Each device step measures two directions (docs/PERTURBATIONS.md §4): one inside the cloud's guidance subspace, whose
 scalars give an unbiased estimate ā of the private gradient in the subspace's m coordinates, and one in its
-complement. In the subspace the server mixes each direction k on its own, d_k = λ_k c_k + (1 − λ_k) ā_k, with λ_k*
-estimated from the devices' spread, the cloud's minibatch variance and their measured disagreement
-(``cooperllm.rectify``) — or a fixed λ for every k. The complement gets the devices' ZO estimate alone. Both steps
-are normalised by running estimates of their scale, so η and η_zo need no re-tuning per task.
+complement. In the subspace the server mixes the cloud's gradient c with the devices' estimate ā by λ, measured each
+round from the devices' spread, the cloud's minibatch variance and their running disagreement — per direction
+(RunConfig.rectifier 'direction'), or once along the cloud's own direction ('axis') — or fixed
+(``cooperllm.rectify``). The complement gets the devices' ZO estimate alone. Both steps are normalised by running
+estimates of their scale, so η and η_zo need no re-tuning per task.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import numpy as np
 
 from cooperllm.layout import ParamLayout
 from cooperllm.perturb import Direction
-from cooperllm.rectify import RectifierState, mixing_weights, scalar_multipliers, subspace_samples, subspace_steps
+from cooperllm.rectify import (
+    AxisStats,
+    RectifierState,
+    rectify,
+    scalar_multipliers,
+    subspace_samples,
+    subspace_steps,
+)
 from cooperllm.strategies.base import Aggregate, RoundInputs, Strategy
 from cooperllm.zgr import BlockUpdate, apply_update, direction_of
 
@@ -25,7 +33,8 @@ if TYPE_CHECKING:
 
 
 class Rectified(Strategy):
-    """θ ← θ − η·V_b d_b/√ms_b − η_zo·mean (p/σ)·u_⊥, with d_k = λ_k c_k + (1 − λ_k) ā_k per block and direction."""
+    """θ ← θ − η·V_b d_b/√ms_b − η_zo·mean (p/σ)·u_⊥, with d and the scale ms_b from the run's rectifier rule
+    (cooperllm.rectify)."""
 
     name = "zgr"
     guided = True
@@ -36,26 +45,36 @@ class Rectified(Strategy):
             raise ValueError("a zgr round needs the rectifier's guidance for the round")
         samples = subspace_samples(layout, inputs.reports, self.directions, inputs.guidance)
         fixed = None if cfg.lam == "auto" else float(cfg.lam)
-        stats, d = {}, {}
-        for b, g in sorted(inputs.guidance.items()):
-            st = mixing_weights(samples.get(b), g, inputs.state.bias.get(b), cfg.lam_max, fixed)
-            stats[b] = st
-            d[b] = st.lam * st.cloud + (1.0 - st.lam) * st.device_mean
-        w, step_ms = subspace_steps(d, inputs.state.step_ms, cfg.eta)
+        by_direction = cfg.rectifier == "direction"
+        stats, d, axis = rectify(samples, inputs.guidance, inputs.state, cfg.lam_max, fixed, by_direction)
+        # the per-direction rule scales by d itself (as protocol 2 was studied); the axis rule by the cloud's c, so a
+        # refuted cloud's small d stays small (cooperllm.rectify)
+        scale = d if by_direction else {b: st.cloud for b, st in stats.items()}
+        w, step_ms = subspace_steps(d, scale, inputs.state.step_ms, cfg.eta)
         complement = [r for r in inputs.reports if direction_of(r, self.directions) is Direction.COMPLEMENT]
         q, scalar_ms = scalar_multipliers(layout, complement, inputs.state.scalar_ms, cfg.eta_zo)
         update = {b: BlockUpdate(q=q.get(b, 0.0), w=w.get(b)) for b in sorted(set(q) | set(w))}
         out = theta.copy()
         apply_update(out, layout, inputs.reports, self.directions, inputs.guidance, update)
-        state = RectifierState({b: st.track for b, st in stats.items()}, step_ms, scalar_ms)
-        return Aggregate(out, mean_lambda(stats), len(inputs.reports), update, block_stats(stats), state)
+        state = RectifierState(
+            {b: st.track for b, st in stats.items()},
+            step_ms,
+            scalar_ms,
+            inputs.state.axis if axis is None else axis.track,
+        )
+        return Aggregate(out, mean_lambda(stats), len(inputs.reports), update, published(stats, axis), state)
 
 
 def mean_lambda(stats: dict) -> float:
-    """The mean of λ_k over every guided block and direction (the round's one-number summary)."""
+    """The mean weight of the cloud's c_k over every guided block and direction (the round's one-number summary)."""
     return float(np.mean(np.concatenate([st.lam for st in stats.values()]))) if stats else 1.0
 
 
-def block_stats(stats: dict) -> dict:
-    """The per-block rectifier numbers as published in the round summary and the metrics ({block: {...}})."""
-    return {str(b): st.to_json() for b, st in stats.items()}
+def published(stats: dict, axis: AxisStats | None = None) -> dict:
+    """The rectifier's numbers as published in the round summary and the metrics: per block and direction
+    ({"blocks": {block: {...}}}) and the round's test along the cloud's direction ("axis"; None where there was none).
+    """
+    return {
+        "blocks": {str(b): st.to_json() for b, st in stats.items()},
+        "axis": None if axis is None else axis.to_json(),
+    }

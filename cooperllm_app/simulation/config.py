@@ -97,6 +97,7 @@ class SimConfig:
     epsilon: float = run_field("epsilon")
     lam: float | str = run_field("lam")
     lam_max: float = run_field("lam_max")
+    rectifier: str = run_field("rectifier")
     eta: float | None = run_field("eta", unset="per strategy: 1e-2; bp 1, FedAvg of Δθ")
     eta_zo: float = run_field("eta_zo")
     guidance_rank: int = run_field("guidance_rank", flag="--rank")

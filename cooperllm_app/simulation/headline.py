@@ -86,9 +86,13 @@ def _at_budget(points: list[Point], budget: int) -> float | None:
 
 
 def headline_for(task: str, runs: list[Run]) -> Headline | None:
+    """The paper's figures for one task, from the in-domain runs (no --public-classes) and zgr's default rule: the
+    paper's setting. The first such run of each strategy counts."""
     by = {}
     for r in runs:
-        if r.task == task:
+        in_domain = not r.config.get("public_classes")
+        default_rule = r.config.get("rectifier") in (None, "direction")
+        if r.task == task and in_domain and default_rule:
             by.setdefault(r.config.get("strategy"), r)
     zgr, zo, bp = by.get("zgr"), by.get("zo"), by.get("bp")
     if zgr is None or zo is None:

@@ -176,7 +176,7 @@ def round_line(
         "device_torch": any(r.get("torch_loaded") for r in results.values()),
         "reports": summary.n_reports,
         "lam": summary.lam,
-        "rectifier": summary.rectifier,  # per block: λ_k, b_k², s_k², τ_k², ā_k, c_k, N
+        "rectifier": summary.rectifier,  # blocks: per block λ, b_k², s_k², τ_k², ā_k, c_k, N; axis: the test along ĉ
         "guidance_bits": round(8.0 * g_bytes / g_values, 3) if g_values else None,
         "missing_device_stats": sorted(set(devices) - set(results)),
         "resumed": resumed,

@@ -104,43 +104,51 @@ def plot_runs(runs: list[Run], out_dir: Path) -> list[Path]:
 
 
 def rectifier_series(run: Run) -> dict[str, tuple[list[int], list[float]]]:
-    """Per round, the mean over blocks and directions of λ_k, b_k², s_k²/N and τ_k² (the rectifier's inputs)."""
-    out: dict[str, tuple[list[int], list[float]]] = {k: ([], []) for k in ("lam", "bias_sq", "device_se2", "cloud_var")}
+    """Per round, the mean over blocks and directions of λ, b_k², s_k²/N and τ_k², and the axis test's b_∥², s_∥²,
+    τ_∥² and ω (the rectifier's inputs; docs/PERTURBATIONS.md §4). Metrics of protocol-2 runs before the axis test
+    published the blocks at the top level; both shapes are read."""
+    keys = ("lam", "bias_sq", "device_se2", "cloud_var", "axis_bias_sq", "axis_device_se2", "axis_cloud_var", "keep")
+    out: dict[str, tuple[list[int], list[float]]] = {k: ([], []) for k in keys}
+
+    def add(key: str, rnd: int, values: list[float]) -> None:
+        if values:
+            out[key][0].append(rnd + 1)
+            out[key][1].append(sum(values) / len(values))
+
     for m in run.rounds:
         stats = m.get("rectifier") or {}
-        blocks = [b for b in stats.values() if b.get("n")]  # where the devices measured something
-        lams = [x for b in stats.values() for x in b["lam"]]
-        if lams:
-            out["lam"][0].append(m["round"] + 1)
-            out["lam"][1].append(sum(lams) / len(lams))
-        if not blocks:
-            continue
-        values = {
-            "bias_sq": [x for b in blocks for x in b["bias_sq"]],
-            "device_se2": [x / b["n"] for b in blocks for x in b["device_var"]],
-            "cloud_var": [x for b in blocks for x in b["cloud_var"]],
-        }
-        for k, v in values.items():
-            out[k][0].append(m["round"] + 1)
-            out[k][1].append(sum(v) / len(v))
+        by_block = stats.get("blocks", stats)
+        blocks = [b for b in by_block.values() if b.get("n")]  # where the devices measured something
+        add("lam", m["round"], [x for b in by_block.values() for x in b["lam"]])
+        add("bias_sq", m["round"], [x for b in blocks for x in b["bias_sq"]])
+        add("device_se2", m["round"], [x / b["n"] for b in blocks for x in b["device_var"]])
+        add("cloud_var", m["round"], [x for b in blocks for x in b["cloud_var"]])
+        axis = stats.get("axis") if "blocks" in stats else None
+        if axis:
+            for key in ("bias_sq", "device_se2", "cloud_var"):
+                add(f"axis_{key}", m["round"], [axis[key]])
+            add("keep", m["round"], [axis["keep"]])
     return out
 
 
 def _plot_rectifier(plt, runs: list[Run], path: Path) -> Path:
-    """λ_k (mean over blocks and directions) and the three terms it is made of, per round, one line per run."""
+    """λ (mean over blocks and directions) and the three terms it is made of (along the cloud's direction where the
+    run published that test), per round, one line per run."""
     fig, (ax_lam, ax_terms) = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=120)
     for run in runs:
         series = rectifier_series(run)
         ax_lam.plot(*series["lam"], marker="o", markersize=3, label=run.label)
+        axis = bool(series["axis_bias_sq"][0])  # the λ-setting test along ĉ where published, else per direction
         for key, style in (("bias_sq", "-"), ("device_se2", "--"), ("cloud_var", ":")):
-            xs, ys = series[key]
+            name = f"axis_{key}" if axis else key
+            xs, ys = series[name]
             if xs:
-                ax_terms.plot(xs, ys, style, label=f"{run.label}: {key}")
+                ax_terms.plot(xs, ys, style, label=f"{run.label}: {name}")
     ax_lam.set_xlabel("round")
-    ax_lam.set_ylabel("mean λ_k (weight of the cloud)")
+    ax_lam.set_ylabel("mean λ (weight of the cloud)")
     ax_lam.set_ylim(0, 1.05)
     ax_terms.set_xlabel("round")
-    ax_terms.set_ylabel("mean over directions")
+    ax_terms.set_ylabel("b², s²/N, τ² (along ĉ, or mean over directions)")
     ax_terms.set_yscale("log")
     for ax in (ax_lam, ax_terms):
         ax.grid(True, alpha=0.3)

@@ -62,16 +62,24 @@ def _round_of_reaching(run: Run, target: float) -> int | None:
     return None
 
 
-def group_runs(runs: list[Run]) -> dict[tuple[str, str, str], dict[int, Run]]:
-    """Runs by (setting, task, strategy), then seed. A strategy that never sees the cloud's public data (zo, bp) runs
-    the same computation in S1 and S2, so one run of it stands in both settings."""
-    groups: dict[tuple[str, str, str], dict[int, Run]] = defaultdict(dict)
+Key = tuple[str, str, str, str | None]  # (setting, task, strategy, rectifier rule: zgr's, else None)
+
+
+def rule_of(run: Run) -> str | None:
+    """zgr's rectifier rule (RunConfig.rectifier; runs from before the option ran the per-direction rule)."""
+    return run.config.get("rectifier") or "direction" if run.config["strategy"] == "zgr" else None
+
+
+def group_runs(runs: list[Run]) -> dict[Key, dict[int, Run]]:
+    """Runs by (setting, task, strategy, zgr's rectifier rule), then seed. A strategy that never sees the cloud's
+    public data (zo, bp) runs the same computation in S1 and S2, so one run of it stands in both settings."""
+    groups: dict[Key, dict[int, Run]] = defaultdict(dict)
     settings = sorted({setting_of(run) for run in runs})
     for run in runs:
         strategy = run.config["strategy"]
         seed = int(run.config["seed"])
         for setting in [setting_of(run)] if get_strategy(strategy).guided else settings:
-            key = (setting, run.task, strategy)
+            key = (setting, run.task, strategy, rule_of(run))
             if seed in groups[key]:
                 raise ValueError(f"two runs of {key} with seed {seed}: {groups[key][seed].folder} and {run.folder}")
             groups[key][seed] = run
@@ -79,12 +87,13 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, str, str], dict[int, Run]]:
 
 
 def build(runs: list[Run]) -> dict:
-    """headline.json: one entry per (setting, task, strategy) with per-seed finals, curves and λ; the zero-shot
-    accuracy per task; and the paired comparisons between zgr and every other strategy of the same setting."""
+    """headline.json: one entry per (setting, task, strategy, zgr's rule) with per-seed finals, curves and λ; the
+    zero-shot accuracy per task; and the paired comparisons between zgr and every other strategy of the same
+    setting."""
     groups = group_runs(runs)
     entries, zero_shot = [], {}
-    for (setting, task, strategy), by_seed in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], STRATEGY_ORDER.index(kv[0][2]))
+    for (setting, task, strategy, rule), by_seed in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], STRATEGY_ORDER.index(kv[0][2]), kv[0][3] or "")
     ):
         seeds = sorted(by_seed)
         finals = {s: final_of(by_seed[s]) for s in seeds}
@@ -99,6 +108,7 @@ def build(runs: list[Run]) -> dict:
                 "setting": setting,
                 "task": task,
                 "strategy": strategy,
+                "rectifier": rule,  # zgr's rule for λ ("direction", "axis"); null for the other strategies
                 "seeds": done,
                 "final_accuracy": accs,
                 "final_mean": statistics.fmean(accs) if accs else None,
@@ -130,15 +140,15 @@ def build(runs: list[Run]) -> dict:
     }
 
 
-def comparisons(groups: dict[tuple[str, str, str], dict[int, Run]]) -> list[dict]:
+def comparisons(groups: dict[Key, dict[int, Run]]) -> list[dict]:
     """zgr against each other strategy of the same setting and task: mean difference, paired McNemar per seed and
     pooled, and (against zo) how many fewer rounds zgr needed to reach zo's final accuracy on the curves' subset."""
     out = []
-    for (setting, task, strategy), zgr_runs in sorted(groups.items()):
+    for (setting, task, strategy, rule), zgr_runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if strategy != "zgr":
             continue
         for other in STRATEGY_ORDER[1:]:
-            other_runs = groups.get((setting, task, other))
+            other_runs = groups.get((setting, task, other, None))
             if not other_runs:
                 continue
             pairs = []
@@ -152,6 +162,7 @@ def comparisons(groups: dict[tuple[str, str, str], dict[int, Run]]) -> list[dict
                 "setting": setting,
                 "task": task,
                 "a": "zgr",
+                "rectifier": rule,
                 "b": other,
                 "seeds": [s for s, _, _ in pairs],
                 "mean_difference_pp": 100 * statistics.fmean(a.accuracy - b.accuracy for _, a, b in pairs),
@@ -194,7 +205,7 @@ def markdown(study: dict) -> list[str]:
         lam = "–" if e["mean_lambda"] is None else f"{e['mean_lambda']:.3f}"
         seeds = ",".join(map(str, e["seeds"])) or "–"
         lines.append(
-            f"| {e['setting']} | {e['task']} | {e['strategy']} | {seeds} | {mean}{sd} | {per} | {lam} | "
+            f"| {e['setting']} | {e['task']} | {_label(e)} | {seeds} | {mean}{sd} | {per} | {lam} | "
             f"{e['test_examples'] or '–'} |"
         )
     lines += [
@@ -206,12 +217,13 @@ def markdown(study: dict) -> list[str]:
     for c in study["comparisons"]:
         p = c["pooled"]
         lines.append(
-            f"| {c['setting']} | {c['task']} | zgr − {c['b']} | {','.join(map(str, c['seeds']))} | "
+            f"| {c['setting']} | {c['task']} | {_label({'strategy': 'zgr', **c})} − {c['b']} | "
+            f"{','.join(map(str, c['seeds']))} | "
             f"{c['mean_difference_pp']:+.2f} pp | {p['only_a_right']} / {p['only_b_right']} | {p['p_value']:.3g} |"
         )
     zs = ", ".join(f"{t} {100 * a:.2f} %" for t, a in sorted(study["zero_shot_accuracy"].items()))
     lines += ["", f"Zero-shot (θ₀) accuracy on the same test examples: {zs or '–'}."]
-    short = [f"{e['setting']} {e['strategy']}" for e in study["runs"] if not e["meets_seed_target"]]
+    short = [f"{e['setting']} {_label(e)}" for e in study["runs"] if not e["meets_seed_target"]]
     if short:
         lines.append(
             f"**Fewer than {study['seeds_target']} seeds** (read as single measurements, not as the study's claims): "
@@ -220,3 +232,9 @@ def markdown(study: dict) -> list[str]:
         )
     lines.append("")
     return lines
+
+
+def _label(entry: dict) -> str:
+    """zgr with a rule other than the default shows it: "zgr (axis)"."""
+    rule = entry.get("rectifier")
+    return entry["strategy"] if rule in (None, "direction") else f"{entry['strategy']} ({rule})"

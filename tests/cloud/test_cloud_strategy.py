@@ -1,5 +1,5 @@
 """The ``cloud`` baseline on a real server: rounds close with no device, θ moves by the cloud's public-data step
-alone (zgr's normalised subspace step with λ_k = 1 and no reports), and a device replays every round bit for bit."""
+alone (zgr's normalised subspace step with λ = 1 and no reports), and a device replays every round bit for bit."""
 
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ def test_cloud_rounds_need_no_device_and_replay_exactly(live):
         (r, "closed", 0, 0, 1.0) for r in range(3)
     ]
     theta = theta_from_bytes(dev.adapter(0), layout)
-    ms: dict[int, float] = {}  # per block, the running mean square of the step d = c (zgr's with λ_k = 1)
+    ms: dict[int, float] = {}  # per block, the running mean square of the step d = c (zgr's with λ = 1)
     for r in range(3):
         sync = dev.sync(r)
         assert (sync.reports, sync.lam, sync.replayable) == ([], 1.0, True)
-        rect = summaries[r].rectifier
-        assert sorted(rect) == sorted(str(g.block) for g in sync.guidance)
+        rect = summaries[r].rectifier["blocks"]
+        assert sorted(rect) == sorted(str(g.block) for g in sync.guidance) and summaries[r].rectifier["axis"] is None
         assert all(st["n"] == 0 and st["lam"] == [1.0] * len(st["cloud"]) for st in rect.values())
         # the step is the cloud's alone: θ_b − η·V_b c_b/√ms_b per guided block, ms_b = EMA_β of mean(c_b²)
         update = sync_update(sync)

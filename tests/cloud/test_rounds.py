@@ -14,7 +14,7 @@ from cooperllm.api_client import ApiError
 from cooperllm.layout import ParamLayout, theta_checksum
 from cooperllm.perturb import STREAM_XI, Direction, rademacher, subspace_scale
 from cooperllm.protocol import Metrics, ModelSync, ReportIn, RunConfig, sync_reports, sync_update
-from cooperllm.rectify import RectifierState, mixing_weights
+from cooperllm.rectify import BETA, RectifierState, rectify
 from cooperllm.strategies import RoundInputs, get_strategy
 from cooperllm.zgr import BlockGuidance
 
@@ -116,9 +116,10 @@ def test_full_zgr_round_replays_bit_exactly(live):
         (0, 0, 0),
     ]
     assert [r.lam for r in rounds[:2]] == [pytest.approx(0.3, rel=1e-12)] * 2 and rounds[2].lam is None
-    for r in rounds[:2]:  # per block: λ_k = 0.3 for k < m, measured on 3 devices × local_steps subspace samples
-        assert sorted(r.rectifier) == [str(b) for b in range(len(layout.blocks))]
-        assert all(st["lam"] == [0.3, 0.3] and st["n"] == 3 * cfg.local_steps for st in r.rectifier.values())
+    for r in rounds[:2]:  # per block: λ = 0.3 for k < m, measured on 3 devices × local_steps subspace samples
+        blocks = r.rectifier["blocks"]
+        assert sorted(blocks) == [str(b) for b in range(len(layout.blocks))] and r.rectifier["axis"]["blocks"] > 0
+        assert all(st["lam"] == [0.3, 0.3] and st["n"] == 3 * cfg.local_steps for st in blocks.values())
     assert rounds[2].rectifier is None
     assert [r.theta_checksum_after for r in rounds[:2]] == [r.theta_checksum for r in rounds[1:]]
     m = admin.metrics()
@@ -250,11 +251,12 @@ def test_bp_strategy_is_fedavg_of_deltas(live):
     assert (r0.status, r0.n_reports, r0.n_devices, r0.lam) == ("closed", 2, 2, None)  # one delta per device, no λ
 
 
-def test_per_direction_lambda_is_published_and_replayable(live):
-    """lam 'auto': each round publishes λ_k per block and direction (the round summary's rectifier numbers, their
-    mean in the summary, the ModelSync and the metrics), equal to ``mixing_weights`` of the round's subspace samples,
-    the cloud's c and τ² and the bias track carried from the previous round; the whole aggregation, recomputed from
-    the published record and that carried state, gives the published update and θ; and the round replays bit-exactly.
+def test_rectifier_numbers_are_published_and_replayable(live):
+    """lam 'auto': each round publishes the rectifier's numbers per block and direction and its test along the
+    cloud's direction (the round summary; λ's mean in the summary, the ModelSync and the metrics), equal to
+    ``rectify`` of the round's subspace samples, the cloud's c and τ² and the tracks carried from the previous round;
+    the whole aggregation, recomputed from the published record and that carried state, gives the published update
+    and θ; and the round replays bit-exactly.
     """
     admin = live.admin()
     cfg = RunConfig(
@@ -265,6 +267,7 @@ def test_per_direction_lambda_is_published_and_replayable(live):
         blocks=[0, 1],
         lam="auto",
         lam_max=0.9,
+        rectifier="axis",
         eta=0.05,
         eta_zo=1e-3,
         guidance_rank=2,
@@ -278,10 +281,8 @@ def test_per_direction_lambda_is_published_and_replayable(live):
     theta0 = theta_from_bytes(devs[0].adapter(0), layout)
     # SUBSPACE scalars p = s·ξ_0·x make the devices' estimate of direction 0 exactly a_0 = x (a_1 = ξ_0ξ_1·x); the
     # 6 samples per block alternate x = offset ± spread. Block 0 (offset, spread) = (1, 0.01) in round 0 and
-    # (0.5, 0.01) in round 1: precise devices far from the cloud's c_0, so b_0² > 0 and λ_0 lies strictly inside
-    # (0, λ_max) — the estimate itself is published; in round 1, b_0² comes from the signed running mean of ā_0 − c_0
-    # over both rounds. Block 1: (0, 100) both rounds: the devices' noise dwarfs the rest, b_0² clips at 0 and λ_0 at
-    # λ_max.
+    # (0.5, 0.01) in round 1: precise devices far from the cloud's c_0; in round 1 the biases come from the signed
+    # running means over both rounds. Block 1: (0, 100) both rounds: the devices' noise dwarfs the rest.
     plan = {0: {0: (1.0, 0.01), 1: (0.0, 100.0)}, 1: {0: (0.5, 0.01), 1: (0.0, 100.0)}}  # round: block: x
     state = RectifierState()
     for rnd in range(2):
@@ -316,20 +317,21 @@ def test_per_direction_lambda_is_published_and_replayable(live):
             for g in sync.guidance
         }
         samples = subspace_samples(layout, sync, bases)
-        lams = []
-        for b, g in guidance.items():
-            st = mixing_weights(samples[b], g, state.bias.get(b), cfg.lam_max)
-            published = summary.rectifier[str(b)]
+        stats, _, axis = rectify(samples, guidance, state, cfg.lam_max)
+        for b, st in stats.items():
+            published = summary.rectifier["blocks"][str(b)]
             assert published["n"] == 6 and published["lam"] == pytest.approx(st.lam.tolist(), rel=1e-9, abs=1e-15)
             assert published["bias_sq"] == pytest.approx(st.bias_sq.tolist(), rel=1e-9, abs=1e-15)
-            assert published["cloud_var"] == tau2[b].tolist() and published["cloud"] == g.coeffs.tolist()
+            assert published["cloud_var"] == tau2[b].tolist() and published["cloud"] == guidance[b].coeffs.tolist()
             assert samples[b][:, 0].mean() == pytest.approx(plan[rnd][b][0], abs=1e-6)  # ā_0 = the offset
-            lams += st.lam.tolist()
-        lam0 = summary.rectifier["0"]["lam"][0]
-        assert 0.0 < lam0 < cfg.lam_max and summary.rectifier["1"]["lam"][0] == cfg.lam_max
-        if rnd == 1:  # the bias track: round 0's disagreement still counts, so a fresh estimate would differ
-            fresh = mixing_weights(samples[0], guidance[0], None, cfg.lam_max)
-            assert not np.allclose(fresh.bias_sq, summary.rectifier["0"]["bias_sq"])
+        assert summary.rectifier["axis"] == pytest.approx(axis.to_json(), rel=1e-9, abs=1e-15)
+        assert 0.0 <= axis.lam <= cfg.lam_max and axis.blocks == 2
+        lams = np.concatenate([st.lam for st in stats.values()]).tolist()
+        assert lams == [axis.lam] * len(lams)  # one weight of the cloud for every block and direction
+        if rnd == 1:  # the running tests: round 0's disagreement still counts, so a fresh estimate would differ
+            fresh = rectify(samples, guidance, RectifierState(), cfg.lam_max)
+            assert (fresh[2].track.weight, axis.track.weight) == (1.0, pytest.approx(1.0 + BETA))
+            assert not np.allclose(fresh[0][0].bias_sq, summary.rectifier["blocks"]["0"]["bias_sq"])
         assert summary.lam == sync.lam == m.last_lambda == pytest.approx(np.mean(lams), rel=1e-9)
         # the whole aggregation from the published record and the state carried from the previous round
         agg = get_strategy("zgr").aggregate(

@@ -72,8 +72,8 @@ def test_device_follows_a_zgr_run_and_ends_on_the_servers_model(cloud, session, 
         rounds = admin.rounds(run.run_id)
     assert [r.n_reports for r in rounds] == [per_round] * 3
     # the server read half of them as subspace measurements: 2 per block and round (one per local step)
-    assert all(st["n"] == 2 for r in rounds for st in r.rectifier.values())
-    assert all(sorted(r.rectifier) == [str(b) for b in range(n_blocks)] for r in rounds)
+    assert all(st["n"] == 2 for r in rounds for st in r.rectifier["blocks"].values())
+    assert all(sorted(r.rectifier["blocks"]) == [str(b) for b in range(n_blocks)] for r in rounds)
 
 
 def test_kept_guidance_versions_are_not_downloaded_again(cloud, session, toy_corpus, tmp_path):

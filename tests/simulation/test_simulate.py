@@ -81,14 +81,16 @@ def test_zgr_simulation_writes_a_complete_metrics_line_per_round(zgr_run):
         assert 0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0
         assert len(m["devices"]) == 2 and set(m["bytes_up"]) == {str(d) for d in m["devices"]}
         assert all(v > 0 for v in [*m["bytes_up"].values(), *m["bytes_down"].values()])
-        # lam 'auto' (the default): λ_k per block and direction, published with the rectifier's numbers; the line's
-        # λ is their mean, each clipped to [0, lam_max]
-        assert sorted(m["rectifier"]) == ["0", "1"]
-        lams = [x for st in m["rectifier"].values() for x in st["lam"]]
-        assert all(st["n"] == 2 * 2 for st in m["rectifier"].values())  # 2 devices × 2 subspace measurements
-        # one λ_k per guidance direction (rank ≤ 4: the rectifier's window may hold fewer gradients)
-        assert all(1 <= len(st["lam"]) == len(st["cloud"]) <= 4 for st in m["rectifier"].values())
+        # lam 'auto' and the per-direction rule (the defaults): λ_k per block and direction, published with the
+        # rectifier's numbers and the round's test along the cloud's direction; the line's λ is their mean
+        blocks, axis = m["rectifier"]["blocks"], m["rectifier"]["axis"]
+        assert sorted(blocks) == ["0", "1"] and axis["blocks"] == 2
+        lams = [x for st in blocks.values() for x in st["lam"]]
+        assert all(st["n"] == 2 * 2 for st in blocks.values())  # 2 devices × 2 subspace measurements
+        # one weight per guidance direction (rank ≤ 4: the rectifier's window may hold fewer gradients)
+        assert all(1 <= len(st["lam"]) == len(st["cloud"]) <= 4 for st in blocks.values())
         assert all(0.0 <= x <= RunConfig().lam_max for x in lams)
+        assert 0.0 <= axis["keep"] <= 1.0 and axis["device_se2"] > 0 and axis["cloud_norm"] > 0
         assert m["lam"] == pytest.approx(sum(lams) / len(lams), rel=1e-9)
         assert m["guidance_bits"] is None or 0 < m["guidance_bits"] < 32  # DTC-quantized guidance frames
         assert m["device_peak_rss_mb"] > 0 and m["device_torch"] is False  # the device processes are torch-free
@@ -185,9 +187,10 @@ def test_cloud_simulation_sends_no_device(tmp_path, tiny_artifacts, tiny_model_d
     simulate(SimConfig(**opts), out, progress=False)
     lines = _round_lines(out)
     assert [(m["round"], m["devices"], m["reports"], m["lam"]) for m in lines] == [(0, [], 0, 1.0), (1, [], 0, 1.0)]
-    for m in lines:  # λ_k = 1 in every guided block and direction, no device measurement behind it
-        assert sorted(m["rectifier"]) == ["0", "1"]
-        assert all(st["n"] == 0 and st["lam"] == [1.0] * len(st["cloud"]) for st in m["rectifier"].values())
+    for m in lines:  # λ = 1 in every guided block and direction, no device measurement behind it, no test
+        blocks = m["rectifier"]["blocks"]
+        assert sorted(blocks) == ["0", "1"] and m["rectifier"]["axis"] is None
+        assert all(st["n"] == 0 and st["lam"] == [1.0] * len(st["cloud"]) for st in blocks.values())
     assert all(m["bytes_up_mean"] is None and m["cum_bytes"] == 0 and 0.0 <= m["accuracy"] <= 1.0 for m in lines)
     cloud = _cloud_rounds(out)
     assert [(s, n, d) for _, s, n, d, *_ in cloud] == [("closed", 0, 0), ("closed", 0, 0)]
@@ -232,7 +235,7 @@ def test_report_renders_figures_and_a_table(zgr_run, zo_run, tmp_path):
     assert f"--out {zgr_run}" in text and "cooperllm report" in text  # the commands behind the runs and the report
     assert "## Headline figures beside the paper's" in text and "| 8.8× |" in text  # both runs share a task
     assert text.index("missed the target by 1.2 pp") < text.index("## Runs")  # the notes follow the headline
-    # the rectifier figure's λ line is each round's mean λ_k, plotted at round r + 1; zo contributes no line
+    # the rectifier figure's λ line is each round's mean λ, plotted at round r + 1; zo contributes no line
     from cooperllm_app.simulation.plots import load_run, rectifier_series
 
     zgr_lines = _round_lines(zgr_run)

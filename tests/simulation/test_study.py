@@ -93,3 +93,18 @@ def test_markdown_has_a_row_per_group_and_comparison():
     text = "\n".join(study.markdown(found))
     assert "| S1 | seq-cls | zgr | 0 | 80.00 %" in text and "zgr − zo" in text
     assert "Fewer than 3 seeds" in text
+
+
+def test_zgr_rules_are_grouped_and_compared_apart():
+    """A zgr run with RunConfig.rectifier 'axis' is its own group beside the default rule's (runs from before the
+    option count as 'direction'), and each is compared with the same baselines."""
+    axis = _run("zgr", 0, _correct(70, 7), shifted=True, lam=0.1)
+    axis.config["rectifier"] = "axis"
+    runs = [_run("zgr", 0, _correct(52, 8), shifted=True, lam=0.9), axis, _run("cloud", 0, _correct(51, 9), True)]
+    found = study.build(runs)
+    rules = {(e["strategy"], e["rectifier"]): e["final_accuracy"] for e in found["runs"]}
+    assert rules == {("zgr", "direction"): [0.52], ("zgr", "axis"): [0.7], ("cloud", None): [0.51]}
+    comp = {(c["rectifier"], c["b"]): c["mean_difference_pp"] for c in found["comparisons"]}
+    assert comp == {("direction", "cloud"): pytest.approx(1.0), ("axis", "cloud"): pytest.approx(19.0)}
+    text = "\n".join(study.markdown(found))
+    assert "| S2 | seq-cls | zgr (axis) | 0 | 70.00 %" in text and "zgr (axis) − cloud" in text
