@@ -93,7 +93,8 @@ def build(runs: list[Run]) -> dict:
     groups = group_runs(runs)
     entries, zero_shot = [], {}
     for (setting, task, strategy, rule), by_seed in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], STRATEGY_ORDER.index(kv[0][2]), kv[0][3] or "")
+        groups.items(),
+        key=lambda kv: (kv[0][0], kv[0][1], STRATEGY_ORDER.index(kv[0][2]), kv[0][3] not in (None, "direction")),
     ):
         seeds = sorted(by_seed)
         finals = {s: final_of(by_seed[s]) for s in seeds}
@@ -144,7 +145,9 @@ def comparisons(groups: dict[Key, dict[int, Run]]) -> list[dict]:
     """zgr against each other strategy of the same setting and task: mean difference, paired McNemar per seed and
     pooled, and (against zo) how many fewer rounds zgr needed to reach zo's final accuracy on the curves' subset."""
     out = []
-    for (setting, task, strategy, rule), zgr_runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (setting, task, strategy, rule), zgr_runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][:3], kv[0][3] != "direction")
+    ):
         if strategy != "zgr":
             continue
         for other in STRATEGY_ORDER[1:]:
