@@ -1,7 +1,8 @@
 """A closed round's inputs, read back from the store in canonical order, and the strategy's aggregation of them.
 
 Canonical order is what makes aggregation replayable: reports by (seed, block, step, device), deltas by device. The
-store is the only source — the same rows give the same θ_{r+1} after a crash and restart.
+store is the only source — the same rows give the same θ_{r+1} after a crash and restart. What a strategy aggregates,
+and what a round's sync publishes, are the stored uploads bounded by the round's own statistics (``cooperllm.robust``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cloud_api.round_state import RoundState
 from cooperllm.layout import ParamLayout
 from cooperllm.protocol import decode_tensor_frame, update_to_wire
 from cooperllm.rectify import RectifierState
+from cooperllm.robust import clip_deltas, clip_reports
 from cooperllm.strategies import Aggregate, RoundInputs, Upload
 from cooperllm.zgr import Report
 
@@ -34,6 +36,12 @@ def round_reports(engine: Engine, run_id: int, round_: int) -> list[Report]:
             .order_by(db.reports.c.seed, db.reports.c.block, db.reports.c.step, db.reports.c.device_id)
         ).all()
     return [Report(int(s), int(b), int(k), float(p), int(n)) for s, b, k, p, n in rows]
+
+
+def counted_reports(engine: Engine, st: RoundState, round_: int) -> list[Report]:
+    """Round ``round_`` of ``st``'s run as aggregated and published in its sync: the stored reports in canonical
+    order, each scalar clipped against the round's median (RunConfig.clip_k), so a replay applies what the cloud did."""
+    return clip_reports(round_reports(engine, st.run_id, round_), st.plan.directions, st.cfg.clip_k)
 
 
 def round_deltas(engine: Engine, run_id: int, round_: int) -> list[tuple[int, object]]:
@@ -71,8 +79,8 @@ def round_inputs(engine: Engine, guidance: GuidanceStore, st: RoundState) -> Rou
     running estimates come from the previous round's stored outcome, so a restarted cloud carries on exactly."""
     strategy = st.strategy
     if strategy.upload is Upload.DELTA:
-        return RoundInputs(deltas=round_deltas(engine, st.run_id, st.round))
-    reports = round_reports(engine, st.run_id, st.round) if strategy.upload is Upload.REPORTS else []
+        return RoundInputs(deltas=clip_deltas(round_deltas(engine, st.run_id, st.round), st.cfg.clip_k))
+    reports = counted_reports(engine, st, st.round) if strategy.upload is Upload.REPORTS else []
     previous = round_outcome(engine, st.run_id, st.round - 1) if st.round > 0 else None
     state = RectifierState.from_json(None if previous is None else previous.get("state"))
     if not strategy.guided:

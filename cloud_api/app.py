@@ -13,7 +13,7 @@ from cloud_api.db import make_engine
 from cloud_api.deps import AppState
 from cloud_api.engine import RoundEngine
 from cloud_api.errors import ServiceError
-from cloud_api.middleware import BodyLimitMiddleware
+from cloud_api.middleware import BodyLimitMiddleware, EarlyAuthMiddleware
 from cloud_api.model_host import load_model_host
 from cloud_api.routers import adapter, admin, devices, health, rounds
 from cloud_api.security import DeviceRegistry, RateLimiter
@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        settings.state_dir.chmod(0o700)  # adapters, guidance windows and the seed key are the operator's alone
         db_engine = make_engine(settings.db_url, settings.sqlite_synchronous)
         host = load_model_host(settings)
         engine = RoundEngine(
@@ -50,7 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.stop()
             db_engine.dispose()
 
+    docs = settings.docs_enabled
     app = FastAPI(
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         title="CooperLLM cloud",
         version="1",
         description="Federated fine-tuning rounds: enrolment, guidance, ZO report uploads, aggregation by seed "
@@ -73,5 +78,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for r in (devices.router, rounds.router, adapter.router, admin.router, health.router):
         app.include_router(r, prefix=API_PREFIX)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_timeout_s)
+    app.add_middleware(EarlyAuthMiddleware)  # added last, so it runs first: no body is read for a wrong token
     return app
+
+
+MAX_HEADER_BYTES = 64 << 10
+
+
+def server_options(settings: Settings) -> dict:
+    """uvicorn.Config options for the service: the HTTP parser (h11 by default, with a cap on a request's head,
+    headers included), and X-Forwarded-For believed only from ``settings.trusted_proxies`` (by default from no one,
+    so a client cannot pick the address its rate limits are keyed by)."""
+    proxies = settings.trusted_proxies.strip()
+    return {
+        "http": settings.http_parser,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies or "",
+        "log_level": "warning",
+        "access_log": False,
+    }

@@ -6,6 +6,7 @@ last line against double counting (idempotency key per device; (run, round, devi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import (
@@ -37,6 +38,17 @@ devices = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
+)
+
+# single-use (or count-limited) enrolment tokens issued by an admin: one leaked token enrols at most ``uses`` devices
+enrolment_tokens = Table(
+    "enrolment_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("label", String(128), nullable=False),
+    Column("uses_left", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 runs = Table(
@@ -154,7 +166,7 @@ def make_engine(url: str, synchronous: str = "NORMAL") -> Engine:
     kwargs: dict = {}
     if is_sqlite:
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(parsed.database))
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, **kwargs)
     if is_sqlite:
@@ -171,6 +183,16 @@ def make_engine(url: str, synchronous: str = "NORMAL") -> Engine:
 
     metadata.create_all(engine)
     return engine
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """The database file (and its -wal, -shm) readable by the service's user alone: a new file is made 0600 before
+    SQLite opens it, since SQLite gives the journal files the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists():
+            p.chmod(0o600)
 
 
 def checkpoint_wal(engine: Engine) -> None:

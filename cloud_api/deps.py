@@ -38,8 +38,9 @@ def _unauthenticated() -> HTTPException:
     return HTTPException(401, ERRORS["unauthenticated"], headers={"WWW-Authenticate": "Bearer"})
 
 
-def authenticate_device(state: AppState, token: str | None) -> int:
-    """Device id for a bearer token, or the fixed 401/403/429 refusal. In-memory only (token hashes are cached)."""
+def authenticate_device(state: AppState, token: str | None, rate_limit: bool = True) -> int:
+    """Device id for a bearer token, or the fixed 401/403/429 refusal (429: the device's rate limit, charged unless
+    ``rate_limit`` is False). In-memory after a token's first use (token hashes are cached)."""
     if not token:
         raise _unauthenticated()
     if same_secret(token, state.settings.admin_token):
@@ -50,15 +51,22 @@ def authenticate_device(state: AppState, token: str | None) -> int:
     dev, revoked = found
     if revoked:
         raise HTTPException(403, ERRORS["forbidden"])
+    if not rate_limit:
+        return dev
     allowed, wait = state.limiter.allow(dev)
     if not allowed:
         raise HTTPException(429, ERRORS["rate_limited"], headers={"Retry-After": str(max(1, math.ceil(wait)))})
     return dev
 
 
-def bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def bearer_token_from(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value (None for any other scheme)."""
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
+
+
+def bearer_token(request: Request) -> str | None:
+    return bearer_token_from(request.headers.get("authorization", ""))
 
 
 async def device_id(state: State, creds: Credentials) -> int:
@@ -70,14 +78,19 @@ async def device_id(state: State, creds: Credentials) -> int:
 BEARER_SECURITY = {"security": [{"HTTPBearer": []}]}
 
 
-async def admin(state: State, creds: Credentials) -> None:
-    if creds is None or not creds.credentials:
+def authenticate_admin(state: AppState, token: str | None) -> None:
+    """Nothing for the admin token; 403 for a device's token, 401 for anything else."""
+    if not token:
         raise _unauthenticated()
-    if same_secret(creds.credentials, state.settings.admin_token):
+    if same_secret(token, state.settings.admin_token):
         return
-    if state.registry.lookup(creds.credentials) is not None:
+    if state.registry.lookup(token) is not None:
         raise HTTPException(403, ERRORS["forbidden"])
     raise _unauthenticated()
+
+
+async def admin(state: State, creds: Credentials) -> None:
+    authenticate_admin(state, creds.credentials if creds else None)
 
 
 DeviceId = Annotated[int, Depends(device_id)]

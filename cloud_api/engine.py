@@ -23,14 +23,14 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 
 from cloud_api import db
-from cloud_api.aggregation import round_reports
+from cloud_api.aggregation import counted_reports, round_reports
 from cloud_api.errors import ServiceError
 from cloud_api.guidance_store import GuidanceStore
 from cloud_api.lifecycle import RunLifecycle
 from cloud_api.model_host import ModelHost
 from cloud_api.rectifier import Rectifier
 from cloud_api.round_clock import RoundClock
-from cloud_api.round_state import EngineContext, RoundState, seed_range
+from cloud_api.round_state import EngineContext, RoundState, load_seed_key, seed_range
 from cloud_api.uploads import UploadDesk
 from cooperllm.protocol import (
     GuidanceRef,
@@ -52,7 +52,7 @@ class RoundEngine:
     def __init__(
         self, host: ModelHost, engine: Engine, state_dir: Path, tick_s: float = 0.05, lossless_guidance: bool = False
     ):
-        self.ctx = EngineContext(host, engine, Path(state_dir))
+        self.ctx = EngineContext(host, engine, Path(state_dir), load_seed_key(Path(state_dir)))
         self.guidance = GuidanceStore(engine)
         self.rectifier = Rectifier(
             host, engine, self.ctx.state_dir, on_done=lambda *_: self.ctx.wake.set(), lossless=lossless_guidance
@@ -129,7 +129,7 @@ class RoundEngine:
         ctx = self.ctx
         with ctx.lock:
             st = ctx.current()
-            lo, hi = seed_range(st.cfg.seed, st.run_id, st.round, device_id)
+            lo, hi = seed_range(ctx.seed_key, st.cfg.seed, st.run_id, st.round, device_id)
             status = {"closing": "open"}.get(st.status, st.status)
             if ctx.run_status == "failed":
                 status = "failed"
@@ -171,7 +171,7 @@ class RoundEngine:
         return found
 
     def round_reports(self, st: RoundState) -> list[Report]:
-        """Round ``st.round``'s counted reports in aggregation order."""
+        """Round ``st.round``'s reports as stored (before the round's clip), in aggregation order."""
         return round_reports(self.ctx.db, st.run_id, st.round)
 
     def sync(self, round_: int) -> ModelSync:
@@ -198,7 +198,7 @@ class RoundEngine:
             strategy=st.cfg.strategy,
             replayable=replayable,
             lam=rnd["lam"],
-            reports=reports_from(round_reports(self.ctx.db, st.run_id, round_)) if replayable else [],
+            reports=reports_from(counted_reports(self.ctx.db, st, round_)) if replayable else [],
             guidance=self.guidance.for_aggregation(st.run_id, round_)[1] if strategy.guided else [],
             update=json.loads(rnd["outcome"])["update"] if replayable and rnd["outcome"] else [],
             theta_checksum_before=rnd["theta_checksum"],

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 
+from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 
 from cloud_api import db
@@ -45,7 +46,11 @@ class RunLifecycle:
             if run is None:
                 return
             ctx.run_status, ctx.run_failure = run["status"], run["failure"]
-            cfg = RunConfig.model_validate_json(run["config"])
+            try:
+                cfg = RunConfig.model_validate_json(run["config"])
+            except ValidationError as exc:  # stored by an older version with other bounds: fail the run, serve on
+                self._fail_unreadable(run["id"], exc)
+                return
             r = run["current_round"]
             rnd = (
                 conn.execute(select(db.rounds).where(db.rounds.c.run_id == run["id"], db.rounds.c.round == r))
@@ -78,6 +83,16 @@ class RunLifecycle:
         if guided and st.status == "open":
             self.rectifier.submit(Job(st.run_id, r + 1, r, st.theta.copy(), cfg))
         log.info("restored run %d at round %d (%s, %d reports counted)", st.run_id, r, st.status, len(st.seen))
+
+    def _fail_unreadable(self, run_id: int, exc: ValidationError) -> None:
+        """Mark a run whose stored configuration no longer validates as failed, so the service starts without it."""
+        failure = (
+            f"stored run configuration is not valid: {exc.error_count()} error(s), first: {exc.errors()[0]['msg']}"
+        )
+        with self.ctx.db.begin() as conn:
+            conn.execute(update(db.runs).where(db.runs.c.id == run_id).values(status="failed", failure=failure))
+        self.ctx.run_status, self.ctx.run_failure = None, None
+        log.error("run %d not restored: %s", run_id, failure)
 
     @staticmethod
     def _recount(conn, st: RoundState) -> None:
@@ -158,7 +173,7 @@ class RunLifecycle:
         return RunInfo(
             run_id=run_id,
             status=status,
-            config=RunConfig.model_validate_json(run["config"]),
+            config=_stored_config(run["config"]),
             current_round=run["current_round"],
             theta_checksum=checksum,
             n_params=ctx.host.layout.total,
@@ -199,3 +214,11 @@ class RunLifecycle:
             )
             for r in rows
         ]
+
+
+def _stored_config(raw: str) -> RunConfig | None:
+    """A stored run's configuration, or None where it no longer validates (``restore`` failed that run)."""
+    try:
+        return RunConfig.model_validate_json(raw)
+    except ValidationError:
+        return None

@@ -1,17 +1,24 @@
-"""Body cap (413) counted on the streamed bytes, and bounded decompression of gzip/zstd request bodies.
+"""Limits before work: authentication from the headers (``EarlyAuthMiddleware``), then the body cap (413) counted on
+the streamed bytes with a read timeout, and bounded decompression of gzip/zstd request bodies.
 
 The whole body is read here, never more than ``max_bytes`` (compressed *and* decompressed), before the app sees it:
-a lying or missing Content-Length, a chunked upload or a decompression bomb all end in a 413 with a fixed message.
+a lying or missing Content-Length, a chunked upload or a decompression bomb all end in a 413 with a fixed message, and
+a body that trickles in slower than ``read_timeout_s`` per chunk ends in a 408. None of it is read for a request whose
+token is wrong: that is refused from its headers first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import zlib
 
 import zstandard
+from fastapi import HTTPException
 
-from cooperllm.protocol import ERRORS
+from cloud_api.deps import authenticate_admin, authenticate_device, bearer_token_from
+from cooperllm.protocol import API_PREFIX, ERRORS
 
 _SUPPORTED = (b"", b"identity", b"gzip", b"zstd")
 
@@ -37,10 +44,55 @@ def _decompress(data: bytes, encoding: bytes, limit: int) -> bytes:
     return out
 
 
+class EarlyAuthMiddleware:
+    """Refuse a request that carries a body from its headers alone, before a byte of the body is read: /enroll is
+    rate-limited by the socket peer, admin calls need the admin token, device calls a valid device token (its rate
+    limit is charged once, by the route). Failed authentications are rate-limited per socket peer as well."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state.cooper
+        peer = (scope.get("client") or ("", 0))[0]
+        try:
+            _check_headers(state, scope["path"], dict(scope.get("headers") or []), peer)
+        except HTTPException as exc:
+            await _error(send, exc.status_code, exc.detail, exc.headers)
+            return
+        await self.app(scope, receive, send)
+
+
+def _check_headers(state, path: str, headers: dict[bytes, bytes], peer: str) -> None:
+    if path == f"{API_PREFIX}/enroll":
+        _charge(state, ("enroll", peer))
+        return
+    token = bearer_token_from(headers.get(b"authorization", b"").decode("latin-1"))
+    try:
+        if path.startswith(f"{API_PREFIX}/admin/"):
+            authenticate_admin(state, token)
+        elif path.startswith(f"{API_PREFIX}/rounds/"):
+            authenticate_device(state, token, rate_limit=False)
+    except HTTPException as exc:
+        if exc.status_code == 401:  # token guessing costs the guesser's address its budget
+            _charge(state, ("unauthenticated", peer))
+        raise
+
+
+def _charge(state, key: tuple[str, str]) -> None:
+    allowed, wait = state.limiter.allow(key)
+    if not allowed:
+        raise HTTPException(429, ERRORS["rate_limited"], headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
 class BodyLimitMiddleware:
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, read_timeout_s: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -57,7 +109,11 @@ class BodyLimitMiddleware:
             return
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except TimeoutError:  # a slow client holds a connection and a buffer: let it go
+                await _error(send, 408, ERRORS["body_timeout"])
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
@@ -94,13 +150,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-async def _error(send, status: int, detail: str) -> None:
+async def _error(send, status: int, detail: str, extra: dict[str, str] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

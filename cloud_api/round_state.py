@@ -8,6 +8,8 @@ and the waiters of long polls. Parts are composed around it rather than inheriti
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,9 +28,32 @@ from cooperllm.strategies import RoundPlan, Strategy, get_strategy
 SEEDS_PER_DEVICE = 1 << 16
 
 
-def seed_range(run_seed: int, run_id: int, round_: int, device_id: int) -> tuple[int, int]:
-    """This device's seeds for the round: a 2^16-wide slice of [0, 2^63) chosen by hashing (run, round, device)."""
-    h = hashlib.blake2b(f"{run_seed}:{run_id}:{round_}:{device_id}".encode(), digest_size=8).digest()
+SEED_KEY_FILE = "seed.key"
+
+
+def load_seed_key(state_dir: Path) -> bytes:
+    """The server's secret for seed ranges (32 random bytes in ``state_dir``, mode 0600), made on first start and
+    kept, so a restarted server hands every device the same range for an open round."""
+    path = state_dir / SEED_KEY_FILE
+    if not path.is_file():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise RuntimeError(f"{path} is not a 32-byte seed key: remove it only if no run is open")
+    return key
+
+
+def seed_range(key: bytes, run_seed: int, run_id: int, round_: int, device_id: int) -> tuple[int, int]:
+    """This device's seeds for the round: a 2^16-wide slice of [0, 2^63) chosen by a keyed hash of (run, round,
+    device). Keyed with the server's secret, so a published round's seeds do not tell which device sent a report."""
+    h = hashlib.blake2b(f"{run_seed}:{run_id}:{round_}:{device_id}".encode(), digest_size=8, key=key).digest()
     lo = (int.from_bytes(h, "little") & ((1 << 47) - 1)) << 16
     return lo, lo + SEEDS_PER_DEVICE
 
@@ -84,6 +109,7 @@ class EngineContext:
     host: ModelHost
     db: Engine
     state_dir: Path
+    seed_key: bytes
     lock: threading.RLock = field(default_factory=threading.RLock)
     state: RoundState | None = None
     run_status: str | None = None

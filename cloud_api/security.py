@@ -1,8 +1,10 @@
-"""Bearer tokens (stored as sha256 hashes), the admin token, per-device rate limiting.
+"""Bearer tokens and enrolment tokens (stored as sha256 hashes), the admin token, per-key rate limiting.
 
-Device tokens are 256-bit random strings, so a fast hash is enough: the database never holds a usable token.
-Failures use fixed messages (``protocol.ERRORS``): 401 for a missing or unknown token, 403 for a token that exists
-but may not call the endpoint.
+Device and enrolment tokens are 256-bit random strings, so a fast hash is enough: the database never holds a usable
+token. An enrolment token is spent atomically in the store (one UPDATE … WHERE uses_left > 0), so concurrent enrolments
+cannot spend one use twice. Revoking a device updates the store and the in-memory cache together, so it takes effect
+on the device's next request. Failures use fixed messages (``protocol.ERRORS``): 401 for a missing or unknown token,
+403 for a token that exists but may not call the endpoint.
 """
 
 from __future__ import annotations
@@ -13,19 +15,20 @@ import secrets
 import threading
 import time
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 
 from cloud_api import db
 
 TOKEN_PREFIX = "cdt_"
+ENROLMENT_TOKEN_PREFIX = "cet_"
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+def new_token(prefix: str = TOKEN_PREFIX) -> str:
+    return prefix + secrets.token_urlsafe(32)
 
 
 def same_secret(given: str, expected: str) -> bool:
@@ -50,20 +53,57 @@ class DeviceRegistry:
             ).inserted_primary_key[0]
         return int(device_id), token
 
+    def issue_enrolment_token(self, uses: int, label: str) -> tuple[int, str]:
+        """A new enrolment token good for ``uses`` enrolments: (id, token); only its hash is stored."""
+        token = new_token(ENROLMENT_TOKEN_PREFIX)
+        with self.engine.begin() as conn:
+            token_id = conn.execute(
+                insert(db.enrolment_tokens).values(
+                    token_hash=hash_token(token), label=label, uses_left=uses, created_at=time.time()
+                )
+            ).inserted_primary_key[0]
+        return int(token_id), token
+
+    def spend_enrolment_token(self, token: str) -> bool:
+        """Use up one enrolment of ``token``; False if it is unknown or spent."""
+        t = db.enrolment_tokens
+        with self.engine.begin() as conn:
+            spent = conn.execute(
+                update(t)
+                .where(t.c.token_hash == hash_token(token), t.c.uses_left > 0)
+                .values(uses_left=t.c.uses_left - 1)
+            )
+        return spent.rowcount == 1
+
+    def revoke(self, device_id: int) -> bool:
+        """Revoke a device's token, in the store and the cache at once; False for an unknown device."""
+        with self._lock:
+            with self.engine.begin() as conn:
+                found = conn.execute(update(db.devices).where(db.devices.c.id == device_id).values(revoked=True))
+            for h, (dev, _) in list(self._cache.items()):
+                if dev == device_id:
+                    self._cache[h] = (dev, True)
+        return found.rowcount == 1
+
     def lookup(self, token: str) -> tuple[int, bool] | None:
+        """(device id, revoked) for a token, None if unknown. A miss reads the store under the lock that ``revoke``
+        holds, so a revocation is never overwritten by a stale read."""
         h = hash_token(token)
         hit = self._cache.get(h)
         if hit is not None:
             return hit
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(db.devices.c.id, db.devices.c.revoked).where(db.devices.c.token_hash == h)
-            ).first()
-        if row is None:
-            return None
         with self._lock:
+            hit = self._cache.get(h)
+            if hit is not None:
+                return hit
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(db.devices.c.id, db.devices.c.revoked).where(db.devices.c.token_hash == h)
+                ).first()
+            if row is None:
+                return None
             self._cache[h] = (int(row[0]), bool(row[1]))
-        return self._cache[h]
+            return self._cache[h]
 
 
 class RateLimiter:

@@ -1,7 +1,9 @@
 """The one home of the service's settings: environment variables ``COOPERLLM_*`` (or ``cooperllm serve`` flags).
 
-Outside ``env=development`` the service refuses to start with a default (or short) admin token or enrolment key,
-so a deployment cannot run on secrets that are printed in this file.
+Outside ``env=development`` the service refuses to start with the default (or a short) admin token, or a short shared
+enrolment key, so a deployment cannot run on secrets that are printed in this file. Devices enrol with single-use
+tokens an admin issues (``cooperllm admin token``); a shared enrolment key is off unless set, because its holder can
+enrol any number of devices (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cooperllm.tasks import CAUSAL_LM_CLS, SST2_LABEL_NAMES, SST2_LABEL_WORDS, SST2_TEMPLATE
 
 DEFAULT_ADMIN_TOKEN = "dev-admin-token"
-DEFAULT_ENROLMENT_KEY = "dev-enrolment-key"
 MIN_SECRET_LEN = 16
 
 
@@ -24,7 +25,12 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production", "test"] = "development"
     admin_token: str = DEFAULT_ADMIN_TOKEN
-    enrolment_key: str = DEFAULT_ENROLMENT_KEY
+    enrolment_key: str | None = None  # a shared key (simulations, tests); None: only admin-issued enrolment tokens
+    api_docs: bool | None = None  # /docs and /openapi.json; None: on except in env=production
+    # h11 caps a request's head (64 KiB); httptools costs ~30 % less CPU per upload but caps nothing: use it only
+    # behind a proxy that limits header size itself (cooperllm bench cloud measures both)
+    http_parser: Literal["h11", "httptools"] = "h11"
+    trusted_proxies: str = ""  # comma-separated proxy addresses whose X-Forwarded-For is believed; "": none
 
     db_url: str = "sqlite:///runs/cloud/cooperllm.db"
     state_dir: Path = Path("runs/cloud")
@@ -49,20 +55,27 @@ class Settings(BaseSettings):
     guidance_codec: Literal["dtc", "plain"] = "dtc"  # plain: lossless float32 guidance frames (the DTC-off arm)
 
     max_body_bytes: int = Field(default=8 << 20, ge=1024)
+    body_timeout_s: float = Field(default=30.0, gt=0)  # longest wait for the next chunk of a request body (408)
     rate_limit_per_s: float = Field(default=50.0, gt=0)
     rate_burst: int = Field(default=100, ge=1)
     tick_s: float = Field(default=0.05, gt=0)
 
     @model_validator(mode="after")
     def _secrets_outside_development(self) -> Settings:
-        if self.env != "development":
-            for name, value, default in (
-                ("COOPERLLM_ADMIN_TOKEN", self.admin_token, DEFAULT_ADMIN_TOKEN),
-                ("COOPERLLM_ENROLMENT_KEY", self.enrolment_key, DEFAULT_ENROLMENT_KEY),
-            ):
-                if value == default or len(value) < MIN_SECRET_LEN:
-                    raise ValueError(
-                        f"refusing to start in env={self.env}: set {name} to a secret of at least "
-                        f"{MIN_SECRET_LEN} characters (the default is for development only)"
-                    )
+        if self.env == "development":
+            return self
+        weak = []
+        if self.admin_token == DEFAULT_ADMIN_TOKEN or len(self.admin_token) < MIN_SECRET_LEN:
+            weak.append("COOPERLLM_ADMIN_TOKEN")
+        if self.enrolment_key is not None and len(self.enrolment_key) < MIN_SECRET_LEN:
+            weak.append("COOPERLLM_ENROLMENT_KEY")
+        if weak:
+            raise ValueError(
+                f"refusing to start in env={self.env}: set {' and '.join(weak)} to a secret of at least "
+                f"{MIN_SECRET_LEN} characters (the default is for development only)"
+            )
         return self
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.env != "production" if self.api_docs is None else self.api_docs

@@ -89,7 +89,7 @@ class UploadDesk:
             self._check_round(st, round_, len(batch.reports))
             self._check_upload_kind(st, Upload.REPORTS)
             cfg = st.cfg
-            seeds = seed_range(cfg.seed, st.run_id, st.round, device_id)
+            seeds = seed_range(ctx.seed_key, cfg.seed, st.run_id, st.round, device_id)
             allowed = set(st.blocks)
             rows, clipped, dups = [], 0, 0
             fresh: set[tuple[int, int, int, int]] = set()
@@ -108,6 +108,9 @@ class UploadDesk:
                 if key in st.seen or key in fresh:
                     dups += 1
                     continue
+                if st.per_device.get(device_id, 0) + len(fresh) >= st.expected_per_device:
+                    # exactly what the round asks: extra reports would let one device outweigh the others
+                    raise ctx.reject(409, "report_quota")
                 fresh.add(key)
                 scalar, was_clipped = r.scalar, False
                 if cfg.clip_scalar is not None and abs(scalar) > cfg.clip_scalar:
@@ -180,6 +183,8 @@ class UploadDesk:
                 return replay
             self._check_round(st, round_, 1)
             self._check_upload_kind(st, Upload.DELTA)
+            if n_examples > st.cfg.local_steps * st.cfg.batch_size:  # caps the upload's FedAvg weight
+                raise ctx.reject(422, "too_many_examples")
             try:
                 delta = decode_tensor_frame(frame, max_elements=n_values)
             except FrameError as exc:
@@ -188,6 +193,8 @@ class UploadDesk:
                 raise ctx.reject(
                     422, "bad_frame", f"{ERRORS['bad_frame']}: delta must have shape ({n_values},), got {delta.shape}"
                 )
+            if not np.isfinite(delta).all():
+                raise ctx.reject(422, "bad_frame", f"{ERRORS['bad_frame']}: delta has NaN or infinite values")
             dup = device_id in st.per_device
             with ctx.db.begin() as conn:
                 batch_id = conn.execute(

@@ -27,8 +27,11 @@ from cooperllm.protocol import (
     GUIDANCE_ID_HEADER,
     IDEMPOTENCY_HEADER,
     N_EXAMPLES_HEADER,
+    DeviceRevoked,
     EnrollRequest,
     EnrollResponse,
+    EnrolmentToken,
+    EnrolmentTokenRequest,
     GuidanceRef,
     Health,
     Metrics,
@@ -267,3 +270,15 @@ class CooperClient:
     def rounds(self, run_id: int) -> list[RoundSummary]:
         """GET /v1/admin/runs/{id}/rounds."""
         return [RoundSummary.model_validate(r) for r in self._request("GET", f"/admin/runs/{run_id}/rounds").json()]
+
+    def issue_enrolment_token(self, uses: int = 1, label: str = "device") -> EnrolmentToken:
+        """POST /v1/admin/enrolment-tokens: a token that enrols ``uses`` devices (shown once)."""
+        body = EnrolmentTokenRequest(uses=uses, label=label).model_dump_json()
+        resp = self._request(
+            "POST", "/admin/enrolment-tokens", content=body, headers={"Content-Type": "application/json"}
+        )
+        return EnrolmentToken.model_validate(resp.json())
+
+    def revoke_device(self, device_id: int) -> DeviceRevoked:
+        """POST /v1/admin/devices/{id}/revoke: the device's next request is refused."""
+        return DeviceRevoked.model_validate(self._request("POST", f"/admin/devices/{device_id}/revoke").json())

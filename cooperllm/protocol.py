@@ -64,6 +64,7 @@ ERRORS = {
     "forbidden": "this token is not allowed to use this endpoint",
     "bad_enrolment_key": "invalid enrolment key",
     "body_too_large": "request body too large",
+    "body_timeout": "request body not received in time",
     "rate_limited": "too many requests; retry later",
     "no_run": "no active run",
     "unknown_round": "unknown round",
@@ -81,11 +82,15 @@ ERRORS = {
     "bad_frame": "malformed tensor frame",
     "unsupported_encoding": "unsupported content encoding",
     "run_failed": "run failed",
+    "unknown_device": "no such device",
+    "report_quota": "more reports than this round asks of a device",
+    "too_many_examples": "n_examples exceeds what a device can use in a round (local_steps × batch_size)",
 }
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and ±Inf are refused everywhere on the wire: a stored non-finite setting could not even be read back
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 Token = Annotated[str, Field(min_length=1, max_length=256)]
@@ -99,6 +104,24 @@ class EnrollRequest(_Model):
 class EnrollResponse(_Model):
     device_id: int
     token: str  # shown once; the server keeps only its hash
+
+
+class EnrolmentTokenRequest(_Model):
+    """An admin asks for an enrolment token: it enrols at most ``uses`` devices (one, unless a batch is provisioned)."""
+
+    uses: Annotated[int, Field(ge=1, le=10_000, description="devices this token may enrol")] = 1
+    label: Annotated[str, Field(min_length=1, max_length=128, description="what the token is for (logs)")] = "device"
+
+
+class EnrolmentToken(_Model):
+    id: int
+    token: str  # shown once; the server keeps only its hash. A device sends it as EnrollRequest.enrolment_key
+    uses: int
+
+
+class DeviceRevoked(_Model):
+    device_id: int
+    revoked: bool
 
 
 # The one definition of a run's settings: each field's type, bounds, default and description (the description is
@@ -115,13 +138,13 @@ class RunConfig(_Model):
             "cloud (the cloud's public-data backprop alone, devices idle)"
         ),
     ] = "zgr"
-    rounds: Annotated[int, Field(ge=1, le=100_000, description="federated rounds R")] = 10
+    rounds: Annotated[int, Field(ge=1, le=10_000, description="federated rounds R")] = 10
     epsilon: Annotated[float, Field(gt=0, le=1.0, description="ZO perturbation scale ε")] = 1e-3
     local_steps: Annotated[
         int,
         Field(
             ge=1,
-            le=10_000,
+            le=64,
             description="batches per device per round (ZO: one report per batch, trained block and direction the "
             "strategy measures: zgr measures two, so a zgr step costs four forward passes, a zo step two)",
         ),
@@ -130,18 +153,18 @@ class RunConfig(_Model):
         list[int] | None,
         Field(description="blocks trained: null = every layout block separately, [-1] = all blocks jointly"),
     ] = None
-    batch_size: Annotated[int, Field(ge=1, le=4096, description="examples per device forward pass")] = 8
+    batch_size: Annotated[int, Field(ge=1, le=64, description="examples per device forward pass")] = 8
     quorum: Annotated[
-        int, Field(ge=1, le=100_000, description="devices whose reports close a round before its deadline")
+        int, Field(ge=1, le=10_000, description="devices whose reports close a round before its deadline")
     ] = 2
     min_devices: Annotated[
-        int, Field(ge=1, le=100_000, description="fewest devices a round may close with at its deadline")
+        int, Field(ge=1, le=10_000, description="fewest devices a round may close with at its deadline")
     ] = 1
     deadline_s: Annotated[
         float, Field(gt=0, le=86_400, description="round deadline, s: a round without its quorum closes then")
     ] = 300.0
     max_extensions: Annotated[
-        int, Field(ge=0, le=100, description="deadline extensions of a round short of min_devices before it fails")
+        int, Field(ge=0, le=10, description="deadline extensions of a round short of min_devices before it fails")
     ] = 2
     lam: Annotated[
         float | Literal["auto"],
@@ -178,8 +201,8 @@ class RunConfig(_Model):
             "normalised by their running RMS",
         ),
     ] = 1e-4
-    guidance_rank: Annotated[int, Field(ge=1, le=64, description="guidance subspace rank m")] = 4
-    window: Annotated[int, Field(ge=1, le=256, description="cloud gradients kept per block for the basis")] = 8
+    guidance_rank: Annotated[int, Field(ge=1, le=16, description="guidance subspace rank m")] = 4
+    window: Annotated[int, Field(ge=1, le=64, description="cloud gradients kept per block for the basis")] = 8
     # send only what changed: a block whose new basis is within this subspace distance of the block's current
     # version keeps that version (same frame, new coefficients), and devices that hold it download nothing
     guidance_tau: Annotated[
@@ -191,12 +214,23 @@ class RunConfig(_Model):
             "that version (0: a new version every round)",
         ),
     ] = 0.0
-    grad_batches: Annotated[int, Field(ge=1, le=64, description="cloud backward passes per round")] = 2
-    grad_batch_size: Annotated[int, Field(ge=1, le=512, description="public examples per backward pass")] = 8
+    grad_batches: Annotated[int, Field(ge=1, le=16, description="cloud backward passes per round")] = 2
+    grad_batch_size: Annotated[int, Field(ge=1, le=64, description="public examples per backward pass")] = 8
     clip_scalar: Annotated[
-        Annotated[float, Field(gt=0)] | None, Field(description="clip report scalars to ±this (null: no clipping)")
+        Annotated[float, Field(gt=0, le=1e12)] | None,
+        Field(description="clip report scalars to ±this (null: no fixed clip; clip_k still applies)"),
     ] = None
-    max_abs_scalar: Annotated[float, Field(gt=0, description="reject a report whose |scalar| exceeds this")] = 1e6
+    max_abs_scalar: Annotated[
+        float, Field(gt=0, le=1e12, description="reject a report whose |scalar| exceeds this")
+    ] = 1e6
+    clip_k: Annotated[
+        Annotated[float, Field(ge=1, le=1000)] | None,
+        Field(
+            description="robust aggregation (docs/SECURITY.md): clip each report's scalar to ±clip_k × the median "
+            "|scalar| of the round's reports of its block and direction, and each bp Δθ to clip_k × the round's "
+            "median norm (null: off)"
+        ),
+    ] = 10.0
     seed: Annotated[
         int, Field(ge=0, le=2**31 - 1, description="run seed: devices' seed ranges and the cloud's public minibatches")
     ] = 0
@@ -343,7 +377,7 @@ class RoundSummary(_Model):
 class RunInfo(_Model):
     run_id: int
     status: Literal["running", "finished", "failed"]
-    config: RunConfig
+    config: RunConfig | None  # None: stored by another version and no longer valid (the run failed; see failure)
     current_round: int
     theta_checksum: str
     n_params: int

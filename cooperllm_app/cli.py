@@ -11,14 +11,14 @@ import argparse
 import sys
 
 from cooperllm.console import add_log_level, run_parsed
-from cooperllm_app.bench import adapter, cloud, device, dtc, export, memory, perturb, pipeline
-from cooperllm_app.commands import demo, link_proxy, report, serve, simulate
+from cooperllm_app.bench import adapter, cloud, device, dtc, export, health, memory, perturb, pipeline
+from cooperllm_app.commands import admin, demo, link_proxy, report, serve, simulate
 from cooperllm_app.commands import device as device_command
 from cooperllm_app.commands import eval as eval_command
 from cooperllm_app.commands import export as export_command
 
-COMMANDS = (eval_command, export_command, serve, device_command, simulate, report, demo, link_proxy)
-BENCHMARKS = (perturb, dtc, export, cloud, memory, pipeline, device, adapter)
+COMMANDS = (eval_command, export_command, serve, admin, device_command, simulate, report, demo, link_proxy)
+BENCHMARKS = (perturb, dtc, export, cloud, health, memory, pipeline, device, adapter)
 
 
 def build_parser() -> argparse.ArgumentParser:

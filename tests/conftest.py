@@ -1,13 +1,15 @@
-"""Shared fixtures: a tiny random Llama and its int8 .pte/.onnx export (built once per session), the SST-2 data; and
-under CI, a skip counted as a failure."""
+"""Shared fixtures: a tiny random Llama and its int8 .pte/.onnx export (built once per session), the SST-2 data, a
+real uvicorn server around the tiny model (``live``, one per test module); and under CI, a skip counted as a
+failure."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
+from live_cloud import LiveServer, start_server
 
 from cooperllm.data import shared_data_dir
 from cooperllm.manifest import Manifest
@@ -75,3 +77,19 @@ def tiny_artifacts(export_tiny: Callable[..., Manifest], tmp_path_factory: pytes
     out = tmp_path_factory.mktemp("tiny-artifacts")
     export_tiny(out, formats=("pte", "onnx"), quant="int8", batch_size=8, seq_len=32, validate=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def public_tsv(tmp_path_factory: pytest.TempPathFactory, sst2_dir: Path) -> Path:
+    """A small public split (first 200 rows of SST-2 dev, the public data) so the tiny server starts fast."""
+    lines = (sst2_dir / "dev.tsv").read_text().splitlines()[:201]
+    path = tmp_path_factory.mktemp("public") / "public.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, public_tsv: Path) -> Iterator[LiveServer]:
+    srv = start_server(tmp_path_factory.mktemp("cloud"), tiny_model_dir, public_tsv)
+    yield srv
+    srv.stop()

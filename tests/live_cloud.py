@@ -49,7 +49,7 @@ def start_server(tmp: Path, model_dir: Path, public_data: Path, **overrides) -> 
     """Settings for the tiny model, ``overrides`` on top. No rate limit unless a test sets one (the 429 test does)."""
     import uvicorn  # the server stack (uvicorn, FastAPI) only where a test starts one
 
-    from cloud_api.app import create_app
+    from cloud_api.app import create_app, server_options
 
     values = dict(
         env="test",
@@ -71,7 +71,7 @@ def start_server(tmp: Path, model_dir: Path, public_data: Path, **overrides) -> 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, **server_options(settings)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 60

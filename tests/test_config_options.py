@@ -98,7 +98,7 @@ def test_simulate_options_parse_into_the_sim_config():
     [
         (["--epsilon", "5"], "argument --epsilon: '5': Input should be less than or equal to 1"),
         (["--lam", "2"], "argument --lam: '2': lam must be in [0, 1] or 'auto'"),
-        (["--rank", "65"], "argument --rank: '65': Input should be less than or equal to 64"),
+        (["--rank", "17"], "argument --rank: '17': Input should be less than or equal to 16"),
         (["--rounds", "0"], "argument --rounds: '0': Input should be greater than or equal to 1"),
         (["--strategy", "sgd"], "argument --strategy"),
         (["--public-classes", "x"], "argument --public-classes: class indices like '1' or '0,1', got 'x'"),

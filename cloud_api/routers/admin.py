@@ -1,4 +1,4 @@
-"""Admin (admin token): create and inspect runs, metrics."""
+"""Admin (admin token): create and inspect runs, issue enrolment tokens, revoke devices, metrics."""
 
 from __future__ import annotations
 
@@ -8,10 +8,37 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from cloud_api.deps import Admin, State
-from cooperllm.protocol import Metrics, RoundSummary, RunConfig, RunInfo
+from cloud_api.errors import ServiceError
+from cooperllm.protocol import (
+    DeviceRevoked,
+    EnrolmentToken,
+    EnrolmentTokenRequest,
+    Metrics,
+    RoundSummary,
+    RunConfig,
+    RunInfo,
+)
 
 router = APIRouter(tags=["admin"])
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+DeviceNo = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+@router.post(
+    "/admin/enrolment-tokens", operation_id="issue_enrolment_token", response_model=EnrolmentToken, status_code=201
+)
+def issue_enrolment_token(body: EnrolmentTokenRequest, state: State, _: Admin) -> EnrolmentToken:
+    """A token that enrols ``uses`` devices (shown once, stored hashed): hand one to each device you provision."""
+    token_id, token = state.registry.issue_enrolment_token(body.uses, body.label)
+    return EnrolmentToken(id=token_id, token=token, uses=body.uses)
+
+
+@router.post("/admin/devices/{device_id}/revoke", operation_id="revoke_device", response_model=DeviceRevoked)
+def revoke_device(device_id: DeviceNo, state: State, _: Admin) -> DeviceRevoked:
+    """Revoke a device's token: its next request is refused with 403. Its reports already counted stay counted."""
+    if not state.registry.revoke(device_id):
+        raise ServiceError(404, "unknown_device")
+    return DeviceRevoked(device_id=device_id, revoked=True)
 
 
 @router.post("/admin/runs", operation_id="create_run", response_model=RunInfo, status_code=201)

@@ -1,10 +1,9 @@
-"""Enrolment: an enrolment key buys a per-device bearer token (shown once, stored hashed)."""
+"""Enrolment: an admin-issued enrolment token (or, where configured, the shared enrolment key) buys a per-device
+bearer token (shown once, stored hashed)."""
 
 from __future__ import annotations
 
-import math
-
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 
 from cloud_api.deps import State
 from cloud_api.security import same_secret
@@ -14,14 +13,14 @@ router = APIRouter(tags=["devices"])
 
 
 @router.post("/enroll", operation_id="enroll", response_model=EnrollResponse, status_code=201)
-def enroll(body: EnrollRequest, state: State, request: Request) -> EnrollResponse:
-    """Trade the enrolment key for a device token; use it as ``Authorization: Bearer <token>``.
+def enroll(body: EnrollRequest, state: State) -> EnrollResponse:
+    """Trade an enrolment token (``POST /admin/enrolment-tokens``; each use enrols one device) for a device token;
+    use it as ``Authorization: Bearer <token>``.
 
-    Rate-limited per client address like device calls (key guessing and token farming)."""
-    allowed, wait = state.limiter.allow(("enroll", request.client.host if request.client else ""))
-    if not allowed:
-        raise HTTPException(429, ERRORS["rate_limited"], headers={"Retry-After": str(max(1, math.ceil(wait)))})
-    if not same_secret(body.enrolment_key, state.settings.enrolment_key):
+    Rate-limited per socket peer before the body is read (cloud_api.middleware): key guessing, token farming."""
+    shared = state.settings.enrolment_key
+    shared_ok = shared is not None and same_secret(body.enrolment_key, shared)
+    if not shared_ok and not state.registry.spend_enrolment_token(body.enrolment_key):
         raise HTTPException(403, ERRORS["bad_enrolment_key"])
     device_id, token = state.registry.enroll(body.device_name)
     return EnrollResponse(device_id=device_id, token=token)

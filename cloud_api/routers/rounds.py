@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import threading
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from pydantic import ValidationError
@@ -25,8 +27,20 @@ from cooperllm.protocol import (
 )
 
 router = APIRouter(prefix="/rounds", tags=["rounds"])
+T = TypeVar("T")
 RoundNo = Annotated[int, Path(ge=0, le=1_000_000)]
 MAX_WAIT_S = 60.0
+
+
+async def off_a_busy_lock(lock: threading.RLock, fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)``, which takes ``lock``: on the event loop when the lock is free (the common case; no thread hop on
+    the hot path), in a worker thread when it is held — by a run being created, say — so the loop never waits."""
+    if lock.acquire(blocking=False):
+        try:
+            return fn(*args)  # re-enters the lock: it is an RLock held by this thread
+        finally:
+            lock.release()
+    return await run_in_threadpool(fn, *args)
 
 
 LongPoll = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long poll: wait up to this many seconds")]
@@ -45,7 +59,7 @@ async def current_round(
     or the run finished, failed or was replaced), or after s seconds with the current state, whichever is first."""
     if after is not None and wait > 0:
         await state.engine.waiters.wait(state.engine.moved_past(after), wait)
-    return state.engine.round_info(device, state.host.artifact_hashes)
+    return await off_a_busy_lock(state.engine.lock, state.engine.round_info, device, state.host.artifact_hashes)
 
 
 @router.get("/{round}/guidance", operation_id="list_guidance", response_model=list[GuidanceRef])
@@ -87,7 +101,8 @@ async def upload_reports(round: RoundNo, request: Request) -> Response:
     (seed, block, step).
 
     The hot path: the body is parsed by pydantic's JSON parser in one step (NaN/Inf are not JSON: 422), the answer
-    serialised once, and it runs on the event loop (one short transaction, serialised anyway by the engine lock)."""
+    serialised once; the counting (one short transaction under the engine lock) runs on the loop when the lock is
+    free and in a worker thread when it is not, so a lock held elsewhere never stalls the event loop."""
     state = request.app.state.cooper
     device = authenticate_device(state, bearer_token(request))  # inline: no dependency solving on the hot path
     try:
@@ -95,7 +110,7 @@ async def upload_reports(round: RoundNo, request: Request) -> Response:
     except ValidationError as exc:
         detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return Response(json.dumps({"detail": detail}), status_code=422, media_type="application/json")
-    ack = state.engine.accept_reports(device, round, batch)
+    ack = await off_a_busy_lock(state.engine.lock, state.engine.accept_reports, device, round, batch)
     return Response(ack.model_dump_json(), media_type="application/json")
 
 
@@ -119,7 +134,7 @@ async def upload_report_frame(
         batch = ReportBatch(idempotency_key=idempotency_key, reports=reports_from(decoded))
     except (ValueError, ValidationError) as exc:  # DTCError is a ValueError
         raise HTTPException(422, f"{ERRORS['bad_frame']}: {str(exc).splitlines()[0]}") from exc
-    ack = state.engine.accept_reports(device, round, batch)
+    ack = await off_a_busy_lock(state.engine.lock, state.engine.accept_reports, device, round, batch)
     return Response(ack.model_dump_json(), media_type="application/json")
 
 

@@ -4,7 +4,8 @@ The server runs as a subprocess (``cooperllm serve``, one uvicorn worker, SQLite
 HTTP/1.1 keep-alive over asyncio streams so the client costs little CPU next to the server on a small machine.
 Baseline in the same run: ``GET /v1/health`` at the same concurrency (the framework's floor). After the upload
 phase every batch is sent again with its idempotency key; the database must then hold exactly the acknowledged
-reports, each once.
+reports, each once. The cloud counts exactly a round's quota from each device (local_steps × blocks reports), so each
+connection speaks for several enrolled devices in turn, each sending its whole quota and no more.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of uploading (default 10)")
     p.add_argument("--rate", type=float, default=500.0, help="offered batches/s in the paced phase (default 500)")
     p.add_argument("--reports-per-batch", type=int, default=4, help="reports per upload (default 4)")
+    p.add_argument(
+        "--devices-per-connection",
+        type=int,
+        default=10,
+        help="enrolled devices each connection speaks for, one after another, each up to its quota (default 10)",
+    )
     p.add_argument("--model", help="model for the server (default: a tiny random Llama built in a temp folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_bench)
@@ -141,10 +148,10 @@ def _start_server(tmp: Path, model: str | None, env: dict) -> tuple[subprocess.P
     run_cfg = {
         "strategy": "zo",
         "rounds": 1,
-        "quorum": 100000,
+        "quorum": 10000,
         "min_devices": 1,
-        "local_steps": 1,
-        "blocks": [-1],
+        "local_steps": 64,  # the most a round asks: a device's quota is 64 reports per block
+        "blocks": None,
         "deadline_s": 86400,
     }
     proc, url = start_serve(
@@ -184,13 +191,14 @@ def run_bench(args: argparse.Namespace) -> int:
         try:
             base = f"http://127.0.0.1:{port}"
             devices = []
-            for i in range(n_dev):
+            for i in range(n_dev * args.devices_per_connection):
                 c = CooperClient(base)
                 c.enroll(enrol_key, f"bench-{i}")
                 info = c.current_round()
                 devices.append((c.token, info.seed_lo))
                 c.close()
-            rnd = info.round
+            rnd, blocks = info.round, info.blocks
+            quota = info.local_steps * len(blocks)  # reports a device may send in the round
 
             health = [lambda: ("GET", "/v1/health", None, b"", None) for _ in range(n_dev)]
             c0 = _cpu_s(proc.pid)
@@ -201,26 +209,30 @@ def run_bench(args: argparse.Namespace) -> int:
             sent: list[tuple[str, bytes]] = []
             acked = {"reports": 0, "batches": 0}
 
-            counters = [[0] for _ in range(n_dev)]
+            counters = [[0, 0] for _ in range(n_dev)]  # per connection: which of its devices, batches it sent
 
             def uploader(i: int):
-                token, seed_lo = devices[i]
                 counter = counters[i]  # shared across phases: every batch is new
 
                 def make():
-                    c = counter[0]
-                    counter[0] += 1
+                    if counter[1] * k + k > quota:  # this device's quota is spent: the connection's next device
+                        counter[0], counter[1] = counter[0] + 1, 0
+                    if counter[0] >= args.devices_per_connection:
+                        return None
+                    token, seed_lo = devices[i + n_dev * counter[0]]
+                    c = counter[1]
+                    counter[1] += 1
                     reports = [
                         {
                             "seed": seed_lo + c * k + j,
-                            "block": -1,
-                            "step": 0,
+                            "block": blocks[(c * k + j) % len(blocks)],
+                            "step": (c * k + j) // len(blocks),
                             "scalar": 0.001 * (j + 1),
                             "n_examples": 8,
                         }
                         for j in range(k)
                     ]
-                    body = json.dumps({"idempotency_key": f"d{i}-b{c}", "reports": reports}).encode()
+                    body = json.dumps({"idempotency_key": f"d{i}-{counter[0]}-b{c}", "reports": reports}).encode()
                     sent.append((token, body))
 
                     def done(status: int, data: bytes) -> None:

@@ -78,7 +78,8 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn  # deferred: loads the web stack (heavy; not needed at import)
 
-    from cloud_api.app import create_app  # deferred: loads sqlalchemy, the web stack (heavy; not needed at import)
+    # deferred: loads sqlalchemy, the web stack (heavy; not needed at import)
+    from cloud_api.app import create_app, server_options
 
     overrides = {k: getattr(args, k) for k in _SETTING_ARGS if getattr(args, k, None) is not None}
     settings = Settings(**overrides)
@@ -88,8 +89,9 @@ def serve(args: argparse.Namespace) -> int:
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
 
-    _wrap_lifespan(app, args.create_run, f"{READY_PREFIX}http://{args.host}:{port}/v1 (docs at /docs)")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    docs = " (docs at /docs)" if settings.docs_enabled else ""
+    _wrap_lifespan(app, args.create_run, f"{READY_PREFIX}http://{args.host}:{port}/v1{docs}")
+    config = uvicorn.Config(app, **server_options(settings), timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -177,7 +177,8 @@ def test_refuses_default_secrets_outside_development():
     with pytest.raises(ValidationError, match="refusing to start"):
         Settings(env="production")
     with pytest.raises(ValidationError, match="COOPERLLM_ENROLMENT_KEY"):
-        Settings(env="production", admin_token="a" * 32)
+        Settings(env="production", admin_token="a" * 32, enrolment_key="short")
+    Settings(env="production", admin_token="a" * 32)  # no shared key: devices enrol with admin-issued tokens
     Settings(env="production", admin_token="a" * 32, enrolment_key="b" * 32)
     Settings(env="development")
 

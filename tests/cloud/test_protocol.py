@@ -87,6 +87,8 @@ def test_openapi_operation_ids_are_stable():
         "create_run",
         "get_run",
         "list_rounds",
+        "issue_enrolment_token",
+        "revoke_device",
     }
     body = spec["paths"]["/v1/rounds/{round}/reports"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["properties"]["reports"]["items"] == {"$ref": "#/components/schemas/ReportIn"}

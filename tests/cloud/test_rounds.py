@@ -229,7 +229,9 @@ def test_too_few_devices_extends_then_fails_loudly(live):
 
 def test_bp_strategy_is_fedavg_of_deltas(live):
     admin = live.admin()
-    run = admin.create_run(RunConfig(strategy="bp", rounds=2, quorum=2, eta=1.0, deadline_s=60))
+    # n_examples up to local_steps × batch_size = 32 per upload (the cap on an upload's FedAvg weight)
+    cfg = RunConfig(strategy="bp", rounds=2, quorum=2, eta=1.0, local_steps=2, batch_size=16, deadline_s=60)
+    run = admin.create_run(cfg)
     layout = live.engine.host.layout
     devs = [live.device(f"bp{i}") for i in range(2)]
     theta0 = theta_from_bytes(devs[0].adapter(0), layout)

@@ -1,0 +1,144 @@
+"""``cooperllm bench health``: is the cloud's event loop free while it works? ``GET /v1/health`` latency while a run
+is created (the rectifier's first backprop) and while rounds aggregate, against the same probe on an idle server.
+
+The server runs as a subprocess (``cooperllm serve``). A probe thread asks ``/health`` every ``--interval`` seconds
+throughout; a device thread polls ``/rounds/current`` as devices do (on a blocked loop both would wait). Phases:
+idle (the baseline), creating a ``zgr`` run, then ``--rounds`` rounds aggregated from synthetic reports of two
+devices. Prints p50/p99/max per phase and each phase's p99 as a ratio to the idle p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from cooperllm.api_client import CooperClient
+from cooperllm.data import shared_data_dir
+from cooperllm.protocol import ReportIn, RunConfig
+from cooperllm_app.serve_process import start_serve, stop_serve
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "health",
+        help="/health latency while a run is created and while rounds aggregate (is the event loop free?)",
+        description="Start `cooperllm serve` as a subprocess and probe GET /v1/health every --interval s while it "
+        "is idle (the baseline), while a zgr run is created and while --rounds rounds aggregate. Prints p50/p99/max "
+        "per phase and each p99 as a ratio to the idle p99.",
+    )
+    p.add_argument("--model", default="smollm2", help="model for the server (default smollm2)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds to aggregate (default 3)")
+    p.add_argument("--idle", type=float, default=5.0, help="seconds of the idle baseline (default 5)")
+    p.add_argument("--interval", type=float, default=0.02, help="seconds between probes (default 0.02)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_bench)
+
+
+class _Poller(threading.Thread):
+    """GET ``path`` every ``interval`` seconds; latencies (ms) tagged with the phase current when each was sent."""
+
+    def __init__(self, url: str, path: str, interval: float, token: str | None = None):
+        super().__init__(daemon=True)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=url, headers=headers, timeout=120)
+        self.path, self.interval = path, interval
+        self.phase = "idle"
+        self.samples: list[tuple[str, float]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            phase, t0 = self.phase, time.perf_counter()
+            self.client.get(self.path)  # any answer: before a run exists the device poll gets 404
+            self.samples.append((phase, (time.perf_counter() - t0) * 1e3))
+            self.stopped.wait(self.interval)
+        self.client.close()
+
+
+@contextmanager
+def _server(tmp: Path, model: str, env: dict):
+    public = tmp / "public.tsv"
+    public.write_text("\n".join((shared_data_dir() / "sst2" / "dev.tsv").read_text().splitlines()[:201]) + "\n")
+    options = ["--model", model, "--db", f"sqlite:///{tmp}/bench.db", "--state-dir", str(tmp / "state")]
+    proc, url = start_serve([*options, "--public-data", str(public), "--public-n", "200"], env)
+    try:
+        yield url
+    finally:
+        stop_serve(proc)
+
+
+def _round_reports(info, rng: np.random.Generator) -> list[ReportIn]:
+    d = len(info.directions)
+    return [
+        ReportIn(seed=info.seed_lo + s, block=-1, step=s, scalar=float(rng.normal()), n_examples=info.batch_size)
+        for s in range(info.local_steps * d)
+    ]
+
+
+def _stats(values: list[float]) -> dict:
+    a = np.asarray(values)
+    return {
+        "n": len(a),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "max_ms": a.max(),
+    }
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    admin_token, enrol_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    env = dict(os.environ, COOPERLLM_ADMIN_TOKEN=admin_token, COOPERLLM_ENROLMENT_KEY=enrol_key)
+    with (
+        tempfile.TemporaryDirectory(prefix="cooperllm-bench-health-") as tmpdir,
+        _server(Path(tmpdir), args.model, env) as url,
+    ):
+        admin = CooperClient(url, admin_token)
+        devices = [CooperClient(url) for _ in range(2)]
+        for i, dev in enumerate(devices):
+            dev.enroll(enrol_key, f"bench-health-{i}")
+        health = _Poller(url, "/v1/health", args.interval)
+        poll = _Poller(url, "/v1/rounds/current", args.interval, devices[0].token)
+        health.start()
+        poll.start()
+        time.sleep(args.idle)
+        health.phase = "create_run"
+        cfg = RunConfig(strategy="zgr", rounds=args.rounds + 1, quorum=2, blocks=[-1], deadline_s=600)
+        admin.create_run(cfg)
+        health.phase = "aggregate"
+        rng = np.random.default_rng(0)
+        for _ in range(args.rounds):
+            infos = [d.current_round() for d in devices]
+            for dev, info in zip(devices, infos, strict=True):
+                dev.upload_reports(info.round, _round_reports(info, rng), f"r{info.round}")
+            while devices[0].current_round(after=infos[0].round, wait_s=60).round == infos[0].round:
+                pass  # a long poll answers within 60 s; the round closes once both devices are in
+        health.phase = "done"
+        for p in (health, poll):
+            p.stopped.set()
+            p.join(timeout=120)
+    phases = {
+        name: _stats([ms for phase, ms in health.samples if phase == name])
+        for name in ("idle", "create_run", "aggregate")
+    }
+    for name in ("create_run", "aggregate"):
+        phases[name]["p99_vs_idle"] = phases[name]["p99_ms"] / phases["idle"]["p99_ms"]
+    out = {"model": args.model, "interval_s": args.interval, "rounds": args.rounds, "health": phases}
+    if args.json:
+        print(json.dumps(out, default=float))
+        return 0
+    print(f"GET /v1/health every {args.interval * 1e3:.0f} ms, model {args.model}, {args.rounds} rounds aggregated")
+    for name, s in phases.items():
+        ratio = f"  p99 {s['p99_vs_idle']:.1f}x idle" if "p99_vs_idle" in s else ""
+        line = f"p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  max {s['max_ms']:7.1f} ms"
+        print(f"  {name:<11} n={s['n']:<5} {line}{ratio}")
+    return 0
