@@ -28,8 +28,9 @@ from cooperllm.link import LinkSpec
 from cooperllm.manifest import read_manifest
 from cooperllm.models import DEFAULT_MODEL
 from cooperllm.protocol import RunConfig
-from cooperllm.strategies import get_strategy
+from cooperllm.strategies import Upload, get_strategy
 from cooperllm.zgr import ALL_BLOCKS
+from cooperllm_app.simulation.attacker import ATTACKS
 
 CONFIG_FILE = "config.json"
 # Options that change how fast a run goes, not what it computes: a resumed run may use other values.
@@ -114,6 +115,12 @@ class SimConfig:
     deadline_s: float = run_field(
         "deadline_s", flag="--deadline", help="round deadline, s (a safety net: a round closes when K reported)"
     )
+    attack: str = config_field(
+        "none",
+        help="robustness study: device 0 is malicious and uploads every scalar as 1e6 (scalar) or 100x its quota of "
+        "reports (flood); docs/SECURITY.md",
+        choices=ATTACKS,
+    )
     workers: int | None = config_field(None, help="device worker processes", unset="min(K, CPU cores)")
     command: str = ""  # the command line that asked for this run (recorded, not an option)
 
@@ -150,6 +157,10 @@ class SimConfig:
             raise ValueError(f"guidance codec must be dtc or plain, got {self.guidance_codec!r}")
         if self.adapter_download not in ("delta", "full"):
             raise ValueError(f"adapter download must be delta or full, got {self.adapter_download!r}")
+        if self.attack not in ATTACKS:
+            raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
+        if self.attack != "none" and get_strategy(self.strategy).upload is not Upload.REPORTS:
+            raise ValueError(f"--attack {self.attack} forges ZO reports: strategy {self.strategy!r} uploads none")
         parse_partition(self.partition)
         LinkSpec.parse(self.link)
         block_list(self.blocks)

@@ -8,6 +8,7 @@ children are gone. Workers speak JSON lines on a pipe (never pickle): one task i
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -127,11 +128,13 @@ def start_cloud(
     state_dir: Path,
     log_path: Path,
     guidance_codec: str,
+    seed: int,
     keep_fds: tuple[int, ...] = (),
 ) -> tuple[Cloud, int]:
     """Start ``cooperllm serve`` on 127.0.0.1 (any free port) with fresh secrets; returns it and the log offset
     from which to wait for readiness (``Cloud.wait_ready``)."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    _seed_key_of_run(state_dir, seed)
     admin_token, enrol_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     cmd = [
         sys.executable,
@@ -167,6 +170,19 @@ def start_cloud(
     env = {"COOPERLLM_ADMIN_TOKEN": admin_token, "COOPERLLM_ENROLMENT_KEY": enrol_key}
     proc = _spawn(cmd, log_path, keep_fds, env)
     return Cloud(proc, log_path, admin_token, enrol_key), offset
+
+
+def _seed_key_of_run(state_dir: Path, seed: int) -> None:
+    """The cloud's seed key derived from the simulation's seed (a deployment makes a random one): runs with the same
+    seed then hand devices the same seed ranges, so two arms of a study (with and without an attacker, say) differ
+    only in what they vary."""
+    from cloud_api.round_state import SEED_KEY_FILE  # deferred: loads sqlalchemy (not needed at the CLI's import)
+
+    path = state_dir / SEED_KEY_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(hashlib.blake2b(f"cooperllm-simulation:{seed}".encode(), digest_size=32).digest())
 
 
 # --- workers --------------------------------------------------------------------------------------------------------

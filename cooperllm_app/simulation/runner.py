@@ -95,6 +95,7 @@ class _Simulation:
             state_dir=self.run_dir / "cloud",
             log_path=self.run_dir / "logs" / "cloud.log",
             guidance_codec=cfg.guidance_codec,
+            seed=cfg.seed,
             keep_fds=self.keep_fds,
         )
         threads = max(1, cpus // cfg.workers)

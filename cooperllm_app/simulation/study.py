@@ -76,6 +76,11 @@ def group_runs(runs: list[Run]) -> dict[Key, dict[int, Run]]:
     groups: dict[Key, dict[int, Run]] = defaultdict(dict)
     settings = sorted({setting_of(run) for run in runs})
     for run in runs:
+        if run.config.get("attack", "none") != "none":
+            raise ValueError(
+                f"{run.folder} ran with a malicious device (--attack {run.config['attack']}): it belongs to the "
+                "robustness study (bench/robustness.py), not beside the strategies' comparison"
+            )
         strategy = run.config["strategy"]
         seed = int(run.config["seed"])
         for setting in [setting_of(run)] if get_strategy(strategy).guided else settings:

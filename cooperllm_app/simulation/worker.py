@@ -34,6 +34,7 @@ from cooperllm.manifest import read_manifest
 from cooperllm.protocol import decode_tensor_frame
 from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
+from cooperllm_app.simulation.attacker import ATTACKER, run_attack
 from cooperllm_app.simulation.bp_device import BackpropDevice
 from cooperllm_app.simulation.config import SimConfig, load_config
 from cooperllm_app.simulation.metrics import pack_correct
@@ -125,7 +126,19 @@ class DeviceHost:
         link = Link(self.cfg.link, seed=link_seed(self.cfg, r, d))
         t0 = time.perf_counter()
         with MeteredClient(task["cloud"], transport=LinkTransport(link), timeout=120.0) as api:
-            out = self._round(api, task, r, d)
+            if self.cfg.attack != "none" and d == ATTACKER:
+                out = run_attack(
+                    api,
+                    self._transfers(),
+                    mode=self.cfg.attack,
+                    round_=r,
+                    state_dir=device_dir(self.run_dir, d),
+                    enrol_key=task["enrol_key"],
+                    name=device_name(d),
+                    seed=self.cfg.seed,
+                )
+            else:
+                out = self._round(api, task, r, d)
             out.update(guidance_bytes=api.guidance_bytes, guidance_values=api.guidance_values)
 
         out.update(

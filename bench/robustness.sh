@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The robustness study of docs/SECURITY.md §3: SmolLM2-135M-Instruct / SST-2 seq-cls, 5 devices that all take part in
+# every round, zgr at the study's validated settings (bench/experiments.sh: η 1e-2, η_zo 3e-4), ROUNDS rounds, the full
+# test set at the end. Three arms that differ only in device 0: honest (none), every scalar sent as 1e6 (scalar), 100×
+# its quota of reports (flood). The simulation's seed key follows the seed, so the arms draw the same seeds and batches.
+#
+#   bench/robustness.sh                     # the three runs (resumable), then the comparison
+#   python bench/robustness.py runs/robust  # the comparison alone
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COOPERLLM=${COOPERLLM:-cooperllm}
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-runs/robust}
+ART=${ART:-artifacts/exp/seq-cls}
+DATA=${DATA:-runs/exp/data/devices.tsv}   # bench/split_validation.py: the devices' data without the validation split
+ROUNDS=${ROUNDS:-10}
+SEED=${SEED:-0}
+
+if [ ! -f "$ART/manifest.json" ]; then
+    nice -n 10 $COOPERLLM export --model smollm2 --task seq-cls --out "$ART" --no-progress
+fi
+[ -f "$DATA" ] || $PYTHON bench/split_validation.py --out "$(dirname "$DATA")"
+for attack in none scalar flood; do
+    nice -n 10 $COOPERLLM simulate --artifacts "$ART" --out "$OUT/$attack" --no-progress --attack "$attack" \
+        --strategy zgr --clients 5 --per-round 5 --rounds "$ROUNDS" --seed "$SEED" --partition dirichlet:0.5 \
+        --local-steps 1 --blocks all --eta 1e-2 --eta-zo 3e-4 --link 100mbit:20ms --train-data "$DATA" \
+        --eval-every "$ROUNDS"
+done
+$PYTHON bench/robustness.py "$OUT"
