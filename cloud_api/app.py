@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from cloud_api.db import make_engine
 from cloud_api.deps import AppState
 from cloud_api.engine import RoundEngine
-from cloud_api.errors import ServiceError
+from cloud_api.errors import ServiceError, invalid_request
 from cloud_api.middleware import BodyLimitMiddleware, EarlyAuthMiddleware
 from cloud_api.model_host import load_model_host
 from cloud_api.routers import adapter, admin, devices, health, rounds
@@ -65,12 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # The input is not echoed back: it may hold NaN/Inf (not JSON) or be large.
-        detail = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse(invalid_request(exc.errors()), status_code=422)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:

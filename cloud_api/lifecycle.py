@@ -16,7 +16,7 @@ from cloud_api.rectifier import Job, Rectifier
 from cloud_api.round_state import EngineContext, RoundState
 from cooperllm.checkpoint import load_theta, save_theta
 from cooperllm.layout import theta_checksum
-from cooperllm.protocol import RoundSummary, RunConfig, RunInfo
+from cooperllm.protocol import ERRORS, RoundSummary, RunConfig, RunInfo
 from cooperllm.strategies import get_strategy
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ class RunLifecycle:
             return list(range(n))
         bad = [b for b in cfg.blocks if b >= n]
         if bad:
-            raise ServiceError(422, "unknown_block", f"blocks {bad} do not exist: the layout has {n} blocks")
+            detail = f"{ERRORS['no_such_block']}: {bad} (the layout has {n} blocks)"
+            raise ServiceError(422, "no_such_block", detail)
         return list(cfg.blocks)
 
     def restore(self) -> None:

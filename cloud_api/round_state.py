@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from cloud_api.errors import ServiceError
 from cloud_api.model_host import ModelHost
 from cloud_api.waiters import RoundWaiters
-from cooperllm.protocol import GuidanceRef, RunConfig
+from cooperllm.protocol import WIRE_SEEDS, GuidanceRef, RunConfig
 from cooperllm.strategies import RoundPlan, Strategy, get_strategy
 
 SEEDS_PER_DEVICE = 1 << 16
@@ -51,10 +51,10 @@ def load_seed_key(state_dir: Path) -> bytes:
 
 
 def seed_range(key: bytes, run_seed: int, run_id: int, round_: int, device_id: int) -> tuple[int, int]:
-    """This device's seeds for the round: a 2^16-wide slice of [0, 2^63) chosen by a keyed hash of (run, round,
+    """This device's seeds for the round: a 2^16-wide slice of [0, 2^52) chosen by a keyed hash of (run, round,
     device). Keyed with the server's secret, so a published round's seeds do not tell which device sent a report."""
     h = hashlib.blake2b(f"{run_seed}:{run_id}:{round_}:{device_id}".encode(), digest_size=8, key=key).digest()
-    lo = (int.from_bytes(h, "little") & ((1 << 47) - 1)) << 16
+    lo = (int.from_bytes(h, "little") % (WIRE_SEEDS // SEEDS_PER_DEVICE)) * SEEDS_PER_DEVICE
     return lo, lo + SEEDS_PER_DEVICE
 
 

@@ -138,9 +138,14 @@ class CooperClient:
         self.wire.add(resp)
         if resp.status_code >= 400:
             try:
-                detail = resp.json().get("detail", resp.text)
-            except ValueError:
-                detail = resp.text
+                body = resp.json()
+                detail = body.get("detail", resp.text)
+                errors = body.get("errors") or []
+            except (ValueError, AttributeError):
+                detail, errors = resp.text, []
+            if errors:  # a schema violation: say where (ErrorBody.errors)
+                where = ", ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in errors[:3])
+                detail = f"{detail} ({where})"
             retry = resp.headers.get("Retry-After")
             raise ApiError(resp.status_code, detail, float(retry) if retry else None)
         return resp

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from cooperllm import dtc
 from cooperllm.strategies import STRATEGY_NAMES
@@ -54,7 +54,9 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 N_EXAMPLES_HEADER = "X-N-Examples"
 GUIDANCE_ID_HEADER = "X-Guidance-Id"
 MAX_BATCH_REPORTS = 4096
-MAX_SEED = (1 << 63) - 1
+# report seeds on the wire stay below 2^52 (the server's ranges, cloud_api.round_state.seed_range): integers every
+# JSON parser reads exactly (JavaScript's included), and a bound JSON Schema tools state without rounding
+WIRE_SEEDS = 1 << 52
 
 STRATEGIES = STRATEGY_NAMES  # the registry in cooperllm.strategies is the one list
 
@@ -83,6 +85,8 @@ ERRORS = {
     "unsupported_encoding": "unsupported content encoding",
     "run_failed": "run failed",
     "unknown_device": "no such device",
+    "invalid_request": "request does not match the schema",
+    "no_such_block": "the run names blocks the model does not have",
     "report_quota": "more reports than this round asks of a device",
     "too_many_examples": "n_examples exceeds what a device can use in a round (local_steps × batch_size)",
 }
@@ -94,6 +98,20 @@ class _Model(BaseModel):
 
 
 Token = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class FieldError(_Model):
+    loc: list[str | int]  # where: "body", "query", "path" or "header", then the field's path
+    msg: str
+    type: str
+
+
+class ErrorBody(_Model):
+    """The body of every refusal: ``detail``, a fixed message of ``ERRORS`` clients may match on (some carry a reason
+    after a colon); ``errors``, the fields that broke the schema, for a 422 of that kind only."""
+
+    detail: str
+    errors: list[FieldError] | None = None
 
 
 class EnrollRequest(_Model):
@@ -128,6 +146,9 @@ class DeviceRevoked(_Model):
 # also the CLI's help text). The simulation's config takes its defaults from here and the CLI's options for these
 # fields are generated from here (cooperllm_app.simulation.config, cooperllm.config_fields), so a default is
 # written once. The class docstring is the schema's description in the OpenAPI document.
+_BLOCKS_HELP = "blocks trained: null = every layout block separately, [-1] = all blocks jointly, or distinct indices"
+
+
 class RunConfig(_Model):
     """One federated run. ``blocks``: None = every layout block separately; ``[-1]`` = all blocks jointly."""
 
@@ -151,7 +172,23 @@ class RunConfig(_Model):
     ] = 1
     blocks: Annotated[
         list[int] | None,
-        Field(description="blocks trained: null = every layout block separately, [-1] = all blocks jointly"),
+        Field(description=_BLOCKS_HELP),
+        WithJsonSchema(  # what _blocks_form checks, stated in the schema so that a generated client can keep to it
+            {
+                "anyOf": [
+                    {"type": "null"},
+                    {"type": "array", "items": {"const": ALL_BLOCKS}, "minItems": 1, "maxItems": 1},
+                    {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 0, "maximum": 100_000},
+                        "minItems": 1,
+                        "maxItems": 4096,
+                        "uniqueItems": True,
+                    },
+                ],
+                "description": _BLOCKS_HELP,
+            }
+        ),
     ] = None
     batch_size: Annotated[int, Field(ge=1, le=64, description="examples per device forward pass")] = 8
     quorum: Annotated[
@@ -167,7 +204,7 @@ class RunConfig(_Model):
         int, Field(ge=0, le=10, description="deadline extensions of a round short of min_devices before it fails")
     ] = 2
     lam: Annotated[
-        float | Literal["auto"],
+        Annotated[float, Field(ge=0, le=1)] | Literal["auto"],
         Field(
             description="weight λ of the cloud's gradient in the guidance subspace, in [0, 1], or 'auto' for λ "
             "estimated each round from the devices' measurements (see rectifier)"
@@ -235,19 +272,12 @@ class RunConfig(_Model):
         int, Field(ge=0, le=2**31 - 1, description="run seed: devices' seed ranges and the cloud's public minibatches")
     ] = 0
 
-    @field_validator("lam")
-    @classmethod
-    def _lam_range(cls, v: float | str) -> float | str:
-        if isinstance(v, float) and not (0.0 <= v <= 1.0):
-            raise ValueError("lam must be in [0, 1] or 'auto'")
-        return v
-
     @field_validator("blocks")
     @classmethod
     def _blocks_form(cls, v: list[int] | None) -> list[int] | None:
         if v is None:
             return v
-        if not v or len(v) != len(set(v)):
+        if not v or len(v) != len(set(v)) or len(v) > 4096 or max(v) > 100_000:
             raise ValueError("blocks must be a non-empty list of distinct block indices (or [-1])")
         if ALL_BLOCKS in v and len(v) != 1:
             raise ValueError("block -1 (all blocks) cannot be combined with other blocks")
@@ -293,7 +323,7 @@ class RoundInfo(_Model):
 
 
 class ReportIn(_Model):
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
+    seed: Annotated[int, Field(ge=0, lt=WIRE_SEEDS)]
     block: Annotated[int, Field(ge=ALL_BLOCKS)]
     step: Annotated[int, Field(ge=0)]
     scalar: float

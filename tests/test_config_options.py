@@ -97,7 +97,7 @@ def test_simulate_options_parse_into_the_sim_config():
     ("args", "message"),
     [
         (["--epsilon", "5"], "argument --epsilon: '5': Input should be less than or equal to 1"),
-        (["--lam", "2"], "argument --lam: '2': lam must be in [0, 1] or 'auto'"),
+        (["--lam", "2"], "argument --lam: '2': Input should be less than or equal to 1; Input should be 'auto'"),
         (["--rank", "17"], "argument --rank: '17': Input should be less than or equal to 16"),
         (["--rounds", "0"], "argument --rounds: '0': Input should be greater than or equal to 1"),
         (["--strategy", "sgd"], "argument --strategy"),

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
 from cloud_api.deps import DeviceId, State
-from cloud_api.errors import ServiceError
+from cloud_api.errors import DEVICE_ERRORS, ServiceError
 from cloud_api.peft_export import peft_zip
 from cooperllm import theta_delta
 from cooperllm.checkpoint import load_theta
 from cooperllm.protocol import FRAME_MEDIA_TYPE
 
-router = APIRouter(prefix="/adapter", tags=["adapter"])
+router = APIRouter(prefix="/adapter", tags=["adapter"], responses=DEVICE_ERRORS)
 Version = Annotated[int | None, Query(ge=0, le=1_000_000, description="round whose starting θ to fetch")]
 FromVersion = Annotated[
     int, Query(alias="from", ge=0, le=1_000_000, description="round whose starting θ the device holds")

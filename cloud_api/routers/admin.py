@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from cloud_api.deps import Admin, State
-from cloud_api.errors import ServiceError
+from cloud_api.errors import ADMIN_ERRORS, BODY_LIMITS, ServiceError, error_responses
 from cooperllm.protocol import (
     DeviceRevoked,
     EnrolmentToken,
@@ -19,13 +19,17 @@ from cooperllm.protocol import (
     RunInfo,
 )
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], responses=ADMIN_ERRORS)
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 DeviceNo = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 @router.post(
-    "/admin/enrolment-tokens", operation_id="issue_enrolment_token", response_model=EnrolmentToken, status_code=201
+    "/admin/enrolment-tokens",
+    operation_id="issue_enrolment_token",
+    response_model=EnrolmentToken,
+    status_code=201,
+    responses=error_responses(*BODY_LIMITS),
 )
 def issue_enrolment_token(body: EnrolmentTokenRequest, state: State, _: Admin) -> EnrolmentToken:
     """A token that enrols ``uses`` devices (shown once, stored hashed): hand one to each device you provision."""
@@ -33,7 +37,12 @@ def issue_enrolment_token(body: EnrolmentTokenRequest, state: State, _: Admin) -
     return EnrolmentToken(id=token_id, token=token, uses=body.uses)
 
 
-@router.post("/admin/devices/{device_id}/revoke", operation_id="revoke_device", response_model=DeviceRevoked)
+@router.post(
+    "/admin/devices/{device_id}/revoke",
+    operation_id="revoke_device",
+    response_model=DeviceRevoked,
+    responses=error_responses(*BODY_LIMITS),
+)
 def revoke_device(device_id: DeviceNo, state: State, _: Admin) -> DeviceRevoked:
     """Revoke a device's token: its next request is refused with 403. Its reports already counted stay counted."""
     if not state.registry.revoke(device_id):
@@ -41,7 +50,13 @@ def revoke_device(device_id: DeviceNo, state: State, _: Admin) -> DeviceRevoked:
     return DeviceRevoked(device_id=device_id, revoked=True)
 
 
-@router.post("/admin/runs", operation_id="create_run", response_model=RunInfo, status_code=201)
+@router.post(
+    "/admin/runs",
+    operation_id="create_run",
+    response_model=RunInfo,
+    status_code=201,
+    responses=error_responses(*BODY_LIMITS),
+)
 def create_run(config: RunConfig, state: State, _: Admin) -> RunInfo:
     """Start a run: θ₀, round-0 guidance (zgr), round 0 opens at once. A running run is stopped."""
     return state.engine.create_run(config)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from cloud_api.deps import State
+from cloud_api.errors import ENROL_ERRORS
 from cloud_api.security import same_secret
 from cooperllm.protocol import ERRORS, EnrollRequest, EnrollResponse
 
-router = APIRouter(tags=["devices"])
+router = APIRouter(tags=["devices"], responses=ENROL_ERRORS)
 
 
 @router.post("/enroll", operation_id="enroll", response_model=EnrollResponse, status_code=201)

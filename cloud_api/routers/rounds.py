@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from cloud_api.deps import BEARER_SECURITY, DeviceId, State, authenticate_device, bearer_token
+from cloud_api.errors import BODY_LIMITS, DEVICE_ERRORS, error_responses, invalid_request
 from cooperllm import dtc
 from cooperllm.protocol import (
     ERRORS,
@@ -26,7 +27,7 @@ from cooperllm.protocol import (
     reports_from,
 )
 
-router = APIRouter(prefix="/rounds", tags=["rounds"])
+router = APIRouter(prefix="/rounds", tags=["rounds"], responses=DEVICE_ERRORS)
 T = TypeVar("T")
 RoundNo = Annotated[int, Path(ge=0, le=1_000_000)]
 MAX_WAIT_S = 60.0
@@ -90,6 +91,7 @@ def _batch_schema() -> dict:
 @router.post(
     "/{round}/reports",
     operation_id="upload_reports",
+    responses=error_responses(*BODY_LIMITS),
     response_model=ReportAck,
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": _batch_schema()}}},
@@ -108,8 +110,8 @@ async def upload_reports(round: RoundNo, request: Request) -> Response:
     try:
         batch = ReportBatch.model_validate_json(await request.body())
     except ValidationError as exc:
-        detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return Response(json.dumps({"detail": detail}), status_code=422, media_type="application/json")
+        body = invalid_request([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+        return Response(json.dumps(body), status_code=422, media_type="application/json")
     ack = await off_a_busy_lock(state.engine.lock, state.engine.accept_reports, device, round, batch)
     return Response(ack.model_dump_json(), media_type="application/json")
 
@@ -117,6 +119,7 @@ async def upload_reports(round: RoundNo, request: Request) -> Response:
 @router.post(
     "/{round}/reports/frame",
     operation_id="upload_report_frame",
+    responses=error_responses(*BODY_LIMITS),
     response_model=ReportAck,
     openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
 )
@@ -141,6 +144,7 @@ async def upload_report_frame(
 @router.post(
     "/{round}/delta",
     operation_id="upload_delta",
+    responses=error_responses(*BODY_LIMITS),
     response_model=ReportAck,
     openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
 )

@@ -13,6 +13,7 @@ import pytest
 from live_cloud import ADMIN, ENROL, start_server
 
 from cooperllm.api_client import CooperClient
+from cooperllm.protocol import ERRORS
 
 BAD_SETTINGS = [
     {"max_abs_scalar": "inf"},  # finding 4: stored as Infinity, then the service could not restart from its store
@@ -32,7 +33,7 @@ BAD_SETTINGS = [
 def test_run_settings_out_of_range_are_refused(live, setting):
     r = httpx.post(f"{live.url}/v1/admin/runs", json=setting, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
     assert r.status_code == 422, r.text
-    assert isinstance(r.json()["detail"], list) and r.json()["detail"][0]["loc"][-1] == next(iter(setting))
+    assert r.json()["detail"] == ERRORS["invalid_request"] and r.json()["errors"][0]["loc"][-1] == next(iter(setting))
 
 
 def test_a_stored_run_that_no_longer_validates_fails_alone(tmp_path, tiny_model_dir, public_tsv):
