@@ -77,14 +77,7 @@ def test_forwarded_for_is_not_believed_by_default(tmp_path, tiny_model_dir, publ
 
 def test_an_oversized_header_is_refused(live):
     """Finding 5: a 64 MiB header was read and accepted. The request head is now capped (64 KiB)."""
-    with socket.create_connection(("127.0.0.1", int(live.url.rsplit(":", 1)[1])), timeout=30) as s:
-        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (1 << 20) + b"\r\n\r\n")
-        answer = b""
-        try:
-            while chunk := s.recv(65536):
-                answer += chunk
-        except (ConnectionResetError, BrokenPipeError):
-            pass
+    answer = _raw_request(live.url, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (1 << 20) + b"\r\n\r\n")
     assert not answer.startswith(b"HTTP/1.1 200"), answer[:80]
     assert httpx.get(f"{live.url}/v1/health").status_code == 200  # and the server is still there
 
@@ -120,7 +113,7 @@ def _raw_request(url: str, head: bytes, body: bytes = b"", wait_s: float = 10.0)
         try:
             while chunk := s.recv(65536):
                 answer += chunk
-        except (TimeoutError, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
             pass
     return answer
 
