@@ -14,9 +14,10 @@
 # for zgr and cloud; cloud sends no device.
 #
 # Tuning grid (3 values each, the same budget for every strategy; TUNE_ROUNDS rounds, scored on VAL_N validation
-# examples): zgr and cloud η ∈ {1e-2, 3e-2, 1e-1} (the normalised subspace step; zgr's complement step η_zo stays at
-# its default), zo η_zo ∈ {3e-5, 1e-4, 3e-4}, bp device AdamW lr ∈ {3e-4, 1e-3, 3e-3}. The chosen values are written
-# to $OUT/tuned.env and used for every setting and seed.
+# examples): zgr and cloud η ∈ {1e-2, 3e-2, 1e-1} (the normalised subspace step), zo η_zo ∈ {3e-5, 1e-4, 3e-4}, bp
+# device AdamW lr ∈ {3e-4, 1e-3, 3e-3}. zgr's complement step is zo's step (the same estimator on the same devices'
+# batches), so it takes zo's validated η_zo rather than a grid of its own: zo is tuned first, and zgr's η grid runs
+# with that η_zo. The chosen values are written to $OUT/tuned.env and used for every setting and seed.
 #
 # Sizing (2 CPU cores, measured): a round of 5 devices × 4 forwards of batch 8 × 64 through the int8 .pte is ~20–25 s
 # with the cloud's rectifier beside it; scoring 200 examples ~20 s, the full 872-example test ~85 s.
@@ -54,6 +55,7 @@ declare -A STEPS=([zgr]=1 [zgraxis]=1 [zo]=2 [bp]=2 [cloud]=1)   # equal forward
 declare -A KNOB=([zgr]=--eta [zgraxis]=--eta [cloud]=--eta [zo]=--eta-zo [bp]=--local-lr)
 declare -A GRID=([zgr]=$GRID_ZGR [zgraxis]=$GRID_ZGR [cloud]=$GRID_CLOUD [zo]=$GRID_ZO [bp]=$GRID_BP)
 declare -A AS=([zgraxis]="zgr --rectifier axis")   # a study name → the simulate options it stands for
+declare -A GUIDED=([zgr]=1 [zgraxis]=1)           # strategies with a ZO complement step: they take zo's η_zo
 
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
@@ -77,21 +79,41 @@ if want split || want tune || want main; then
     for task in $TASKS; do export_once "$task" "$ART/$task"; done
 fi
 
+complement_step() {  # complement_step STRATEGY: zo's validated η_zo for a guided strategy (GUIDED), else nothing
+    if [ -n "${GUIDED[$1]:-}" ]; then
+        [ -n "${TUNED_zo:-}" ] || { echo "tune zo first: $1's complement step takes its η_zo" >&2; exit 1; }
+        echo "--eta-zo $TUNED_zo"
+    fi
+}
+
+pick_tuned() {  # write $OUT/tuned.env from every finished tuning run and load it
+    $PYTHON bench/pick_tuned.py "$OUT/tune" > "$OUT/tuned.env"
+    # shellcheck disable=SC1091
+    source "$OUT/tuned.env"   # TUNED_zgr=..., TUNED_zo=..., ...
+}
+
 if want tune; then
+    mkdir -p "$OUT/tune"
+    order=""   # zo first: the guided strategies' complement step takes its η_zo (above)
     for strategy in $STRATEGIES; do
+        if [ "$strategy" = zo ]; then order="zo $order"; else order="$order $strategy"; fi
+    done
+    for strategy in $order; do
+        if [ -n "${GUIDED[$strategy]:-}" ]; then pick_tuned; fi
         for value in ${GRID[$strategy]}; do
+            # shellcheck disable=SC2046
             sim "tune/$strategy@$value" "$TUNE_TASK" "$strategy" 0 "$TUNE_ROUNDS" \
-                "${KNOB[$strategy]}" "$value" --test-data "$DATA/val.tsv" --eval-limit "$VAL_N" \
-                --eval-every "$TUNE_ROUNDS" --final-eval-limit "$VAL_N"
+                "${KNOB[$strategy]}" "$value" $(complement_step "$strategy") --test-data "$DATA/val.tsv" \
+                --eval-limit "$VAL_N" --eval-every "$TUNE_ROUNDS" --final-eval-limit "$VAL_N"
         done
     done
-    $PYTHON bench/pick_tuned.py "$OUT/tune" > "$OUT/tuned.env"
+    pick_tuned
     cat "$OUT/tuned.env"
 fi
 
 if want main; then
     # shellcheck disable=SC1091
-    source "$OUT/tuned.env"   # TUNED_zgr=..., TUNED_zo=..., ...
+    source "$OUT/tuned.env"
     for task in $TASKS; do  # seed by seed, so that a stopped study holds whole seeds
         for seed in $SEEDS; do
             for setting in $SETTINGS; do
@@ -101,9 +123,10 @@ if want main; then
                     # zo and bp never see the public data: their S1 run stands for S2 too (cooperllm report --json)
                     if [ "$setting" = S2 ] && { [ "$strategy" = zo ] || [ "$strategy" = bp ]; }; then continue; fi
                     tuned=TUNED_$strategy
-                    # shellcheck disable=SC2086
+                    # shellcheck disable=SC2086,SC2046
                     sim "$task-$setting-$strategy-s$seed" "$task" "$strategy" "$seed" "$ROUNDS" \
-                        "${KNOB[$strategy]}" "${!tuned}" --eval-limit "$EVAL_LIMIT" --eval-every "$EVAL_EVERY" $extra
+                        "${KNOB[$strategy]}" "${!tuned}" $(complement_step "$strategy") --eval-limit "$EVAL_LIMIT" \
+                        --eval-every "$EVAL_EVERY" $extra
                 done
             done
         done
