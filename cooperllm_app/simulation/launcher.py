@@ -91,7 +91,9 @@ class Cloud:
     url: str = ""
 
     def admin(self) -> CooperClient:
-        return CooperClient(self.url, self.admin_token)
+        # creating a run computes the rectifier's first guidance before it answers: on a loaded machine that took
+        # longer than the client's default 30 s, and the simulation died of a read timeout
+        return CooperClient(self.url, self.admin_token, timeout=ADMIN_TIMEOUT_S)
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -183,6 +185,9 @@ def _seed_key_of_run(state_dir: Path, seed: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(hashlib.blake2b(f"cooperllm-simulation:{seed}".encode(), digest_size=32).digest())
+
+
+ADMIN_TIMEOUT_S = 600.0
 
 
 # --- workers --------------------------------------------------------------------------------------------------------
