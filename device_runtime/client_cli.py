@@ -29,7 +29,11 @@ def register_run(dsub: argparse._SubParsersAction) -> None:
     )
     add_device_options(p)
     p.add_argument("--cloud", required=True, help="base URL of the cloud API, e.g. http://127.0.0.1:8000")
-    p.add_argument("--enrol-key", required=True, help="enrolment key given by the cloud operator")
+    p.add_argument(
+        "--enrol-key",
+        required=True,
+        help="enrolment token from the cloud operator (cooperllm admin token), or a shared key where one is set",
+    )
     p.add_argument("--device-name", default="device", help="name shown in the cloud's records")
     p.add_argument("--rounds", type=int, help="take part in at most N rounds (default: until the run finishes)")
     p.add_argument("--local-lr", type=float, default=0.0, help="local learning rate between reports (default 0)")
