@@ -157,3 +157,22 @@ def test_token_guessing_is_rate_limited_by_address(tmp_path, tiny_model_dir, pub
         assert int(codes[4].headers["Retry-After"]) >= 1
     finally:
         srv.stop()
+
+
+def test_the_event_loop_does_not_wait_on_the_engine_lock(live):
+    """Finding 8: handlers on the event loop took the engine lock, so while a run was being created (its first
+    backprop runs under the lock) a device's poll blocked the loop and /health with it (3.9 s measured). Here the lock
+    is held for as long as the test likes: a device's poll waits in a worker thread, and /health still answers."""
+    import threading
+
+    device = live.device("patient")
+    live.admin().create_run()
+    answered = threading.Event()
+    with live.engine.lock:
+        poll = threading.Thread(target=lambda: (device.current_round(), answered.set()), daemon=True)
+        poll.start()
+        time.sleep(0.3)  # the poll has reached the server and waits for the lock
+        assert httpx.get(f"{live.url}/v1/health", timeout=10).status_code == 200
+        assert not answered.is_set()  # it really waited for the lock
+    poll.join(timeout=30)
+    assert answered.is_set()  # and was answered once the lock came free
