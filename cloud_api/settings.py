@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     admin_token: str = DEFAULT_ADMIN_TOKEN
     enrolment_key: str | None = None  # a shared key (simulations, tests); None: only admin-issued enrolment tokens
     api_docs: bool | None = None  # /docs and /openapi.json; None: on except in env=production
-    # h11 caps a request's head (64 KiB); httptools costs ~30 % less CPU per upload but caps nothing: use it only
+    # h11 caps a request's head (64 KiB); httptools costs ~25 % less CPU per upload but caps nothing: use it only
     # behind a proxy that limits header size itself (cooperllm bench cloud measures both)
     http_parser: Literal["h11", "httptools"] = "h11"
     trusted_proxies: str = ""  # comma-separated proxy addresses whose X-Forwarded-For is believed; "": none
