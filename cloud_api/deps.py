@@ -34,6 +34,9 @@ _bearer = HTTPBearer(auto_error=False, description="device token from /v1/enroll
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+AUTHENTICATED_DEVICE = "cooperllm_device"  # key of the request's state under which the middleware leaves the device
+
+
 def _unauthenticated() -> HTTPException:
     return HTTPException(401, ERRORS["unauthenticated"], headers={"WWW-Authenticate": "Bearer"})
 
@@ -51,11 +54,26 @@ def authenticate_device(state: AppState, token: str | None, rate_limit: bool = T
     dev, revoked = found
     if revoked:
         raise HTTPException(403, ERRORS["forbidden"])
-    if not rate_limit:
-        return dev
-    allowed, wait = state.limiter.allow(dev)
+    if rate_limit:
+        charge(state, dev)
+    return dev
+
+
+def charge(state: AppState, key: object) -> None:
+    """One request against ``key``'s rate limit (a device id, or a kind of request and a socket address); the fixed
+    429 with Retry-After when its bucket is empty."""
+    allowed, wait = state.limiter.allow(key)
     if not allowed:
         raise HTTPException(429, ERRORS["rate_limited"], headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def request_device(state: AppState, request: Request) -> int:
+    """The device of a request: the one ``EarlyAuthMiddleware`` authenticated from the headers (requests with a
+    body), else authenticated here; either way its rate limit is charged once."""
+    dev = request.scope.get("state", {}).get(AUTHENTICATED_DEVICE)
+    if dev is None:
+        return authenticate_device(state, bearer_token(request))
+    charge(state, dev)
     return dev
 
 
@@ -69,9 +87,10 @@ def bearer_token(request: Request) -> str | None:
     return bearer_token_from(request.headers.get("authorization", ""))
 
 
-async def device_id(state: State, creds: Credentials) -> int:
-    """Async on purpose: no threadpool hop for an in-memory check."""
-    return authenticate_device(state, creds.credentials if creds else None)
+async def device_id(state: State, request: Request, _: Credentials) -> int:
+    """Async on purpose: no threadpool hop for an in-memory check. (``Credentials`` declares the bearer scheme in the
+    OpenAPI document; the token is read by ``request_device``.)"""
+    return request_device(state, request)
 
 
 # For hot routes that authenticate inline (FastAPI's dependency solving costs more than the check itself).

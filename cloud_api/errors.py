@@ -45,10 +45,9 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     return {code: {"model": ErrorBody, "description": _WHEN[code]} for code in codes}
 
 
-# what each kind of endpoint can answer besides its success (every request passes the middleware's limits)
-BODY_LIMITS = (400, 408, 413, 415)
+# what each kind of endpoint can answer besides its success: a router's refusals, and a request body's (the
+# middleware's limits) on the operations that take one
+BODY_ERRORS = error_responses(400, 408, 413, 415)
 DEVICE_ERRORS = error_responses(401, 403, 404, 409, 422, 429)
-DEVICE_UPLOAD_ERRORS = error_responses(*BODY_LIMITS, 401, 403, 404, 409, 422, 429)
 ADMIN_ERRORS = error_responses(401, 403, 404, 422, 429)
-ADMIN_WRITE_ERRORS = error_responses(*BODY_LIMITS, 401, 403, 404, 409, 422, 429)
-ENROL_ERRORS = error_responses(*BODY_LIMITS, 403, 422, 429)
+ENROL_ERRORS = {**BODY_ERRORS, **error_responses(403, 422, 429)}

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import zlib
 
 import zstandard
 from fastapi import HTTPException
 
-from cloud_api.deps import authenticate_admin, authenticate_device, bearer_token_from
+from cloud_api.deps import AUTHENTICATED_DEVICE, authenticate_admin, authenticate_device, bearer_token_from, charge
 from cooperllm.protocol import API_PREFIX, ERRORS
 
 _SUPPORTED = (b"", b"identity", b"gzip", b"zstd")
@@ -56,36 +55,30 @@ class EarlyAuthMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state.cooper
-        peer = (scope.get("client") or ("", 0))[0]
         try:
-            _check_headers(state, scope["path"], dict(scope.get("headers") or []), peer)
+            _check_headers(scope["app"].state.cooper, scope)
         except HTTPException as exc:
             await _error(send, exc.status_code, exc.detail, exc.headers)
             return
         await self.app(scope, receive, send)
 
 
-def _check_headers(state, path: str, headers: dict[bytes, bytes], peer: str) -> None:
+def _check_headers(state, scope) -> None:
+    path, peer = scope["path"], (scope.get("client") or ("", 0))[0]
     if path == f"{API_PREFIX}/enroll":
-        _charge(state, ("enroll", peer))
+        charge(state, ("enroll", peer))
         return
-    token = bearer_token_from(headers.get(b"authorization", b"").decode("latin-1"))
+    token = bearer_token_from(dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1"))
     try:
         if path.startswith(f"{API_PREFIX}/admin/"):
             authenticate_admin(state, token)
         elif path.startswith(f"{API_PREFIX}/rounds/"):
-            authenticate_device(state, token, rate_limit=False)
+            # the route charges the device's rate limit (request_device); the token is not looked up twice
+            scope.setdefault("state", {})[AUTHENTICATED_DEVICE] = authenticate_device(state, token, rate_limit=False)
     except HTTPException as exc:
         if exc.status_code == 401:  # token guessing costs the guesser's address its budget
-            _charge(state, ("unauthenticated", peer))
+            charge(state, ("unauthenticated", peer))
         raise
-
-
-def _charge(state, key: tuple[str, str]) -> None:
-    allowed, wait = state.limiter.allow(key)
-    if not allowed:
-        raise HTTPException(429, ERRORS["rate_limited"], headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
 class BodyLimitMiddleware:

@@ -36,18 +36,24 @@ def load_seed_key(state_dir: Path) -> bytes:
     kept, so a restarted server hands every device the same range for an open round."""
     path = state_dir / SEED_KEY_FILE
     if not path.is_file():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_seed_key(state_dir, secrets.token_bytes(32))
     key = path.read_bytes()
     if len(key) != 32:
         raise RuntimeError(f"{path} is not a 32-byte seed key: remove it only if no run is open")
     return key
+
+
+def write_seed_key(state_dir: Path, key: bytes) -> None:
+    """Store a seed key (mode 0600, written whole: temp file, fsync, rename)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / SEED_KEY_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def seed_range(key: bytes, run_seed: int, run_id: int, round_: int, device_id: int) -> tuple[int, int]:

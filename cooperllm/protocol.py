@@ -278,7 +278,9 @@ class RunConfig(_Model):
         if v is None:
             return v
         if not v or len(v) != len(set(v)) or len(v) > 4096 or max(v) > 100_000:
-            raise ValueError("blocks must be a non-empty list of distinct block indices (or [-1])")
+            raise ValueError(
+                "blocks must be a non-empty list of distinct block indices, at most 4096, each <= 100000 (or [-1])"
+            )
         if ALL_BLOCKS in v and len(v) != 1:
             raise ValueError("block -1 (all blocks) cannot be combined with other blocks")
         if any(b < ALL_BLOCKS for b in v):

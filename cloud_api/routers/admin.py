@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from cloud_api.deps import Admin, State
-from cloud_api.errors import ADMIN_ERRORS, BODY_LIMITS, ServiceError, error_responses
+from cloud_api.errors import ADMIN_ERRORS, BODY_ERRORS, ServiceError
 from cooperllm.protocol import (
     DeviceRevoked,
     EnrolmentToken,
@@ -29,7 +29,7 @@ DeviceNo = Annotated[int, Path(ge=1, le=2**31 - 1)]
     operation_id="issue_enrolment_token",
     response_model=EnrolmentToken,
     status_code=201,
-    responses=error_responses(*BODY_LIMITS),
+    responses=BODY_ERRORS,
 )
 def issue_enrolment_token(body: EnrolmentTokenRequest, state: State, _: Admin) -> EnrolmentToken:
     """A token that enrols ``uses`` devices (shown once, stored hashed): hand one to each device you provision."""
@@ -41,7 +41,7 @@ def issue_enrolment_token(body: EnrolmentTokenRequest, state: State, _: Admin) -
     "/admin/devices/{device_id}/revoke",
     operation_id="revoke_device",
     response_model=DeviceRevoked,
-    responses=error_responses(*BODY_LIMITS),
+    responses=BODY_ERRORS,
 )
 def revoke_device(device_id: DeviceNo, state: State, _: Admin) -> DeviceRevoked:
     """Revoke a device's token: its next request is refused with 403. Its reports already counted stay counted."""
@@ -55,7 +55,7 @@ def revoke_device(device_id: DeviceNo, state: State, _: Admin) -> DeviceRevoked:
     operation_id="create_run",
     response_model=RunInfo,
     status_code=201,
-    responses=error_responses(*BODY_LIMITS),
+    responses=BODY_ERRORS,
 )
 def create_run(config: RunConfig, state: State, _: Admin) -> RunInfo:
     """Start a run: θ₀, round-0 guidance (zgr), round 0 opens at once. A running run is stopped."""

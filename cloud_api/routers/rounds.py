@@ -11,8 +11,8 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Resp
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from cloud_api.deps import BEARER_SECURITY, DeviceId, State, authenticate_device, bearer_token
-from cloud_api.errors import BODY_LIMITS, DEVICE_ERRORS, error_responses, invalid_request
+from cloud_api.deps import BEARER_SECURITY, DeviceId, State, request_device
+from cloud_api.errors import BODY_ERRORS, DEVICE_ERRORS, invalid_request
 from cooperllm import dtc
 from cooperllm.protocol import (
     ERRORS,
@@ -91,7 +91,7 @@ def _batch_schema() -> dict:
 @router.post(
     "/{round}/reports",
     operation_id="upload_reports",
-    responses=error_responses(*BODY_LIMITS),
+    responses=BODY_ERRORS,
     response_model=ReportAck,
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": _batch_schema()}}},
@@ -106,7 +106,7 @@ async def upload_reports(round: RoundNo, request: Request) -> Response:
     serialised once; the counting (one short transaction under the engine lock) runs on the loop when the lock is
     free and in a worker thread when it is not, so a lock held elsewhere never stalls the event loop."""
     state = request.app.state.cooper
-    device = authenticate_device(state, bearer_token(request))  # inline: no dependency solving on the hot path
+    device = request_device(state, request)  # inline: no dependency solving on the hot path
     try:
         batch = ReportBatch.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -119,7 +119,7 @@ async def upload_reports(round: RoundNo, request: Request) -> Response:
 @router.post(
     "/{round}/reports/frame",
     operation_id="upload_report_frame",
-    responses=error_responses(*BODY_LIMITS),
+    responses=BODY_ERRORS,
     response_model=ReportAck,
     openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
 )
@@ -144,7 +144,7 @@ async def upload_report_frame(
 @router.post(
     "/{round}/delta",
     operation_id="upload_delta",
-    responses=error_responses(*BODY_LIMITS),
+    responses=BODY_ERRORS,
     response_model=ReportAck,
     openapi_extra={"requestBody": {"content": {FRAME_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
 )

@@ -178,13 +178,11 @@ def _seed_key_of_run(state_dir: Path, seed: int) -> None:
     """The cloud's seed key derived from the simulation's seed (a deployment makes a random one): runs with the same
     seed then hand devices the same seed ranges, so two arms of a study (with and without an attacker, say) differ
     only in what they vary."""
-    from cloud_api.round_state import SEED_KEY_FILE  # deferred: loads sqlalchemy (not needed at the CLI's import)
+    # deferred: loads sqlalchemy (not needed at the CLI's import)
+    from cloud_api.round_state import SEED_KEY_FILE, write_seed_key
 
-    path = state_dir / SEED_KEY_FILE
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(hashlib.blake2b(f"cooperllm-simulation:{seed}".encode(), digest_size=32).digest())
+    if not (state_dir / SEED_KEY_FILE).exists():  # a resumed run keeps its key
+        write_seed_key(state_dir, hashlib.blake2b(f"cooperllm-simulation:{seed}".encode(), digest_size=32).digest())
 
 
 ADMIN_TIMEOUT_S = 600.0
