@@ -12,12 +12,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud_api.round_state import SEED_KEY_FILE, write_seed_key
 from cloud_api.settings import Settings
 from cooperllm.api_client import CooperClient
 from cooperllm.protocol import RunConfig
 
 ADMIN = "test-admin-token-0123456789"
 ENROL = "test-enrolment-key-0123456789"
+# Every test server keys its seed ranges with this, so a test draws the same seeds (and directions) on every run: a
+# statistical assertion is checked on one fixed draw instead of a fresh random one each time.
+TEST_SEED_KEY = bytes(range(32))
 
 
 @dataclass
@@ -67,6 +71,8 @@ def start_server(tmp: Path, model_dir: Path, public_data: Path, **overrides) -> 
     )
     values.update(overrides)
     settings = Settings(**values)
+    if not (settings.state_dir / SEED_KEY_FILE).exists():
+        write_seed_key(settings.state_dir, TEST_SEED_KEY)
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

@@ -3,6 +3,6 @@ shared with tests/security)."""
 
 from __future__ import annotations
 
-from live_cloud import ADMIN, ENROL, LiveServer, start_server
+from live_cloud import ADMIN, ENROL, TEST_SEED_KEY, LiveServer, start_server
 
-__all__ = ["ADMIN", "ENROL", "LiveServer", "start_server"]
+__all__ = ["ADMIN", "ENROL", "TEST_SEED_KEY", "LiveServer", "start_server"]
