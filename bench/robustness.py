@@ -1,44 +1,84 @@
-"""Compare the arms of bench/robustness.sh: each attacked run against the honest one — final accuracy on the same
-test examples (difference, exact McNemar p) and how far the attack moved θ (‖θ_attacked − θ_honest‖ beside the
-honest run's own distance from θ₀).
+"""Compare the arms of bench/robustness.sh: each attacked run against the honest one of the same seed — final
+accuracy on the same test examples (difference, exact McNemar p), how far the attack moved θ (‖θ_attacked −
+θ_honest‖ beside the honest run's own distance from θ₀), the largest single round's step ‖θ_{r+1} − θ_r‖ of each
+arm (the per-round bound of docs/SECURITY.md §3) and each arm's mean λ (zgr's weight on the cloud's estimate).
+Given several seeds' folders, also the mean paired difference over seeds with its 95 % t-interval: the attack costs
+at most 2 pp when the interval's lower end is above −2 pp.
 
-    python bench/robustness.py runs/robust
+    python bench/robustness.py runs/robust                         # one seed
+    python bench/robustness.py runs/robust/seed0 runs/robust/seed1 runs/robust/seed2
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
+from scipy import stats
 
 from cooperllm.evaluate import paired_change
 from cooperllm_app.simulation.metrics import evaluation_of, read_lines
 
+ATTACKS = ("scalar", "flood")
 
-def final_theta(run: Path, version: int) -> np.ndarray:
+
+def theta_at(run: Path, version: int) -> np.ndarray:
     tensors = load_file(run / "cloud" / "run1" / "adapters" / f"v{version:06d}.safetensors")
     return np.concatenate([tensors[k].reshape(-1).astype(np.float64) for k in sorted(tensors)])
 
 
-def main() -> None:
-    root = Path(sys.argv[1])
+def largest_step(run: Path, rounds: int) -> float:
+    thetas = [theta_at(run, v) for v in range(rounds + 1)]
+    return max(float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(thetas))
+
+
+def mean_lam(run: Path) -> float:
+    lams = [line["lam"] for line in read_lines(run / "metrics.jsonl") if line.get("lam") is not None]
+    return float(np.mean(lams)) if lams else float("nan")
+
+
+def compare_seed(root: Path) -> dict[str, float]:
+    """Print one seed's comparison; returns each attack's accuracy difference (pp) against the honest arm."""
     rounds = json.loads((root / "none" / "config.json").read_text())["rounds"]
-    final = {arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1]) for arm in ("none", "scalar", "flood")}
-    theta0, honest = final_theta(root / "none", 0), final_theta(root / "none", rounds)
+    final = {arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1]) for arm in ("none", *ATTACKS)}
+    theta0, honest = theta_at(root / "none", 0), theta_at(root / "none", rounds)
     print(
-        f"honest: accuracy {final['none'].accuracy:.2%} on {final['none'].n_examples} test examples after {rounds} "
-        f"rounds; ‖θ − θ₀‖ = {np.linalg.norm(honest - theta0):.4g}"
+        f"{root}: honest accuracy {final['none'].accuracy:.2%} on {final['none'].n_examples} test examples after "
+        f"{rounds} rounds; ‖θ − θ₀‖ = {np.linalg.norm(honest - theta0):.4g}; largest round "
+        f"{largest_step(root / 'none', rounds):.4g}; mean λ {mean_lam(root / 'none'):.3f}"
     )
-    honest_acc = final["none"].accuracy
-    for arm in ("scalar", "flood"):
+    diffs = {}
+    for arm in ATTACKS:
         change = paired_change(final["none"], final[arm])
-        moved = np.linalg.norm(final_theta(root / arm, rounds) - honest)
+        moved = np.linalg.norm(theta_at(root / arm, rounds) - honest)
+        diffs[arm] = 100 * (final[arm].accuracy - final["none"].accuracy)
         print(
-            f"{arm:>6}: accuracy {final[arm].accuracy:.2%} ({100 * (final[arm].accuracy - honest_acc):+.2f} pp, "
-            f"McNemar p = {change.p_value:.3g}); ‖θ − θ_honest‖ = {moved:.4g}"
+            f"  {arm:>6}: accuracy {final[arm].accuracy:.2%} ({diffs[arm]:+.2f} pp, McNemar p = {change.p_value:.3g}); "
+            f"‖θ − θ_honest‖ = {moved:.4g}; largest round {largest_step(root / arm, rounds):.4g}; "
+            f"mean λ {mean_lam(root / arm):.3f}"
+        )
+    return diffs
+
+
+def main() -> None:
+    roots = [Path(a) for a in sys.argv[1:]]
+    if not roots:
+        sys.exit("usage: python bench/robustness.py RUN_ROOT [RUN_ROOT …] (one bench/robustness.sh output per seed)")
+    per_seed = [compare_seed(root) for root in roots]
+    if len(per_seed) < 2:
+        return
+    for arm in ATTACKS:
+        d = np.array([s[arm] for s in per_seed])
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        p = stats.ttest_1samp(d, 0.0).pvalue
+        low, high = d.mean() - half, d.mean() + half
+        print(
+            f"{arm:>6} over {len(d)} seeds: {d.mean():+.2f} pp (95 % CI {low:+.2f} to {high:+.2f}; paired t p = "
+            f"{p:.3g}); per seed " + ", ".join(f"{x:+.2f}" for x in d)
         )
 
 

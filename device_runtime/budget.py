@@ -45,8 +45,8 @@ def tame_heap() -> bool:
     return mallopt(m_mmap_threshold, 128 * 1024) == 1 and mallopt(m_arena_max, 2) == 1
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
+def _status_kb(field: str, pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
@@ -58,13 +58,13 @@ def mapped_mb() -> float:
     return _status_kb("VmSize") / 1024
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set of this process's own address space (VmHWM).
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident set of a process's own address space (VmHWM; this process unless ``pid`` names another).
 
     Not ``ru_maxrss``: Linux carries the pre-exec high-water mark into it, so a process spawned by a big parent
     (pytest or a CLI with torch loaded) would report the parent's peak.
     """
-    return _status_kb("VmHWM") / 1024
+    return _status_kb("VmHWM", pid) / 1024
 
 
 def graph_bytes(folder: Path, files: list[str]) -> int:

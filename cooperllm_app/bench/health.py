@@ -1,10 +1,13 @@
-"""``cooperllm bench health``: is the cloud's event loop free while it works? ``GET /v1/health`` latency while a run
-is created (the rectifier's first backprop) and while rounds aggregate, against the same probe on an idle server.
+"""``cooperllm bench health``: is the cloud's event loop free, and its memory bounded, while it works? ``GET
+/v1/health`` latency while a run is created (the rectifier's first backprop) and while rounds aggregate, against the
+same probe on an idle server; and the server's peak resident memory at the end of each phase.
 
 The server runs as a subprocess (``cooperllm serve``). A probe thread asks ``/health`` every ``--interval`` seconds
 throughout; a device thread polls ``/rounds/current`` as devices do (on a blocked loop both would wait). Phases:
 idle (the baseline), creating a ``zgr`` run, then ``--rounds`` rounds aggregated from synthetic reports of two
-devices. Prints p50/p99/max per phase and each phase's p99 as a ratio to the idle p99.
+devices, each sending its full quota. Prints p50/p99/max per phase, each phase's p99 as a ratio to the idle p99, and
+the server's VmHWM. ``--config max`` creates the run with every setting that sizes the cloud's work at its bound
+(:data:`MAX_CONFIG`): the server's peak there bounds its memory for any run the API accepts (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -26,6 +29,19 @@ from cooperllm.api_client import CooperClient
 from cooperllm.data import shared_data_dir
 from cooperllm.protocol import ReportIn, RunConfig
 from cooperllm_app.serve_process import start_serve, stop_serve
+from device_runtime.budget import peak_rss_mb
+
+# Every RunConfig setting that sizes the cloud's memory or work, at the largest value the API accepts: the rectifier's
+# backprop (grad_batch_size × grad_batches), the gradient window and the guidance basis (window, guidance_rank), and
+# the reports a device owes a round (local_steps × D). batch_size only names the devices' batches; it is here too.
+MAX_CONFIG = {
+    "batch_size": 64,
+    "grad_batch_size": 64,
+    "grad_batches": 16,
+    "window": 64,
+    "guidance_rank": 16,
+    "local_steps": 64,
+}
 
 
 def register_bench(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +56,12 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds to aggregate (default 3)")
     p.add_argument("--idle", type=float, default=5.0, help="seconds of the idle baseline (default 5)")
     p.add_argument("--interval", type=float, default=0.02, help="seconds between probes (default 0.02)")
+    p.add_argument(
+        "--config",
+        choices=("default", "max"),
+        default="default",
+        help="the run's settings: RunConfig's defaults, or every setting that sizes the cloud's work at its bound",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_bench)
 
@@ -72,7 +94,7 @@ def _server(tmp: Path, model: str, env: dict):
     options = ["--model", model, "--db", f"sqlite:///{tmp}/bench.db", "--state-dir", str(tmp / "state")]
     proc, url = start_serve([*options, "--public-data", str(public), "--public-n", "200"], env)
     try:
-        yield url
+        yield proc.pid, url
     finally:
         stop_serve(proc)
 
@@ -100,8 +122,9 @@ def run_bench(args: argparse.Namespace) -> int:
     env = dict(os.environ, COOPERLLM_ADMIN_TOKEN=admin_token, COOPERLLM_ENROLMENT_KEY=enrol_key)
     with (
         tempfile.TemporaryDirectory(prefix="cooperllm-bench-health-") as tmpdir,
-        _server(Path(tmpdir), args.model, env) as url,
+        _server(Path(tmpdir), args.model, env) as (pid, url),
     ):
+        peak_mb: dict[str, float] = {}
         admin = CooperClient(url, admin_token)
         devices = [CooperClient(url) for _ in range(2)]
         for i, dev in enumerate(devices):
@@ -111,9 +134,12 @@ def run_bench(args: argparse.Namespace) -> int:
         health.start()
         poll.start()
         time.sleep(args.idle)
+        peak_mb["idle"] = peak_rss_mb(pid)
         health.phase = "create_run"
-        cfg = RunConfig(strategy="zgr", rounds=args.rounds + 1, quorum=2, blocks=[-1], deadline_s=600)
+        sized = MAX_CONFIG if args.config == "max" else {}
+        cfg = RunConfig(strategy="zgr", rounds=args.rounds + 1, quorum=2, blocks=[-1], deadline_s=600, **sized)
         admin.create_run(cfg)
+        peak_mb["create_run"] = peak_rss_mb(pid)
         health.phase = "aggregate"
         rng = np.random.default_rng(0)
         for _ in range(args.rounds):
@@ -122,6 +148,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 dev.upload_reports(info.round, _round_reports(info, rng), f"r{info.round}")
             while devices[0].current_round(after=infos[0].round, wait_s=60).round == infos[0].round:
                 pass  # a long poll answers within 60 s; the round closes once both devices are in
+        peak_mb["aggregate"] = peak_rss_mb(pid)
         health.phase = "done"
         for p in (health, poll):
             p.stopped.set()
@@ -132,13 +159,23 @@ def run_bench(args: argparse.Namespace) -> int:
     }
     for name in ("create_run", "aggregate"):
         phases[name]["p99_vs_idle"] = phases[name]["p99_ms"] / phases["idle"]["p99_ms"]
-    out = {"model": args.model, "interval_s": args.interval, "rounds": args.rounds, "health": phases}
+    for name, mb in peak_mb.items():
+        phases[name]["server_peak_rss_mb"] = mb
+    out = {
+        "model": args.model,
+        "config": args.config,
+        "run": cfg.model_dump(include={"batch_size", *MAX_CONFIG}),
+        "interval_s": args.interval,
+        "rounds": args.rounds,
+        "health": phases,
+    }
     if args.json:
         print(json.dumps(out, default=float))
         return 0
     print(f"GET /v1/health every {args.interval * 1e3:.0f} ms, model {args.model}, {args.rounds} rounds aggregated")
+    print(f"run settings ({args.config}): " + ", ".join(f"{k} {v}" for k, v in out["run"].items()))
     for name, s in phases.items():
         ratio = f"  p99 {s['p99_vs_idle']:.1f}x idle" if "p99_vs_idle" in s else ""
         line = f"p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  max {s['max_ms']:7.1f} ms"
-        print(f"  {name:<11} n={s['n']:<5} {line}{ratio}")
+        print(f"  {name:<11} n={s['n']:<5} {line}{ratio}  server peak RSS {s['server_peak_rss_mb']:.0f} MB")
     return 0
