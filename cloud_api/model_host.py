@@ -45,6 +45,7 @@ class ModelHost:
     public_mask: np.ndarray
     public_labels: np.ndarray
     torch_threads: int = 1
+    backprop_chunk: int = 8  # examples per backward pass: bounds activation memory whatever a run's grad_batch_size
     # functional_call swaps the module's parameters while it runs: one caller at a time
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -53,20 +54,31 @@ class ModelHost:
         return int(self.public_labels.shape[0])
 
     def gradient(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
-        """∂ mean-CE / ∂θ on the public rows ``rows`` at ``theta`` (layout order, float32) and the loss."""
+        """∂ mean-CE / ∂θ on the public rows ``rows`` at ``theta`` (layout order, float32) and the loss.
+
+        The rows go through backward ``backprop_chunk`` at a time, each chunk's mean loss weighted by its share of
+        the rows, and the gradients accumulate: the same mean gradient, with the activations of one chunk in memory
+        instead of the whole batch (a run's ``grad_batch_size`` 64 held ~12 GB of SmolLM2 activations at once)."""
         import torch  # deferred: loads torch (heavy; not needed at import)
         from torch.func import functional_call  # deferred: loads torch (heavy; not needed at import)
 
         torch.set_num_threads(self.torch_threads)
+        rows = np.asarray(rows)
         flat = torch.tensor(np.asarray(theta, dtype=np.float32), requires_grad=True)
-        params = {t.name: flat[t.offset : t.offset + t.size].view(t.shape) for t in self.layout.tensors}
-        ids = torch.from_numpy(self.public_ids[rows])
-        mask = torch.from_numpy(self.public_mask[rows])
-        labels = torch.from_numpy(self.public_labels[rows])
+        total = 0.0
         with self._lock, torch.enable_grad():
-            loss, _ = functional_call(self.module, params, (ids, mask, labels), strict=False)
-            loss.backward()
-        return flat.grad.numpy().astype(np.float32, copy=True), float(loss.detach())
+            for start in range(0, len(rows), self.backprop_chunk):
+                chunk = rows[start : start + self.backprop_chunk]
+                params = {t.name: flat[t.offset : t.offset + t.size].view(t.shape) for t in self.layout.tensors}
+                inputs = (
+                    torch.from_numpy(self.public_ids[chunk]),
+                    torch.from_numpy(self.public_mask[chunk]),
+                    torch.from_numpy(self.public_labels[chunk]),
+                )
+                loss, _ = functional_call(self.module, params, inputs, strict=False)
+                (loss * (len(chunk) / len(rows))).backward()
+                total += float(loss.detach()) * len(chunk)
+        return flat.grad.numpy().astype(np.float32, copy=True), total / len(rows)
 
     def label_logits(self, theta: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Label logits of the eager model at θ (used to check exports)."""
@@ -159,6 +171,7 @@ def load_model_host(settings: Settings) -> ModelHost:
         public_mask=enc.attention_mask,
         public_labels=enc.labels,
         torch_threads=settings.torch_threads,
+        backprop_chunk=settings.backprop_chunk,
     )
 
 

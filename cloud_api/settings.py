@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     lora_init_seed: int = 0
     torch_threads: int = Field(default=1, ge=1)
+    # public examples per backward pass of the cloud's model: its activation memory is that of one chunk whatever a
+    # run's grad_batch_size (docs/SECURITY.md §4)
+    backprop_chunk: int = Field(default=8, ge=1, le=64)
     guidance_codec: Literal["dtc", "plain"] = "dtc"  # plain: lossless float32 guidance frames (the DTC-off arm)
 
     max_body_bytes: int = Field(default=8 << 20, ge=1024)

@@ -76,12 +76,16 @@ class _Poller(threading.Thread):
         self.path, self.interval = path, interval
         self.phase = "idle"
         self.samples: list[tuple[str, float]] = []
+        self.timeouts: dict[str, int] = {}  # requests per phase that got no answer within the client's timeout
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
             phase, t0 = self.phase, time.perf_counter()
-            self.client.get(self.path)  # any answer: before a run exists the device poll gets 404
+            try:
+                self.client.get(self.path)  # any answer: before a run exists the device poll gets 404
+            except httpx.TimeoutException:
+                self.timeouts[phase] = self.timeouts.get(phase, 0) + 1
             self.samples.append((phase, (time.perf_counter() - t0) * 1e3))
             self.stopped.wait(self.interval)
         self.client.close()
@@ -125,7 +129,7 @@ def run_bench(args: argparse.Namespace) -> int:
         _server(Path(tmpdir), args.model, env) as (pid, url),
     ):
         peak_mb: dict[str, float] = {}
-        admin = CooperClient(url, admin_token)
+        admin = CooperClient(url, admin_token, timeout=600.0)  # creating a run at the bounds takes minutes on 2 cores
         devices = [CooperClient(url) for _ in range(2)]
         for i, dev in enumerate(devices):
             dev.enroll(enrol_key, f"bench-health-{i}")
@@ -161,6 +165,9 @@ def run_bench(args: argparse.Namespace) -> int:
         phases[name]["p99_vs_idle"] = phases[name]["p99_ms"] / phases["idle"]["p99_ms"]
     for name, mb in peak_mb.items():
         phases[name]["server_peak_rss_mb"] = mb
+        phases[name]["health_timeouts"] = health.timeouts.get(name, 0)
+        # a device's poll waits for the engine lock (in a worker thread) while a run is created or a round aggregated
+        phases[name]["device_poll_timeouts"] = poll.timeouts.get(name, 0)
     out = {
         "model": args.model,
         "config": args.config,
@@ -177,5 +184,6 @@ def run_bench(args: argparse.Namespace) -> int:
     for name, s in phases.items():
         ratio = f"  p99 {s['p99_vs_idle']:.1f}x idle" if "p99_vs_idle" in s else ""
         line = f"p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  max {s['max_ms']:7.1f} ms"
-        print(f"  {name:<11} n={s['n']:<5} {line}{ratio}  server peak RSS {s['server_peak_rss_mb']:.0f} MB")
+        timeouts = f"  device polls timed out: {s['device_poll_timeouts']}" if s["device_poll_timeouts"] else ""
+        print(f"  {name:<11} n={s['n']:<5} {line}{ratio}  server peak RSS {s['server_peak_rss_mb']:.0f} MB{timeouts}")
     return 0
