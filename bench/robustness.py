@@ -44,7 +44,8 @@ def mean_lam(run: Path) -> float:
 def compare_seed(root: Path) -> dict[str, float]:
     """Print one seed's comparison; returns each attack's accuracy difference (pp) against the honest arm."""
     rounds = json.loads((root / "none" / "config.json").read_text())["rounds"]
-    final = {arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1]) for arm in ("none", *ATTACKS)}
+    arms = [arm for arm in ATTACKS if (root / arm / "metrics.jsonl").is_file()]
+    final = {arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1]) for arm in ("none", *arms)}
     theta0, honest = theta_at(root / "none", 0), theta_at(root / "none", rounds)
     print(
         f"{root}: honest accuracy {final['none'].accuracy:.2%} on {final['none'].n_examples} test examples after "
@@ -52,7 +53,7 @@ def compare_seed(root: Path) -> dict[str, float]:
         f"{largest_step(root / 'none', rounds):.4g}; mean λ {mean_lam(root / 'none'):.3f}"
     )
     diffs = {}
-    for arm in ATTACKS:
+    for arm in arms:
         change = paired_change(final["none"], final[arm])
         moved = np.linalg.norm(theta_at(root / arm, rounds) - honest)
         diffs[arm] = 100 * (final[arm].accuracy - final["none"].accuracy)
@@ -72,7 +73,9 @@ def main() -> None:
     if len(per_seed) < 2:
         return
     for arm in ATTACKS:
-        d = np.array([s[arm] for s in per_seed])
+        d = np.array([s[arm] for s in per_seed if arm in s])
+        if len(d) < 2:
+            continue
         half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
         p = stats.ttest_1samp(d, 0.0).pvalue
         low, high = d.mean() - half, d.mean() + half

@@ -3,7 +3,7 @@
 # every round, zgr at the study's validated settings (bench/experiments.sh: η 1e-2, η_zo 3e-4; ETA and ETA_ZO override
 # them), ROUNDS rounds, the full test set at the end. Three arms that differ only in device 0: honest (none), every
 # scalar sent as 1e6 (scalar), 100× its quota of reports (flood). The simulation's seed key follows the seed, so the
-# arms draw the same seeds and batches.
+# arms draw the same seeds and batches. CLIP_K sets the robust clip, TEST the evaluation file, ARMS the arms run.
 #
 #   bench/robustness.sh                     # the three runs (resumable), then the comparison
 #   python bench/robustness.py runs/robust  # the comparison alone
@@ -21,15 +21,18 @@ ROUNDS=${ROUNDS:-10}
 SEED=${SEED:-0}
 ETA=${ETA:-1e-2}
 ETA_ZO=${ETA_ZO:-3e-4}
+CLIP_K=${CLIP_K:-10}                       # RunConfig.clip_k, the robust clip (docs/SECURITY.md §3)
+TEST=${TEST:-../shared/data/sst2/test.tsv} # scored on the full file; runs/exp/data/val.tsv to choose settings
+ARMS=${ARMS:-none scalar flood}
 
 if [ ! -f "$ART/manifest.json" ]; then
     nice -n 10 $COOPERLLM export --model smollm2 --task seq-cls --out "$ART" --no-progress
 fi
 [ -f "$DATA" ] || $PYTHON bench/split_validation.py --out "$(dirname "$DATA")"
-for attack in none scalar flood; do
+for attack in $ARMS; do
     nice -n 10 $COOPERLLM simulate --artifacts "$ART" --out "$OUT/$attack" --no-progress --attack "$attack" \
         --strategy zgr --clients 5 --per-round 5 --rounds "$ROUNDS" --seed "$SEED" --partition dirichlet:0.5 \
-        --local-steps 1 --blocks all --eta "$ETA" --eta-zo "$ETA_ZO" --link 100mbit:20ms --train-data "$DATA" \
-        --eval-every "$ROUNDS"
+        --local-steps 1 --blocks all --eta "$ETA" --eta-zo "$ETA_ZO" --clip-k "$CLIP_K" --link 100mbit:20ms \
+        --train-data "$DATA" --test-data "$TEST" --eval-every "$ROUNDS"
 done
 $PYTHON bench/robustness.py "$OUT"

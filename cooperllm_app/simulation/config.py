@@ -101,6 +101,7 @@ class SimConfig:
     rectifier: str = run_field("rectifier")
     eta: float | None = run_field("eta", unset="per strategy: 1e-2; bp 1, FedAvg of Δθ")
     eta_zo: float = run_field("eta_zo")
+    clip_k: float | None = run_field("clip_k")
     guidance_rank: int = run_field("guidance_rank", flag="--rank")
     window: int = run_field("window")
     grad_batches: int = run_field("grad_batches")
