@@ -139,12 +139,12 @@ def run_bench(args: argparse.Namespace) -> int:
         poll.start()
         time.sleep(args.idle)
         peak_mb["idle"] = peak_rss_mb(pid)
-        health.phase = "create_run"
+        health.phase = poll.phase = "create_run"
         sized = MAX_CONFIG if args.config == "max" else {}
         cfg = RunConfig(strategy="zgr", rounds=args.rounds + 1, quorum=2, blocks=[-1], deadline_s=600, **sized)
         admin.create_run(cfg)
         peak_mb["create_run"] = peak_rss_mb(pid)
-        health.phase = "aggregate"
+        health.phase = poll.phase = "aggregate"
         rng = np.random.default_rng(0)
         for _ in range(args.rounds):
             infos = [d.current_round() for d in devices]
@@ -153,7 +153,7 @@ def run_bench(args: argparse.Namespace) -> int:
             while devices[0].current_round(after=infos[0].round, wait_s=60).round == infos[0].round:
                 pass  # a long poll answers within 60 s; the round closes once both devices are in
         peak_mb["aggregate"] = peak_rss_mb(pid)
-        health.phase = "done"
+        health.phase = poll.phase = "done"
         for p in (health, poll):
             p.stopped.set()
             p.join(timeout=120)
