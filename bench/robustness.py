@@ -1,5 +1,5 @@
 """Compare the arms of bench/robustness.sh: each attacked run against the honest one of the same seed — final
-accuracy on the same test examples (difference, exact McNemar p), how far the attack moved θ (‖θ_attacked −
+accuracy on the same evaluation examples (difference, exact McNemar p), how far the attack moved θ (‖θ_attacked −
 θ_honest‖ beside the honest run's own distance from θ₀), the largest single round's step ‖θ_{r+1} − θ_r‖ of each
 arm (the per-round bound of docs/SECURITY.md §3) and each arm's mean λ (zgr's weight on the cloud's estimate).
 Given several seeds' folders, also the mean paired difference over seeds with its 95 % t-interval: the attack costs
@@ -48,7 +48,7 @@ def compare_seed(root: Path) -> dict[str, float]:
     final = {arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1]) for arm in ("none", *arms)}
     theta0, honest = theta_at(root / "none", 0), theta_at(root / "none", rounds)
     print(
-        f"{root}: honest accuracy {final['none'].accuracy:.2%} on {final['none'].n_examples} test examples after "
+        f"{root}: honest accuracy {final['none'].accuracy:.2%} on {final['none'].n_examples} evaluation examples after "
         f"{rounds} rounds; ‖θ − θ₀‖ = {np.linalg.norm(honest - theta0):.4g}; largest round "
         f"{largest_step(root / 'none', rounds):.4g}; mean λ {mean_lam(root / 'none'):.3f}"
     )
