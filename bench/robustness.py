@@ -48,7 +48,8 @@ def compare_seed(root: Path) -> dict[str, float]:
     final = {arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1]) for arm in ("none", *arms)}
     theta0, honest = theta_at(root / "none", 0), theta_at(root / "none", rounds)
     print(
-        f"{root}: honest accuracy {final['none'].accuracy:.2%} on {final['none'].n_examples} evaluation examples after "
+        f"{root}: honest accuracy {final['none'].accuracy:.2%} (loss {final['none'].loss:.4f}) on "
+        f"{final['none'].n_examples} evaluation examples after "
         f"{rounds} rounds; ‖θ − θ₀‖ = {np.linalg.norm(honest - theta0):.4g}; largest round "
         f"{largest_step(root / 'none', rounds):.4g}; mean λ {mean_lam(root / 'none'):.3f}"
     )
@@ -58,7 +59,8 @@ def compare_seed(root: Path) -> dict[str, float]:
         moved = np.linalg.norm(theta_at(root / arm, rounds) - honest)
         diffs[arm] = 100 * (final[arm].accuracy - final["none"].accuracy)
         print(
-            f"  {arm:>6}: accuracy {final[arm].accuracy:.2%} ({diffs[arm]:+.2f} pp, McNemar p = {change.p_value:.3g}); "
+            f"  {arm:>6}: accuracy {final[arm].accuracy:.2%} ({diffs[arm]:+.2f} pp, McNemar p = {change.p_value:.3g}), "
+            f"loss {final[arm].loss:.4f}; "
             f"‖θ − θ_honest‖ = {moved:.4g}; largest round {largest_step(root / arm, rounds):.4g}; "
             f"mean λ {mean_lam(root / arm):.3f}"
         )
