@@ -171,7 +171,7 @@ def run_bench(args: argparse.Namespace) -> int:
     out = {
         "model": args.model,
         "config": args.config,
-        "run": cfg.model_dump(include={"batch_size", *MAX_CONFIG}),
+        "run": cfg.model_dump(include=set(MAX_CONFIG)),
         "interval_s": args.interval,
         "rounds": args.rounds,
         "health": phases,
