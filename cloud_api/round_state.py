@@ -35,18 +35,20 @@ def load_seed_key(state_dir: Path) -> bytes:
     """The server's secret for seed ranges (32 random bytes in ``state_dir``, mode 0600), made on first start and
     kept, so a restarted server hands every device the same range for an open round."""
     path = state_dir / SEED_KEY_FILE
-    if not path.is_file():
-        write_seed_key(state_dir, secrets.token_bytes(32))
+    ensure_seed_key(state_dir, secrets.token_bytes(32))
     key = path.read_bytes()
     if len(key) != 32:
         raise RuntimeError(f"{path} is not a 32-byte seed key: remove it only if no run is open")
     return key
 
 
-def write_seed_key(state_dir: Path, key: bytes) -> None:
-    """Store a seed key (mode 0600, written whole: temp file, fsync, rename)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+def ensure_seed_key(state_dir: Path, key: bytes) -> None:
+    """Store ``key`` as the seed key unless ``state_dir`` already has one (a key, once used, is kept: it names the
+    seed ranges of open rounds). Mode 0600, written whole: temp file, fsync, rename."""
     path = state_dir / SEED_KEY_FILE
+    if path.is_file():
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud_api.round_state import SEED_KEY_FILE, write_seed_key
+from cloud_api.round_state import ensure_seed_key
 from cloud_api.settings import Settings
 from cooperllm.api_client import CooperClient
 from cooperllm.protocol import RunConfig
@@ -71,8 +71,7 @@ def start_server(tmp: Path, model_dir: Path, public_data: Path, **overrides) -> 
     )
     values.update(overrides)
     settings = Settings(**values)
-    if not (settings.state_dir / SEED_KEY_FILE).exists():
-        write_seed_key(settings.state_dir, TEST_SEED_KEY)
+    ensure_seed_key(settings.state_dir, TEST_SEED_KEY)
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

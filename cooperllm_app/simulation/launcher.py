@@ -179,10 +179,9 @@ def _seed_key_of_run(state_dir: Path, seed: int) -> None:
     seed then hand devices the same seed ranges, so two arms of a study (with and without an attacker, say) differ
     only in what they vary."""
     # deferred: loads sqlalchemy (not needed at the CLI's import)
-    from cloud_api.round_state import SEED_KEY_FILE, write_seed_key
+    from cloud_api.round_state import ensure_seed_key
 
-    if not (state_dir / SEED_KEY_FILE).exists():  # a resumed run keeps its key
-        write_seed_key(state_dir, hashlib.blake2b(f"cooperllm-simulation:{seed}".encode(), digest_size=32).digest())
+    ensure_seed_key(state_dir, hashlib.blake2b(f"cooperllm-simulation:{seed}".encode(), digest_size=32).digest())
 
 
 ADMIN_TIMEOUT_S = 600.0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_api.round_state import write_seed_key
+from cloud_api.round_state import ensure_seed_key
 from cooperllm.api_client import ApiError, CooperClient
 from cooperllm.protocol import ReportIn
 
@@ -112,7 +112,7 @@ def _run(tmp: Path, model: Path, public: Path, kill_points: set[tuple[int, int]]
     """Drive 2 devices through 3 rounds; at (round, after upload i) in kill_points the server is SIGKILLed and
     restarted, and both devices retry their round's batch (same idempotency key). Both runs share one seed key:
     seed ranges are keyed by the server's secret, and the reports' scalars follow their seeds."""
-    write_seed_key(tmp / "state", TEST_SEED_KEY)
+    ensure_seed_key(tmp / "state", TEST_SEED_KEY)
     srv = Server(tmp, model, public)
     srv.start()
     try:
