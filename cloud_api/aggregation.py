@@ -8,6 +8,7 @@ and what a round's sync publishes, are the stored uploads bounded by the round's
 from __future__ import annotations
 
 import json
+import logging
 
 from sqlalchemy import Engine, select
 
@@ -17,9 +18,11 @@ from cloud_api.round_state import RoundState
 from cooperllm.layout import ParamLayout
 from cooperllm.protocol import decode_tensor_frame, update_to_wire
 from cooperllm.rectify import RectifierState
-from cooperllm.robust import clip_deltas, clip_reports
+from cooperllm.robust import bound_reports, clip_deltas
 from cooperllm.strategies import Aggregate, RoundInputs, Upload
 from cooperllm.zgr import Report
+
+log = logging.getLogger(__name__)
 
 
 def round_reports(engine: Engine, run_id: int, round_: int) -> list[Report]:
@@ -40,8 +43,8 @@ def round_reports(engine: Engine, run_id: int, round_: int) -> list[Report]:
 
 def counted_reports(engine: Engine, st: RoundState, round_: int) -> list[Report]:
     """Round ``round_`` of ``st``'s run as aggregated and published in its sync: the stored reports in canonical
-    order, each scalar clipped against the round's median (RunConfig.clip_k), so a replay applies what the cloud did."""
-    return clip_reports(round_reports(engine, st.run_id, round_), st.plan.directions, st.cfg.clip_k)
+    order less those beyond the round's robust bound (RunConfig.clip_k), so a replay applies what the cloud did."""
+    return bound_reports(round_reports(engine, st.run_id, round_), st.plan.directions, st.cfg.clip_k)
 
 
 def round_deltas(engine: Engine, run_id: int, round_: int) -> list[tuple[int, object]]:
@@ -80,7 +83,19 @@ def round_inputs(engine: Engine, guidance: GuidanceStore, st: RoundState) -> Rou
     strategy = st.strategy
     if strategy.upload is Upload.DELTA:
         return RoundInputs(deltas=clip_deltas(round_deltas(engine, st.run_id, st.round), st.cfg.clip_k))
-    reports = counted_reports(engine, st, st.round) if strategy.upload is Upload.REPORTS else []
+    reports = []
+    if strategy.upload is Upload.REPORTS:
+        stored = round_reports(engine, st.run_id, st.round)
+        reports = bound_reports(stored, st.plan.directions, st.cfg.clip_k)
+        if len(reports) < len(stored):
+            log.warning(
+                "run %d round %d: %d of %d reports left out, beyond %g × their group's median |scalar|",
+                st.run_id,
+                st.round,
+                len(stored) - len(reports),
+                len(stored),
+                st.cfg.clip_k,
+            )
     previous = round_outcome(engine, st.run_id, st.round - 1) if st.round > 0 else None
     state = RectifierState.from_json(None if previous is None else previous.get("state"))
     if not strategy.guided:

@@ -263,9 +263,9 @@ class RunConfig(_Model):
     clip_k: Annotated[
         Annotated[float, Field(ge=1, le=1000)] | None,
         Field(
-            description="robust aggregation (docs/SECURITY.md): clip each report's scalar to ±clip_k × the median "
-            "|scalar| of the round's reports of its block and direction, and each bp Δθ to clip_k × the round's "
-            "median norm (null: off)"
+            description="robust aggregation (docs/SECURITY.md): leave out each report whose |scalar| exceeds "
+            "clip_k × the median |scalar| of the round's reports of its block and direction, and clip each bp Δθ to "
+            "clip_k × the round's median norm (null: off)"
         ),
     ] = 10.0
     seed: Annotated[

@@ -44,10 +44,11 @@ def test_a_device_gets_exactly_its_quota(live):
     assert len(live.engine.round_reports(live.engine.state)) == 2
 
 
-def test_a_huge_scalar_is_clipped_and_cannot_freeze_learning(live):
+def test_a_huge_scalar_is_left_out_and_cannot_freeze_learning(live):
     """Finding 1 (ZO): one report of 9e5 (inside max_abs_scalar) used to set the running scale σ of every later ZO step,
-    so the honest devices' steps shrank by ~1e5 for hundreds of rounds. Now the published scalar is clipped to
-    clip_k × the round's median |scalar|, and the next honest round still takes a step of normal size."""
+    so the honest devices' steps shrank by ~1e5 for hundreds of rounds. Now a report beyond clip_k × the round's median
+    |scalar| is left out of the round (and of its published sync), and the next honest round takes a step of normal
+    size."""
     cfg = RunConfig(strategy="zo", rounds=3, quorum=5, min_devices=5, local_steps=2, blocks=[0], deadline_s=60)
     live.admin().create_run(cfg)
     layout = live.app.state.cooper.host.layout
@@ -56,8 +57,8 @@ def test_a_huge_scalar_is_clipped_and_cannot_freeze_learning(live):
     r0 = _upload_round(devices, rng, poison={0: 9e5})
     wait_round(devices[0], r0 + 1)
     published = [abs(r.scalar) for r in devices[0].sync(r0).reports]
-    assert max(published) <= cfg.clip_k * np.median(published) * (1 + 1e-12)
-    assert max(published) < 100  # the attacker's 9e5 is not what the round applied
+    assert len(published) == 4 * 2  # the four honest devices' two reports each; the attacker's two are left out
+    assert max(published) <= cfg.clip_k * np.median(published)
 
     r1 = _upload_round(devices, rng)
     wait_round(devices[0], r1 + 1)
@@ -68,7 +69,7 @@ def test_a_huge_scalar_is_clipped_and_cannot_freeze_learning(live):
         theta1, layout, cfg, RoundInputs(reports=sync_reports(devices[0].sync(r1)), state=RectifierState())
     )
     ratio = np.linalg.norm(theta2 - theta1) / np.linalg.norm(clean.theta - theta1)
-    assert ratio > 0.1, f"the honest round after the attack moved θ {ratio:.2e}× a clean step"
+    assert ratio > 0.5, f"the honest round after the attack moved θ {ratio:.2e}× a clean step"
 
 
 def test_bp_uploads_are_bounded(live):
