@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     http_parser: Literal["h11", "httptools"] = "h11"
     trusted_proxies: str = ""  # comma-separated proxy addresses whose X-Forwarded-For is believed; "": none
 
-    db_url: str = "sqlite:///runs/cloud/cooperllm.db"
+    db_url: str = ""  # default: sqlite:///<state_dir>/cooperllm.db, so one folder holds all of the service's state
     state_dir: Path = Path("runs/cloud")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"  # WAL + NORMAL survives a killed process
 
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     public_data: Path | None = None  # default: ../shared/data/sst2/dev.tsv (public; train.tsv is private to devices)
     public_n: int = Field(default=2000, ge=1)
     text_column: str | None = None
-    label_column: str = "label"
+    label_column: str | None = None
     seq_len: int = Field(default=64, ge=2)
     task: str = CAUSAL_LM_CLS
     template: str = SST2_TEMPLATE
@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(default=50.0, gt=0)
     rate_burst: int = Field(default=100, ge=1)
     tick_s: float = Field(default=0.05, gt=0)
+
+    @model_validator(mode="after")
+    def _database_in_the_state_dir(self) -> Settings:
+        if not self.db_url:
+            self.db_url = f"sqlite:///{self.state_dir / 'cooperllm.db'}"
+        return self
 
     @model_validator(mode="after")
     def _secrets_outside_development(self) -> Settings:

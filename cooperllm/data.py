@@ -1,9 +1,8 @@
-"""Text-classification data: TSV/JSONL readers, device partitions (IID or Dirichlet label skew), public splits."""
+"""Text-classification data sets: labelled files read into classes, device partitions (IID or Dirichlet label skew),
+public splits."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,11 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_TEXT_COLUMNS = ("sentence", "text", "content", "review")
-
-
-class DataError(ValueError):
-    """A data file that cannot be read as labelled text; the message names the file and line."""
+from cooperllm.datafile import DataError, read_labelled
 
 
 @dataclass(frozen=True)
@@ -44,96 +39,54 @@ def shared_data_dir() -> Path:
 def load_dataset(
     path: str | os.PathLike,
     text_column: str | None = None,
-    label_column: str = "label",
+    label_column: str | None = None,
     label_names: Sequence[str] | None = None,
+    header: bool | None = None,
 ) -> Dataset:
-    """Read a ``.tsv`` (header row) or ``.jsonl`` file of labelled texts.
+    """Read a TSV, CSV or JSONL file of labelled texts (``cooperllm.datafile``: header and columns detected).
 
-    Labels may be integers 0..C-1 or names from ``label_names``; when names are not given, integer labels are
-    named by their value.
+    With ``label_names`` (an artifact's classes) a label is one of the names or an index into them; anything else is
+    refused, naming the classes. Without them the classes are the file's distinct labels in a stable order (numeric
+    for integers, alphabetical otherwise), so the same file always gives the same class indices.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    suffix = path.suffix.lower()
-    if suffix in (".tsv", ".csv"):
-        rows = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
-    elif suffix in (".jsonl", ".json"):
-        rows = _read_jsonl(path)
-    else:
-        raise DataError(f"{path}: unsupported file type {suffix!r} (use .tsv, .csv or .jsonl)")
-    texts: list[str] = []
-    raw_labels: list[tuple[int, object]] = []
-    for line_no, row in rows:
-        col = text_column or next((c for c in DEFAULT_TEXT_COLUMNS if c in row), None)
-        if col is None or col not in row:
-            raise DataError(f"{path}:{line_no}: no text column {text_column or DEFAULT_TEXT_COLUMNS}")
-        if label_column not in row:
-            raise DataError(f"{path}:{line_no}: no label column {label_column!r}")
-        text = row[col]
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{line_no}: empty or non-text value in column {col!r}")
-        texts.append(text.strip())
-        raw_labels.append((line_no, row[label_column]))
-    if not texts:
-        raise DataError(f"{path}: no examples")
-    names, labels = _resolve_labels(path, raw_labels, label_names)
-    return Dataset(texts, labels, names, str(path))
+    rows = read_labelled(path, text_column, label_column, header)
+    names, labels = _resolve_labels(path, rows.labels, label_names)
+    return Dataset(rows.texts, labels, names, str(path))
 
 
-def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, dict]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: empty file") from None
-        header = [h.strip() for h in header]
-        rows = []
-        for values in reader:
-            line_no = reader.line_num
-            if not values or all(not v.strip() for v in values):
-                continue
-            if len(values) != len(header):
-                raise DataError(f"{path}:{line_no}: expected {len(header)} fields, found {len(values)}")
-            rows.append((line_no, dict(zip(header, values, strict=True))))
-    return rows
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object")
-            rows.append((line_no, obj))
-    return rows
+def _label_key(text: str) -> tuple[int, int, str]:
+    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
 
 
 def _resolve_labels(
     path: Path, raw: list[tuple[int, object]], label_names: Sequence[str] | None
 ) -> tuple[tuple[str, ...], np.ndarray]:
-    names = tuple(label_names) if label_names else None
-    labels = np.empty(len(raw), dtype=np.int64)
-    for i, (line_no, value) in enumerate(raw):
-        text = str(value).strip()
-        if names is not None and text in names:
-            labels[i] = names.index(text)
-            continue
-        try:
+    values = [(line, str(v).strip()) for line, v in raw]
+    for line, text in values:
+        if not text:
+            raise DataError(f"{path}:{line}: empty label")
+    if label_names:
+        names = tuple(label_names)
+    else:
+        distinct = sorted({t for _, t in values}, key=_label_key)
+        if all(_label_key(t)[0] == 0 for t in distinct) and int(distinct[0]) >= 0:
+            distinct = [str(i) for i in range(int(distinct[-1]) + 1)]  # integer labels are class indices
+        names = tuple(distinct)
+    index = {n: i for i, n in enumerate(names)}
+    labels = np.empty(len(values), dtype=np.int64)
+    for i, (line, text) in enumerate(values):
+        if text in index:
+            labels[i] = index[text]
+        elif text.isdigit() and int(text) < len(names):
             labels[i] = int(text)
-        except ValueError:
-            raise DataError(f"{path}:{line_no}: label {text!r} is neither an integer nor one of {names}") from None
-        if labels[i] < 0 or (names is not None and labels[i] >= len(names)):
-            raise DataError(f"{path}:{line_no}: label {labels[i]} out of range for {len(names or ())} classes")
-    if names is None:
-        names = tuple(str(v) for v in range(int(labels.max()) + 1))
+        else:
+            raise DataError(
+                f"{path}:{line}: label {text!r} is not one of the {len(names)} classes {list(names)} "
+                "(the artifact's, from export --data): fix the file or export again with data that has it"
+            )
+    if len(names) < 2:
+        raise DataError(f"{path}: one class only ({names[0]!r}); a classifier needs at least two")
     return names, labels
 
 

@@ -125,8 +125,8 @@ class Manifest:
         expected = [*DATA_INPUTS, *self.layout.names]
         if self.input_names != expected:
             raise ManifestError("manifest input_names must be the data inputs followed by the layout's tensors")
-        if len(self.label_token_ids) != self.task.num_classes:
-            raise ManifestError("one label token id per class is required")
+        if len(self.label_token_ids) != len(self.task.label_words):
+            raise ManifestError("one label token id per label word is required")
         if not self.graphs:
             raise ManifestError("manifest lists no graph")
         for g in self.graphs:

@@ -30,8 +30,16 @@ class TaskSpec:
             raise ValueError(f"unknown task mode {self.mode!r}; choose one of {', '.join(TASK_MODES)}")
         if self.template.count("{text}") != 1:
             raise ValueError(f"prompt template must contain '{{text}}' exactly once: {self.template!r}")
-        if len(self.label_words) != len(self.label_names) or len(self.label_names) < 2:
-            raise ValueError("need one label word per class and at least two classes")
+        if len(self.label_names) < 2:
+            raise ValueError(f"need at least two classes, got {list(self.label_names)}")
+        if len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"class names must be distinct: {list(self.label_names)}")
+        if self.mode == SEQ_CLS and not self.label_words:
+            return  # a classification head has no use for label words
+        if len(self.label_words) != len(self.label_names):
+            raise ValueError(
+                f"need one label word per class: {len(self.label_words)} words for classes {list(self.label_names)}"
+            )
         if len(set(self.label_words)) != len(self.label_words):
             raise ValueError(f"label words must be distinct: {self.label_words}")
 

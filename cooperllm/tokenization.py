@@ -112,6 +112,7 @@ class PromptEncoder:
         return 0
 
     def _label_token_ids(self) -> list[int]:
+        """The first token of each label word; none for a seq-cls task without label words (its head scores)."""
         ids = []
         for word in self.task.label_words:
             toks = self._ids(word)

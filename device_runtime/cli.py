@@ -12,6 +12,7 @@ import sys
 
 from cooperllm.checkpoint import save_theta
 from cooperllm.console import fail
+from cooperllm.datafile import add_column_options
 from cooperllm.layout import theta_checksum
 from device_runtime.backends.base import BackendError
 from device_runtime.budget import MemoryBudgetError, peak_rss_mb
@@ -40,8 +41,7 @@ def register_device_commands(dsub: argparse._SubParsersAction) -> None:
 def add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", required=True, help="exported artifact folder (manifest.json, graph, tokenizer)")
     p.add_argument("--data", required=True, help="the device's private training data (TSV or JSONL)")
-    p.add_argument("--text-column", help="text column (default: sentence, text, content or review)")
-    p.add_argument("--label-column", default="label", help="label column (default label)")
+    add_column_options(p)
     p.add_argument(
         "--backend",
         choices=["onnx", "native", "executorch", "eager"],
@@ -114,7 +114,7 @@ def parse_blocks(spec: str | None, layout) -> tuple[int, ...] | None:
 
 def corpus_source(args: argparse.Namespace, path: str, limit: int | None = None):
     """``path`` read with the shared column options (first ``limit`` rows), for ``open_session(data=...)``."""
-    return CorpusSource(path, args.text_column, args.label_column, limit)
+    return CorpusSource(path, args.text_column, args.label_column, limit, args.header)
 
 
 def open_session_or_report(args: argparse.Namespace, data: dict | None = None):

@@ -39,9 +39,10 @@ class CorpusSource:
     """A labelled data file and how to read it; ``limit`` keeps its first rows only."""
 
     path: str
-    text_column: str | None = None
-    label_column: str = "label"
+    text_column: str | None = None  # a name, or an index in a file without a header; None: detected
+    label_column: str | None = None
     limit: int | None = None
+    header: bool | None = None  # None: detected (cooperllm.datafile)
 
 
 def cache_key(manifest: Manifest, source: CorpusSource, seq_len: int) -> str:
@@ -123,7 +124,7 @@ def _child(request: dict) -> None:
 
     source = CorpusSource(**request["source"])
     task = TaskSpec.from_dict(request["task"])
-    dataset = load_dataset(source.path, source.text_column, source.label_column, task.label_names)
+    dataset = load_dataset(source.path, source.text_column, source.label_column, task.label_names, source.header)
     if source.limit is not None:
         dataset = dataset.subset(range(min(source.limit, len(dataset))))
     corpus = PromptEncoder(request["tokenizer"], task, request["seq_len"]).tokenize(dataset)

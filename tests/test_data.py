@@ -36,7 +36,7 @@ def test_reads_jsonl_with_label_names(tmp_path):
         ("empty.tsv", "sentence\tlabel\n\t1\n", ":2:"),
         ("bad.jsonl", '{"text": "a", "label": 0}\n{not json\n', ":2:"),
         ("arr.jsonl", "[1, 2]\n", ":1:"),
-        ("nocol.jsonl", '{"body": "a", "label": 0}\n', ":1:"),
+        ("nocol.jsonl", '{"words": "a", "label": 0}\n', ":1:"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, name, text, where):
@@ -81,3 +81,59 @@ def test_public_split_restricts_classes_and_samples(sst2_dir):
     ds = load_dataset(sst2_dir / "dev.tsv")
     pub = public_split(ds, n=100, seed=1, classes=[1])
     assert len(pub) == 100 and set(pub.labels.tolist()) == {1}
+
+
+NEWS = "".join(
+    f"{text}\t{label}\n"
+    for text, label in [
+        ("stocks fall as rates rise", "business"),
+        ("team wins the final in extra time", "sports"),
+        ("new chip doubles battery life", "tech"),
+        ("leaders meet to discuss the treaty", "world"),
+        ("bank profits beat forecasts", "business"),
+        ("striker signs a three year deal", "sports"),
+    ]
+)
+
+
+def test_headerless_tsv_of_string_labels_is_detected(tmp_path):
+    ds = load_dataset(_write(tmp_path, "news.tsv", NEWS))
+    assert ds.label_names == ("business", "sports", "tech", "world")  # sorted: the same file, the same indices
+    assert ds.texts[0] == "stocks fall as rates rise" and ds.labels.tolist() == [0, 1, 2, 3, 0, 1]
+    flipped = "".join(f"{label}\t{text}\n" for text, label in (r.split("\t") for r in NEWS.splitlines()))
+    assert load_dataset(_write(tmp_path, "flipped.tsv", flipped)).labels.tolist() == ds.labels.tolist()
+
+
+def test_csv_with_quoted_commas_and_a_header(tmp_path):
+    p = _write(tmp_path, "d.csv", 'text,label\n"fine, if slow",pos\n"dull, long, loud",neg\nsharp,pos\n')
+    ds = load_dataset(p)
+    assert ds.texts == ["fine, if slow", "dull, long, loud", "sharp"]
+    assert ds.label_names == ("neg", "pos") and ds.labels.tolist() == [1, 0, 1]
+
+
+def test_columns_by_index_without_a_header(tmp_path):
+    p = _write(tmp_path, "d.tsv", "a\tx\tgood one\nb\ty\tbad one\n")
+    ds = load_dataset(p, text_column="2", label_column="0", header=False)
+    assert ds.texts == ["good one", "bad one"] and ds.label_names == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "kwargs", "expected"),
+    [
+        ("ambiguous.tsv", "good movie\tpos\nbad film\tneg\n", {}, "--no-header"),
+        ("unquoted.csv", "text,label\nfine, if slow,pos\n", {}, "must be quoted"),
+        ("empty.tsv", "", {}, "empty file"),
+        ("blank.jsonl", "\n\n", {}, "empty file"),
+        ("header.tsv", "title\tgenre\ngood\tpos\n", {}, "--text-column"),
+        ("classes.tsv", NEWS, {"label_names": ("business", "sports")}, "not one of the 2 classes"),
+        ("single.tsv", "good\tpos\nfine\tpos\nnice\tpos\n", {}, "one class only"),
+        ("index.tsv", NEWS, {"text_column": "5", "header": False}, "--text-column"),
+    ],
+)
+def test_bad_files_get_a_short_error_naming_the_fix(tmp_path, name, text, kwargs, expected):
+    p = _write(tmp_path, name, text)
+    with pytest.raises(DataError) as err:
+        load_dataset(p, **kwargs)
+    message = str(err.value)
+    assert expected in message and name in message
+    assert message.count("\n") <= 1  # one or two lines

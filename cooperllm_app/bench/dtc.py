@@ -78,7 +78,7 @@ def collect_guidance(args: argparse.Namespace) -> dict[str, object]:
     task = task_from_args(args)
     model_dir = resolve_model(args.model)
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, args.seq_len)
-    dataset = load_dataset(args.data, args.text_column, args.label_column, task.label_names)
+    dataset = load_dataset(args.data, args.text_column, args.label_column, task.label_names, args.header)
     module, layout = build_task_model(load_causal_lm(model_dir), encoder, AdapterSpec())
     params = dict(module.named_parameters())
     trainable = [params[n] for n in layout.names]

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     task = task_from_args(args)
     model_dir = resolve_model(args.model)
-    dataset = load_dataset(args.data, args.text_column, args.label_column, task.label_names)
+    dataset = load_dataset(args.data, args.text_column, args.label_column, task.label_names, args.header)
     if args.limit is not None:
         dataset = dataset.subset(range(min(args.limit, len(dataset))))
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, args.seq_len)

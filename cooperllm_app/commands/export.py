@@ -8,6 +8,7 @@ import sys
 from cooperllm.adapter import AdapterSpec
 from cooperllm.console import fail
 from cooperllm.data import load_dataset
+from cooperllm.datafile import add_column_options
 from cooperllm_app.commands.options import add_model_options, add_task_options, task_from_args
 from exporters import ExportError, export_artifacts
 from exporters.api import resolve_backend
@@ -50,8 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-lora", action="store_true", help="no adapters: only the seq-cls head is trainable")
     p.add_argument("--lora-seed", type=int, default=0, help="seed of the initial LoRA A matrices (default 0)")
     p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=8, help="examples per call (default 8)")
-    p.add_argument("--data", help="labelled TSV/JSONL whose first texts fill the validation batch (default built-in)")
-    p.add_argument("--text-column", help="text column of --data (default: auto)")
+    p.add_argument(
+        "--data",
+        help="the task's labelled training file (TSV, CSV or JSONL): its labels become the task's classes (recorded "
+        "in the manifest, read by every later command) and its first texts fill the validation batch (default: "
+        "SST-2's classes, built-in texts)",
+    )
+    add_column_options(p)
     p.add_argument("--no-validate", action="store_true", help="skip parity and fidelity checks (not recommended)")
     p.add_argument("--force", action="store_true", help="write the manifest even when a check fails")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,14 +65,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    task = task_from_args(args)
+    dataset = None
+    if args.data:
+        names = args.label_names.split(",") if args.label_names else None
+        dataset = load_dataset(args.data, args.text_column, args.label_column, names, args.header)
+    task = task_from_args(args, dataset.label_names if dataset else None)
     adapter = None
     if not args.no_lora:
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
         adapter = AdapterSpec(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets, init_seed=args.lora_seed)
-    texts = None
-    if args.data:
-        texts = load_dataset(args.data, args.text_column, "label", task.label_names).texts[: args.batch]
+    texts = dataset.texts[: args.batch] if dataset else None
     formats = [f.strip() for f in args.format.split(",")]
     try:
         manifest = export_artifacts(
@@ -96,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         f"manifest {args.out}/manifest.json: {len(manifest.layout.names)} trainable tensors, "
         f"θ size {manifest.layout.total:,}, quant {manifest.quantization['scheme']}"
     )
+    print(f"task     {task.mode}, {task.num_classes} classes: {', '.join(task.label_names)}")
     if v.get("checked") and not v.get("passed"):
         print("WARNING: validation failed; manifest written because of --force", file=sys.stderr)
     return 0
