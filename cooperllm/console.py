@@ -7,10 +7,14 @@ Lives in the core so that both the ``cooperllm`` CLI (application layer) and the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # third-party loggers that are chatty at INFO; they still speak at WARNING and above
@@ -64,3 +68,30 @@ def run_parsed(args: argparse.Namespace) -> int:
         return 130
     except (FileNotFoundError, ValueError) as exc:
         return fail(exc, 2)
+
+
+# XNNPACK's CPU probe (ExecuTorch's cpuinfo_utils.cpp) logs each ARM identification file it cannot open on an x86
+# machine or in a VM ("[cpuinfo_utils.cpp:87] Failed to open midr file ...", or from the native runner's build
+# "I 00:00:00.001 executorch:cpuinfo_utils.cpp:87] ..."): it then falls back to the generic kernels the graph was
+# validated with, so the lines say nothing about the run. They are written by C++ straight to file descriptor 2 while
+# a program loads; every other line written there is passed on unchanged.
+_CPU_PROBE_LINE = re.compile(rb"^(\[|[DI] [\d:.]+ executorch:)cpuinfo_utils\.cpp:\d+\] ")
+
+
+@contextlib.contextmanager
+def without_cpu_probe_lines() -> Iterator[None]:
+    """Run the block with file descriptor 2 captured, then pass on what it wrote less the CPU probe's lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if not _CPU_PROBE_LINE.match(line)]
+            if kept:
+                sys.stderr.buffer.write(b"".join(kept))
+                sys.stderr.flush()

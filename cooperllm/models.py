@@ -100,13 +100,31 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _quiet_gguf_reader() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar ("Converting and de-quantizing GGUF tensors") with no switch
+    to turn it off, over the project's own line for the same one-time conversion (logged by the caller): its bar is
+    disabled for the duration, nothing else about the conversion changes."""
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as reader  # deferred: loads transformers
+
+    original = reader.tqdm
+    reader.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = original
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch  # deferred: loads torch (heavy; not needed at import)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: loads transformers
 
     kwargs = {"gguf_file": gguf.name}
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    with _quiet_gguf_reader():
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model of the same config and copy the weights.
     plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())

@@ -6,15 +6,13 @@ backends. Both take numpy inputs in the manifest's order and return (loss, label
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from cooperllm.console import without_cpu_probe_lines
 
 # ORT would fold in-graph dequantization back into fp32 constants (1.3–5.9 GB for SmolLM2): keep it off.
 ORT_DISABLED_OPTIMIZERS = ("ConstantFolding",)
@@ -50,7 +48,7 @@ class PteRunner:
     def __init__(self, path: str | os.PathLike):
         from executorch.runtime import Runtime  # deferred: loads executorch (heavy; not needed at import)
 
-        with _without_cpuinfo_probe_lines():
+        with without_cpu_probe_lines():
             self.program = Runtime.get().load_program(Path(path))
             self.method = self.program.load_method("forward")
 
@@ -59,31 +57,6 @@ class PteRunner:
 
         loss, logits = self.method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
         return _loss(loss.numpy()), logits.numpy().copy()
-
-
-# XNNPACK's CPU probe (ExecuTorch's cpuinfo_utils.cpp) logs each ARM identification file it cannot open on an x86
-# machine or in a VM ("[cpuinfo_utils.cpp:87] Failed to open midr file ..."): it then falls back to the generic
-# kernels the graph was validated with, so the lines say nothing about the export. They are written by C++ straight
-# to file descriptor 2 while the program loads; every other line written there is passed on unchanged.
-_CPUINFO_LINE = re.compile(rb"^\[cpuinfo_utils\.cpp:\d+\] ")
-
-
-@contextlib.contextmanager
-def _without_cpuinfo_probe_lines():
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True) if not _CPUINFO_LINE.match(line)]
-            if kept:
-                sys.stderr.buffer.write(b"".join(kept))
-                sys.stderr.flush()
 
 
 def _loss(value) -> float:

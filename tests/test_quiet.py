@@ -41,9 +41,10 @@ def test_cpuinfo_probe_lines_are_dropped_and_other_native_stderr_passes():
     out = _run(
         """
         import os
-        from exporters.runners import _without_cpuinfo_probe_lines
-        with _without_cpuinfo_probe_lines():
+        from cooperllm.console import without_cpu_probe_lines
+        with without_cpu_probe_lines():
             os.write(2, b"[cpuinfo_utils.cpp:87] Failed to open midr file /sys/x\\n")
+            os.write(2, b"I 00:00:00.001006 executorch:cpuinfo_utils.cpp:87] Failed to open midr file /sys/x\\n")
             os.write(2, b"E 00:00 method.cpp:1 a real runtime error\\n")
         """
     )

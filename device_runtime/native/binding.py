@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cooperllm.console import without_cpu_probe_lines
 from device_runtime.native.build import NativeBuildError, build
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,9 @@ class NativeRunner:
         self._lib = load_library()
         err = ctypes.create_string_buffer(_ERR_LEN)
         handle = ctypes.c_void_p()
-        if self._lib.cl_runner_load(os.fsencode(self.path), int(mmap), ctypes.byref(handle), err, _ERR_LEN) != 0:
+        with without_cpu_probe_lines():
+            status = self._lib.cl_runner_load(os.fsencode(self.path), int(mmap), ctypes.byref(handle), err, _ERR_LEN)
+        if status != 0:
             raise NativeRunnerError(err.value.decode(errors="replace"))
         self._handle = handle
         self.input_specs: list[tuple[np.dtype, tuple[int, ...]]] = []
