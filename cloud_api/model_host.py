@@ -110,6 +110,31 @@ def _task_and_adapter(settings: Settings) -> tuple[TaskSpec, AdapterSpec, int]:
     return task, adapter, settings.seq_len
 
 
+# Settings the manifest fixes once artifacts are given: (setting, its flag, the manifest's value).
+_MANIFEST_SETS = (
+    ("task", "--task", lambda m: m.task.mode),
+    ("template", "--template", lambda m: m.task.template),
+    ("label_words", "--label-words", lambda m: tuple(m.task.label_words)),
+    ("label_names", "--label-names", lambda m: tuple(m.task.label_names)),
+    ("seq_len", "--seq-len", lambda m: m.graphs[0].seq_len),
+)
+
+
+def check_settings_against_manifest(settings: Settings) -> None:
+    """Refuse a setting given explicitly (flag or environment) that contradicts the artifacts' manifest: the manifest
+    defines the task, and a contradicting value would otherwise be dropped without a word."""
+    if settings.artifacts is None:
+        return
+    manifest = read_manifest(settings.artifacts, verify_hashes=False)
+    for name, flag, of_manifest in _MANIFEST_SETS:
+        value, expected = getattr(settings, name), of_manifest(manifest)
+        if name in settings.model_fields_set and (tuple(value) if isinstance(value, list) else value) != expected:
+            raise ArtifactMismatchError(
+                f"{flag} {value!r} contradicts {settings.artifacts}/manifest.json ({expected!r}); leave it out, the "
+                "manifest sets it"
+            )
+
+
 def load_model_host(settings: Settings) -> ModelHost:
     """Resolve and load the model, build the task module and layout, read the artifacts and encode public data."""
     import torch  # deferred: loads torch (heavy; not needed at import)
@@ -120,13 +145,16 @@ def load_model_host(settings: Settings) -> ModelHost:
     task, adapter, seq_len = _task_and_adapter(settings)
     manifest = None
     if settings.artifacts is not None:
+        check_settings_against_manifest(settings)
         manifest = read_manifest(settings.artifacts)
         task = manifest.task
         if manifest.adapter is None:
             raise ArtifactMismatchError(f"{settings.artifacts}: the manifest has no LoRA adapter; the cloud needs one")
         adapter = manifest.adapter
         seq_len = manifest.graphs[0].seq_len
-    model_dir = resolve_model(settings.model)
+    # the model the artifacts were exported from, unless one is named
+    model = manifest.model_name if manifest is not None and "model" not in settings.model_fields_set else settings.model
+    model_dir = resolve_model(model)
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, seq_len)
     lm = load_causal_lm(model_dir)
     module, layout = build_task_model(lm, encoder, adapter)
@@ -160,7 +188,7 @@ def load_model_host(settings: Settings) -> ModelHost:
     )
     return ModelHost(
         model_dir=model_dir,
-        model_name=str(settings.model if settings.model != "smollm2" else model_dir.name),
+        model_name=str(model_dir),  # a folder PEFT can load the base model from
         task=task,
         adapter=adapter,
         layout=layout,

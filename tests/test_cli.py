@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,33 @@ def test_bad_input_gives_a_clear_error(tiny_model_dir, args, message):
     proc = _cli(*args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--seq-len", "16"], {}, "--seq-len 16 contradicts"),
+        ([], {"COOPERLLM_TASK": "seq-cls"}, "--task 'seq-cls' contradicts"),
+    ],
+)
+def test_a_setting_that_contradicts_the_manifest_is_refused(tiny_artifacts, tmp_path, args, env, message):
+    """The manifest defines the task: serve refuses an explicit contradiction in one line instead of dropping it."""
+    serve = ["serve", "--artifacts", str(tiny_artifacts), "--port", "0", "--state-dir", str(tmp_path / "state")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cooperllm_app.cli", *serve, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr and "leave it out" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_predict_refuses_an_adapter_of_another_layout_in_one_line(tiny_artifacts, tmp_path):
+    adapter = tmp_path / "other.safetensors"
+    adapter.write_bytes(b"not safetensors")
+    proc = _cli("predict", "--artifacts", str(tiny_artifacts), "--adapter", str(adapter), "a text", check=False)
+    assert proc.returncode == 2
+    assert "not a readable safetensors file" in proc.stderr and "Traceback" not in proc.stderr

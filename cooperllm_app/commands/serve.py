@@ -31,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train.tsv is the devices' private data)",
     )
     p.add_argument("--public-n", type=int, help="public examples to sample (default 2000)")
-    p.add_argument("--db", dest="db_url", help="SQLAlchemy URL (default sqlite:///runs/cloud/cooperllm.db)")
-    p.add_argument("--state-dir", help="folder for adapter versions and gradient windows (default runs/cloud)")
+    p.add_argument("--db", dest="db_url", help="SQLAlchemy URL (default sqlite:///STATE_DIR/cooperllm.db)")
+    p.add_argument(
+        "--state-dir",
+        help="folder for all of the service's state: its SQLite database (unless --db), adapter versions, "
+        "gradient windows, seed key (default runs/cloud)",
+    )
     p.add_argument("--env", choices=["development", "production", "test"], help="deployment environment")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
@@ -80,9 +84,11 @@ def serve(args: argparse.Namespace) -> int:
 
     # deferred: loads sqlalchemy, the web stack (heavy; not needed at import)
     from cloud_api.app import create_app, server_options
+    from cloud_api.model_host import check_settings_against_manifest
 
     overrides = {k: getattr(args, k) for k in _SETTING_ARGS if getattr(args, k, None) is not None}
     settings = Settings(**overrides)
+    check_settings_against_manifest(settings)  # here, not at startup: a one-line error rather than uvicorn's
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
