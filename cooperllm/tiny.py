@@ -1,4 +1,8 @@
-"""Tiny random Llama models for tests: same code paths as SmolLM2, built in a second, no download."""
+"""Tiny random Llama models for tests: same code paths as SmolLM2, built in a second, no download.
+
+``python -m cooperllm.tiny DIR`` writes one for trying the whole pipeline in seconds (docs/QUICKSTART.md): it is
+random, so it learns nothing worth keeping.
+"""
 
 from __future__ import annotations
 
@@ -71,3 +75,16 @@ def make_tiny_llama(
     model.save_pretrained(out)
     tok.save(str(out / "tokenizer.json"))
     return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from cooperllm.console import quiet_third_party
+
+    quiet_third_party()
+    parser = argparse.ArgumentParser(prog="python -m cooperllm.tiny", description="write a tiny random Llama folder")
+    parser.add_argument("out", help="folder to write (config.json, model.safetensors, tokenizer.json)")
+    parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    args = parser.parse_args()
+    print(make_tiny_llama(args.out, seed=args.seed))

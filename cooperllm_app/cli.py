@@ -12,12 +12,25 @@ import sys
 
 from cooperllm.console import add_log_level, run_parsed
 from cooperllm_app.bench import adapter, cloud, device, dtc, export, health, memory, perturb, pipeline
-from cooperllm_app.commands import admin, demo, link_proxy, report, serve, simulate
+from cooperllm_app.commands import adapter as adapter_command
+from cooperllm_app.commands import admin, demo, link_proxy, predict, report, serve, simulate
 from cooperllm_app.commands import device as device_command
 from cooperllm_app.commands import eval as eval_command
 from cooperllm_app.commands import export as export_command
 
-COMMANDS = (eval_command, export_command, serve, admin, device_command, simulate, report, demo, link_proxy)
+COMMANDS = (
+    eval_command,
+    export_command,
+    serve,
+    admin,
+    device_command,
+    simulate,
+    predict,
+    adapter_command,
+    report,
+    demo,
+    link_proxy,
+)
 BENCHMARKS = (perturb, dtc, export, cloud, health, memory, pipeline, device, adapter)
 
 

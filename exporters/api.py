@@ -297,7 +297,8 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
 
     files = {p: sha256_file(job.out / p) for p in [TOKENIZER_FILE, INITIAL_ADAPTER_FILE, *(g.file for g in graphs)]}
     manifest = Manifest(
-        model_name=str(job.model) if str(job.model) == "smollm2" else job.model_dir.name,
+        # what later commands load the model from: the default's name, or the folder's absolute path
+        model_name=str(job.model) if str(job.model) == "smollm2" else str(Path(job.model_dir).resolve()),
         task=job.task,
         adapter=job.adapter,
         layout=layout,

@@ -9,9 +9,9 @@ from fastapi.responses import FileResponse
 
 from cloud_api.deps import DeviceId, State
 from cloud_api.errors import DEVICE_ERRORS, ServiceError
-from cloud_api.peft_export import peft_zip
 from cooperllm import theta_delta
 from cooperllm.checkpoint import load_theta
+from cooperllm.peft_export import peft_zip
 from cooperllm.protocol import FRAME_MEDIA_TYPE
 
 router = APIRouter(prefix="/adapter", tags=["adapter"], responses=DEVICE_ERRORS)

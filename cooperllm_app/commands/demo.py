@@ -30,7 +30,7 @@ from cooperllm.tasks import TaskSpec
 from cooperllm_app.commands.simulate import stop_on_sigterm
 from cooperllm_app.simulation.config import SimConfig, command_line
 from cooperllm_app.simulation.metrics import evaluation_of, fmt_bytes, mean_of
-from cooperllm_app.simulation.runner import simulate
+from cooperllm_app.simulation.runner import ADAPTER_FILE, simulate
 from exporters import export_artifacts
 from exporters.api import resolve_backend
 
@@ -48,7 +48,7 @@ DEMO_DEFAULTS = {
     "strategy": "zgr",
     "blocks": "all",  # one report over all of θ per step
 }
-DEMO_TASK = TaskSpec(mode="seq-cls")
+DEMO_TASK = TaskSpec(mode="seq-cls", label_words=())  # a head: no label words (what `export --task seq-cls` writes)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -148,5 +148,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"    per device/round {fmt_bytes(up)} up, {fmt_bytes(down)} down; {fmt_bytes(last['cum_bytes'])} in all")
     print(f"    rounds           {last['wall_s']:.0f} s of rounds; simulation {sim_s:.0f} s with start-up and scoring")
     print(f"    total            {time.perf_counter() - t_start:.0f} s; metrics in {result.run_dir}/metrics.jsonl")
-    print(f"    figures: cooperllm report {args.out} --out {args.out}/RESULTS.md")
+    print(f"    figures: cooperllm report {args.out}")
+    adapter = Path(result.run_dir) / ADAPTER_FILE
+    print(f"    the fine-tuned adapter is {adapter}; classify with it:")
+    print(f'    cooperllm predict --artifacts {args.artifacts} --adapter {adapter} "a gripping, finely acted film"')
     return 0

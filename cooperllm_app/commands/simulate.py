@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
+from pathlib import Path
 
 from cooperllm.config_fields import add_config_options, option_names
 from cooperllm_app.simulation.config import SimConfig
 from cooperllm_app.simulation.launcher import SimulationError
 from cooperllm_app.simulation.metrics import fmt_bytes
-from cooperllm_app.simulation.runner import simulate
+from cooperllm_app.simulation.runner import ADAPTER_FILE, simulate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,4 +66,9 @@ def run(args: argparse.Namespace) -> int:
             f"rounds ({last['wall_s']:.0f} s of rounds); {fmt_bytes(last['cum_bytes'])} over the links in all"
         )
     print(f"metrics: {result.run_dir}/metrics.jsonl")
+    adapter = Path(result.run_dir) / ADAPTER_FILE
+    if adapter.is_file():
+        print(f"adapter: {adapter} (the final θ); classify with it:")
+        artifacts, adapter_arg = shlex.quote(cfg.artifacts), shlex.quote(str(adapter))
+        print(f'  cooperllm predict --artifacts {artifacts} --adapter {adapter_arg} "a text"')
     return 0

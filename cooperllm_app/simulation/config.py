@@ -29,6 +29,7 @@ from cooperllm.manifest import read_manifest
 from cooperllm.models import DEFAULT_MODEL
 from cooperllm.protocol import RunConfig
 from cooperllm.strategies import Upload, get_strategy
+from cooperllm.tasks import SST2_LABEL_NAMES
 from cooperllm.zgr import ALL_BLOCKS
 from cooperllm_app.simulation.attacker import ATTACKS
 
@@ -130,6 +131,8 @@ class SimConfig:
         data = shared_data_dir() / "sst2"
         c = SimConfig(**asdict(self))
         c.artifacts = str(Path(c.artifacts).resolve())
+        if not (c.train_data and c.public_data and c.test_data):
+            _check_sst2_defaults(c)
         c.train_data = str(Path(c.train_data or data / "train.tsv").resolve())
         c.public_data = str(Path(c.public_data or data / "dev.tsv").resolve())
         c.test_data = str(Path(c.test_data or data / "test.tsv").resolve())
@@ -217,13 +220,25 @@ def command_line(cfg: SimConfig, out: str | os.PathLike) -> str:
     return shlex.join(parts)
 
 
+def _check_sst2_defaults(c: SimConfig) -> None:
+    """The data files default to SST-2's, which only an SST-2 task can read: any other task names its own."""
+    task = read_manifest(c.artifacts, verify_hashes=False).task
+    if tuple(task.label_names) != SST2_LABEL_NAMES:
+        given = {"--train-data": c.train_data, "--public-data": c.public_data, "--test-data": c.test_data}
+        unset = [flag for flag, value in given.items() if not value]
+        raise ValueError(
+            f"the artifacts' task has the classes {list(task.label_names)}, not SST-2's: pass {', '.join(unset)} "
+            "(the data files default to SST-2's)"
+        )
+
+
 def _model_of(c: SimConfig) -> str:
     """The model the cloud (and bp devices) load: --model, else the manifest's when it names the default model."""
 
     if c.model is not None:
         return str(Path(c.model).resolve()) if Path(c.model).is_dir() else c.model
     name = read_manifest(c.artifacts, verify_hashes=False).model_name
-    if name != DEFAULT_MODEL:
+    if name != DEFAULT_MODEL and not Path(name).is_dir():
         raise ValueError(f"the artifacts were exported from {name!r}: pass --model with that Hugging Face folder")
     return name
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cooperllm.api_client import ApiError, CooperClient
+from cooperllm.checkpoint import atomic_write_bytes, load_theta_bytes
+from cooperllm.layout import theta_checksum
 from cooperllm.manifest import read_manifest
 from cooperllm.protocol import RoundSummary, RunConfig, RunInfo
 from cooperllm.strategies import DeviceWork, get_strategy
@@ -28,6 +30,8 @@ from cooperllm_app.simulation.metrics import RunRecord, fmt_bytes, round_line
 from cooperllm_app.simulation.resume import RunLock, ensure_partition, public_data_file, select_devices
 
 log = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter.safetensors"  # the run's final θ, in the run folder
 
 EVALUATOR_FILE = "evaluator.json"
 
@@ -226,7 +230,18 @@ class _Simulation:
                 say(describe_round(line))
         finally:
             bar.close()
+        last = self._summary(admin, run.run_id, cfg.rounds - 1, wait_closed=True)
+        self._save_adapter(token, cfg.rounds, last.theta_checksum_after)
         return SimulationResult(self.run_dir, cfg, record.baseline, record.rounds, resumed_at, cfg.rounds - len(done))
+
+    def _save_adapter(self, token: str, version: int, checksum: str | None) -> None:
+        """The run's final θ as ``RUN_DIR/adapter.safetensors``: what ``cooperllm predict --adapter`` loads."""
+        with CooperClient(self.cloud.url, token, timeout=120.0) as api:
+            data = api.adapter(version)
+        layout = read_manifest(self.cfg.artifacts, verify_hashes=False).layout
+        if checksum and theta_checksum(load_theta_bytes(data, layout, f"adapter v{version}")) != checksum:
+            raise SimulationError(f"the final adapter v{version} does not match the round's published checksum")
+        atomic_write_bytes(self.run_dir / ADAPTER_FILE, data)
 
     def _one_round(
         self, admin: CooperClient, run_id: int, r: int, record: RunRecord, token: str, resumed: bool
