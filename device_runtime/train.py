@@ -25,6 +25,8 @@ from device_runtime.state import DeviceState, StateError, load_state, save_state
 
 log = logging.getLogger(__name__)
 
+RUNNING_MEAN_STEPS = 20  # steps averaged in the progress bar's loss
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -124,7 +126,9 @@ def train(
                 report = engine.step(schedule.batch(t), t)
                 engine.update(report, cfg.lr_at(t))
                 losses.append((t, engine.last_loss))
-                bar.set_postfix(loss=f"{engine.last_loss:.4f}")
+                # the mean of the last steps: one ZO step's loss swings by ±50 % with its batch and reads as divergence
+                recent = [loss for _, loss in losses[-RUNNING_MEAN_STEPS:]]
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
             except NonFiniteLossError as exc:
                 skipped += 1
                 log.warning("step %d dropped: %s", t, exc)

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "summary table and the exact commands that produced every run and this report.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="simulation run folders")
-    p.add_argument("--out", default="docs/RESULTS.md", help="Markdown file to write (default docs/RESULTS.md)")
+    p.add_argument("--out", help="Markdown file to write (default: REPORT.md in the first RUN_DIR)")
     p.add_argument("--figures", help="folder for the PNGs (default: figures/ beside the Markdown file)")
     p.add_argument("--labels", help="comma-separated run labels, in the order of RUN_DIR (default: folder names)")
     p.add_argument("--title", default="Simulation results", help="heading of the Markdown file")
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(found, indent=1) + "\n")
         table = ["## Final accuracy over seeds, and the paired tests", "", *study.markdown(found)]
+    if args.out is None:  # never over a committed document by surprise: the report goes beside the runs
+        args.out = str(Path(args.runs[0]) / "REPORT.md")
     out = Path(args.out)
     figures = Path(args.figures) if args.figures else out.parent / "figures"
     pngs = plot_runs(runs, figures)
