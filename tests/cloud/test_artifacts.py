@@ -74,3 +74,12 @@ def test_mismatched_layout_is_a_clear_error(tmp_path, tiny_model_dir, public_tsv
     _artifacts(tmp_path / "art", tiny_model_dir, ("q_proj",))  # manifest says q,v; its layout has q only
     with pytest.raises(ArtifactMismatchError, match="layout"):
         load_model_host(_settings(tiny_model_dir, public_tsv, tmp_path / "art"))
+
+
+def test_the_database_lives_in_the_state_folder_unless_named(tmp_path):
+    """One folder holds all of the service's state: `serve --state-dir DIR` no longer leaves the database behind in
+    runs/cloud of the working directory."""
+    from cloud_api.settings import Settings
+
+    assert Settings(state_dir=tmp_path / "s").db_url == f"sqlite:///{tmp_path / 's' / 'cooperllm.db'}"
+    assert Settings(state_dir=tmp_path / "s", db_url="sqlite:///elsewhere.db").db_url == "sqlite:///elsewhere.db"
