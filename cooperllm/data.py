@@ -50,7 +50,7 @@ def load_dataset(
     for integers, alphabetical otherwise), so the same file always gives the same class indices.
     """
     path = Path(path)
-    rows = read_labelled(path, text_column, label_column, header)
+    rows = read_labelled(path, text_column, label_column, header, tuple(label_names or ()))
     names, labels = _resolve_labels(path, rows.labels, label_names)
     return Dataset(rows.texts, labels, names, str(path))
 

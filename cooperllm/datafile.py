@@ -49,10 +49,15 @@ class LabelledRows:
 
 
 def read_labelled(
-    path: Path, text_column: str | None = None, label_column: str | None = None, header: bool | None = None
+    path: Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    header: bool | None = None,
+    classes: Sequence[str] = (),
 ) -> LabelledRows:
     """The (text, label) rows of ``path``. Columns are names or, in a file without a header, 0-based indices;
-    ``header`` None detects it."""
+    ``header`` None detects it. ``classes`` (an artifact's class names) help the detection: a column of them is the
+    label column, and a first row holding one is data."""
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     suffix = path.suffix.lower()
@@ -64,12 +69,12 @@ def read_labelled(
     if not rows:
         raise DataError(f"{path}: empty file (expected one labelled text per line: TEXT<TAB>LABEL or LABEL<TAB>TEXT)")
     if header is None:
-        header = _has_header(path, rows, text_column, label_column)
+        header = _has_header(path, rows, text_column, label_column, classes)
     if header:
         names = [h.strip() for h in rows[0][1]]
         objects = [(line, _as_object(path, line, names, values)) for line, values in rows[1:]]
         return _from_objects(path, objects, text_column, label_column, found=names)
-    return _headerless(path, rows, text_column, label_column)
+    return _headerless(path, rows, text_column, label_column, classes)
 
 
 def _read_delimited(path: Path, delimiter: str) -> list[tuple[int, list[str]]]:
@@ -114,7 +119,11 @@ def _preview(values: Sequence[str]) -> str:
 
 
 def _has_header(
-    path: Path, rows: list[tuple[int, list[str]]], text_column: str | None, label_column: str | None
+    path: Path,
+    rows: list[tuple[int, list[str]]],
+    text_column: str | None,
+    label_column: str | None,
+    classes: Sequence[str],
 ) -> bool:
     first = [v.strip() for v in rows[0][1]]
     named = [c for c in (text_column, label_column) if c is not None and not c.isdigit()]
@@ -122,6 +131,8 @@ def _has_header(
         return True
     if any(c is not None and c.isdigit() for c in (text_column, label_column)):
         return False
+    if _class_index(rows[:1], classes) is not None:
+        return False  # the first row holds one of the known classes: it is data
     label = _label_index(rows[1:]) if len(rows) > 1 else None
     if (
         label is not None
@@ -149,11 +160,30 @@ def _label_index(rows: list[tuple[int, list[str]]]) -> int | None:
     return best
 
 
+def _class_index(rows: list[tuple[int, list[str]]], classes: Sequence[str]) -> int | None:
+    """The column in which most of ``rows`` hold one of the known ``classes`` (None when no column does)."""
+    if not classes:
+        return None
+    known = set(classes)
+    width = min(len(values) for _, values in rows)
+    hits = [sum(values[i].strip() in known for _, values in rows) for i in range(width)]
+    best = max(range(width), key=lambda i: hits[i], default=None)
+    return best if best is not None and hits[best] * 2 > len(rows) else None
+
+
 def _headerless(
-    path: Path, rows: list[tuple[int, list[str]]], text_column: str | None, label_column: str | None
+    path: Path,
+    rows: list[tuple[int, list[str]]],
+    text_column: str | None,
+    label_column: str | None,
+    classes: Sequence[str],
 ) -> LabelledRows:
     width = max(len(values) for _, values in rows)
-    label = _index(path, label_column, width, "--label-column") if label_column else _label_index(rows)
+    if label_column:
+        label = _index(path, label_column, width, "--label-column")
+    else:
+        label = _class_index(rows, classes)
+        label = _label_index(rows) if label is None else label
     if label is None:
         raise DataError(
             f"{path}: no label column found in the first row {_preview(rows[0][1])} (no column has few distinct "

@@ -137,3 +137,12 @@ def test_bad_files_get_a_short_error_naming_the_fix(tmp_path, name, text, kwargs
     message = str(err.value)
     assert expected in message and name in message
     assert message.count("\n") <= 1  # one or two lines
+
+
+def test_known_classes_settle_a_short_headerless_file(tmp_path):
+    """Two rows cannot show which column repeats; an artifact's class names can (device and test files)."""
+    p = _write(tmp_path, "short.tsv", "sun all week\tsports\nrates rise\tbusiness\n")
+    with pytest.raises(DataError, match="--no-header"):
+        load_dataset(p)
+    ds = load_dataset(p, label_names=("business", "sports", "tech", "world"))
+    assert ds.texts == ["sun all week", "rates rise"] and ds.labels.tolist() == [1, 0]
