@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def largest_step(run: Path, rounds: int) -> float:
     return max(float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(thetas))
 
 
+def left_out(run: Path) -> int:
+    """Reports the cloud left out of the run's rounds as beyond the robust bound (its log says each round's count)."""
+    log = run / "logs" / "cloud.log"
+    found = re.findall(r": (\d+) of \d+ reports left out", log.read_text()) if log.is_file() else []
+    return sum(int(n) for n in found)
+
+
 def mean_lam(run: Path) -> float:
     lams = [line["lam"] for line in read_lines(run / "metrics.jsonl") if line.get("lam") is not None]
     return float(np.mean(lams)) if lams else float("nan")
@@ -51,7 +59,8 @@ def compare_seed(root: Path) -> dict[str, float]:
         f"{root}: honest accuracy {final['none'].accuracy:.2%} (loss {final['none'].loss:.4f}) on "
         f"{final['none'].n_examples} evaluation examples after "
         f"{rounds} rounds; ‖θ − θ₀‖ = {np.linalg.norm(honest - theta0):.4g}; largest round "
-        f"{largest_step(root / 'none', rounds):.4g}; mean λ {mean_lam(root / 'none'):.3f}"
+        f"{largest_step(root / 'none', rounds):.4g}; mean λ {mean_lam(root / 'none'):.3f}; "
+        f"{left_out(root / 'none')} reports left out"
     )
     diffs = {}
     for arm in arms:
@@ -62,7 +71,7 @@ def compare_seed(root: Path) -> dict[str, float]:
             f"  {arm:>6}: accuracy {final[arm].accuracy:.2%} ({diffs[arm]:+.2f} pp, McNemar p = {change.p_value:.3g}), "
             f"loss {final[arm].loss:.4f}; "
             f"‖θ − θ_honest‖ = {moved:.4g}; largest round {largest_step(root / arm, rounds):.4g}; "
-            f"mean λ {mean_lam(root / arm):.3f}"
+            f"mean λ {mean_lam(root / arm):.3f}; {left_out(root / arm)} reports left out"
         )
     return diffs
 

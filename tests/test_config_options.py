@@ -40,7 +40,7 @@ def _subparser(*path: str) -> argparse.ArgumentParser:
 @pytest.mark.parametrize(
     ("command", "declared"),
     [
-        (("simulate",), SIMULATION_DEFAULTS),
+        (("simulate",), {**SIMULATION_DEFAULTS, "blocks": "all"}),  # blocks: SimConfig's own field, in words
         (("demo",), {**SIMULATION_DEFAULTS, **DEMO_DEFAULTS}),
         (("bench", "pipeline"), BENCH_PIPELINE_DIFFERS),
     ],
@@ -157,7 +157,7 @@ def test_a_run_folder_written_before_the_shared_fields_still_resumes(tmp_path):
     # asked with the settings the folder was written with (η and λ_max were the defaults then, not now)
     asked = SimConfig(
         artifacts="/a/art", rounds=3, lam="auto", lam_max=0.9, eta=1e-3, local_lr=0.0, workers=1, model="smollm2",
-        train_data="/d/train.tsv", public_data="/d/dev.tsv", test_data="/d/test.tsv", command="another",
+        train_data="/d/train.tsv", public_data="/d/dev.tsv", test_data="/d/test.tsv", command="another", blocks="each",
     )  # fmt: skip
     kept = save_or_check_config(tmp_path, asked)
     assert kept.workers == 1 and kept.command == old["command"] and json.loads(kept.to_json())["rounds"] == 3

@@ -36,6 +36,7 @@ def _options(tiny_artifacts: Path, tiny_model_dir: Path, **kw) -> dict:
         public_n=64,
         link="100mbit:2ms",
         workers=2,
+        blocks="each",  # a report per block: the per-block assertions below count them
     )
     base.update(kw)
     return base
