@@ -44,6 +44,11 @@ def left_out(run: Path) -> int:
     return sum(int(n) for n in found)
 
 
+def rounds_done(run: Path) -> int:
+    """Rounds with a metrics line: an arm still running is left out of the comparison."""
+    return sum(1 for line in read_lines(run / "metrics.jsonl") if line.get("kind") == "round")
+
+
 def mean_lam(run: Path) -> float:
     lams = [line["lam"] for line in read_lines(run / "metrics.jsonl") if line.get("lam") is not None]
     return float(np.mean(lams)) if lams else float("nan")
@@ -52,8 +57,12 @@ def mean_lam(run: Path) -> float:
 def compare_seed(root: Path) -> dict[str, float]:
     """Print one seed's comparison; returns each attack's accuracy difference (pp) against the honest arm."""
     rounds = json.loads((root / "none" / "config.json").read_text())["rounds"]
-    arms = [arm for arm in ATTACKS if (root / arm / "metrics.jsonl").is_file()]
-    final = {arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1]) for arm in ("none", *arms)}
+    final = {
+        arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1])
+        for arm in ("none", *ATTACKS)
+        if (root / arm / "metrics.jsonl").is_file()
+    }
+    arms = [arm for arm in ATTACKS if final.get(arm) is not None and rounds_done(root / arm) == rounds]
     theta0, honest = theta_at(root / "none", 0), theta_at(root / "none", rounds)
     print(
         f"{root}: honest accuracy {final['none'].accuracy:.2%} (loss {final['none'].loss:.4f}) on "

@@ -69,10 +69,8 @@ def _resolve_labels(
     if label_names:
         names = tuple(label_names)
     else:
-        distinct = sorted({t for _, t in values}, key=_label_key)
-        if all(_label_key(t)[0] == 0 for t in distinct) and int(distinct[0]) >= 0:
-            distinct = [str(i) for i in range(int(distinct[-1]) + 1)]  # integer labels are class indices
-        names = tuple(distinct)
+        # the labels the file uses, and only those: 1-based integers (1..4) give four classes, not five
+        names = tuple(sorted({t for _, t in values}, key=_label_key))
     index = {n: i for i, n in enumerate(names)}
     labels = np.empty(len(values), dtype=np.int64)
     for i, (line, text) in enumerate(values):

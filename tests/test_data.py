@@ -146,3 +146,9 @@ def test_known_classes_settle_a_short_headerless_file(tmp_path):
         load_dataset(p)
     ds = load_dataset(p, label_names=("business", "sports", "tech", "world"))
     assert ds.texts == ["sun all week", "rates rise"] and ds.labels.tolist() == [1, 0]
+
+
+def test_integer_labels_become_the_classes_the_file_uses(tmp_path):
+    rows = "".join(f"headline number {i}\t{1 + i % 4}\n" for i in range(12))
+    ds = load_dataset(_write(tmp_path, "one_based.tsv", rows))
+    assert ds.label_names == ("1", "2", "3", "4") and ds.labels.tolist()[:4] == [0, 1, 2, 3]
