@@ -66,11 +66,8 @@ def _resolve_labels(
     for line, text in values:
         if not text:
             raise DataError(f"{path}:{line}: empty label")
-    if label_names:
-        names = tuple(label_names)
-    else:
-        # the labels the file uses, and only those: 1-based integers (1..4) give four classes, not five
-        names = tuple(sorted({t for _, t in values}, key=_label_key))
+    # without an artifact's classes: the labels the file uses, and only those (1..4 gives four classes, not five)
+    names = tuple(label_names) if label_names else tuple(sorted({t for _, t in values}, key=_label_key))
     index = {n: i for i, n in enumerate(names)}
     labels = np.empty(len(values), dtype=np.int64)
     for i, (line, text) in enumerate(values):
