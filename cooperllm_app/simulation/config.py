@@ -234,7 +234,8 @@ def _check_sst2_defaults(c: SimConfig) -> None:
 
 
 def _model_of(c: SimConfig) -> str:
-    """The model the cloud (and bp devices) load: --model, else the manifest's when it names the default model."""
+    """The model the cloud (and bp devices) load: --model, else the one the manifest names (the default model, or a
+    folder that still exists)."""
 
     if c.model is not None:
         return str(Path(c.model).resolve()) if Path(c.model).is_dir() else c.model
