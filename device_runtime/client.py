@@ -91,6 +91,10 @@ class ClientConfig:
     upload_batch: int = DEFAULT_BATCH  # reports per upload at most
     upload_linger_s: float = DEFAULT_LINGER_S  # how long a report may wait for others to share its upload (SPC)
     delta_downloads: bool = True  # θ after missed rounds as a delta from the θ held; False: the full adapter
+    # {"token", "device_id"} issued ahead of the first round (the simulation enrols its devices in index order, so that
+    # their numbers, and the seed ranges keyed by them, do not depend on which process reaches the cloud first);
+    # None: enrol with enrol_key
+    enrolment: dict | None = None
 
 
 @dataclass
@@ -185,6 +189,11 @@ class DeviceClient:
         token = self.state.extra.get("token")
         if token:
             self.api.token = token
+            return
+        if self.cfg.enrolment is not None:
+            self.api.token = self.cfg.enrolment["token"]
+            self.state.extra.update(token=self.cfg.enrolment["token"], device_id=int(self.cfg.enrolment["device_id"]))
+            self._save()
             return
         out = self._call("enrol", self.api.enroll, self.cfg.enrol_key, self.cfg.device_name)
         self.state.extra.update(token=out.token, device_id=out.device_id)

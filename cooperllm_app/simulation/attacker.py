@@ -28,16 +28,24 @@ STATE_FILE = "attacker.json"
 
 
 def run_attack(
-    api, transfers, *, mode: str, round_: int, state_dir: Path, enrol_key: str, name: str, seed: int
+    api,
+    transfers,
+    *,
+    mode: str,
+    round_: int,
+    state_dir: Path,
+    enrol_key: str,
+    name: str,
+    seed: int,
+    enrolment: dict | None = None,
 ) -> dict:
     """One round of the attacker: enrol once, then upload the crafted reports. Returns the worker's round result."""
     state_file = state_dir / STATE_FILE
     st = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if st.get("token"):
-        api.token = st["token"]
-    else:
-        out = transfers.call("enrol", api.enroll, enrol_key, name)
-        st = {"token": out.token, "device_id": out.device_id}
+    if not st.get("token"):  # issued ahead in device order (the simulation's runner), else enrolled here
+        out = enrolment or transfers.call("enrol", api.enroll, enrol_key, name).model_dump()
+        st = {"token": out["token"], "device_id": int(out["device_id"])}
+    api.token = st["token"]
     if st.get("round", -1) >= round_:
         return {"skipped": True, "reports": 0}
     info = transfers.call("current round", api.current_round)

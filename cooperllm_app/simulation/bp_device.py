@@ -78,6 +78,7 @@ class BackpropDevice:
         name: str,
         lr: float,
         data_seed: int,
+        enrolment: dict | None = None,
     ) -> dict:
 
         st = load_state(state_dir, self.layout) or DeviceState(
@@ -87,9 +88,10 @@ class BackpropDevice:
             raise ValueError(f"{state_dir}: device state belongs to another artifact")
         if st.extra.get("token"):
             api.token = st.extra["token"]
-        else:
-            out = transfers.call("enrol", api.enroll, enrol_key, name)
-            st.extra.update(token=out.token, device_id=out.device_id)
+        else:  # issued ahead in device order (the simulation's runner), else enrolled here
+            out = enrolment or transfers.call("enrol", api.enroll, enrol_key, name).model_dump()
+            api.token = out["token"]
+            st.extra.update(token=out["token"], device_id=int(out["device_id"]))
             save_state(state_dir, st, self.layout)
         if st.round_id > round_ or (st.round_id == round_ and st.extra.get("submitted")):
             return {"skipped": True, "reports": 0}

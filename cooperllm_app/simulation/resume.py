@@ -93,6 +93,11 @@ def public_data_file(run_dir: Path, public_data: str, label_names, classes: list
     return path
 
 
+def device_name(device: int) -> str:
+    """The name simulated device ``device`` enrols under."""
+    return f"sim-{device:03d}"
+
+
 def select_devices(seed: int, round_: int, clients: int, per_round: int) -> list[int]:
     """The K devices of a round: a seeded draw without replacement, the same after any restart."""
     rng = np.random.default_rng([seed, round_])

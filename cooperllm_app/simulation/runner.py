@@ -27,13 +27,20 @@ from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm_app.simulation.config import SimConfig, command_line, save_or_check_config
 from cooperllm_app.simulation.launcher import Cloud, SimulationError, Worker, WorkerPool, start_cloud
 from cooperllm_app.simulation.metrics import RunRecord, fmt_bytes, round_line
-from cooperllm_app.simulation.resume import RunLock, ensure_partition, public_data_file, select_devices
+from cooperllm_app.simulation.resume import (
+    RunLock,
+    device_name,
+    ensure_partition,
+    public_data_file,
+    select_devices,
+)
 
 log = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter.safetensors"  # the run's final θ, in the run folder
 
 EVALUATOR_FILE = "evaluator.json"
+ENROLMENT_FILE = "enrolment.json"  # the devices' tokens, issued in index order (_Simulation._enrolments)
 
 
 @dataclass
@@ -153,6 +160,22 @@ class _Simulation:
         tmp.replace(path)
         return out.token
 
+    def _enrolments(self) -> dict[str, dict]:
+        """Every simulated device enrolled once, in index order, before it first works ({"token", "device_id"} by
+        index, kept in the run folder for a resumed run). The cloud numbers devices in arrival order and keys their
+        seed ranges by number: left to the worker processes, which data shard measured with which seeds was a race
+        between them, and two runs of the same seed could differ."""
+        path = self.run_dir / ENROLMENT_FILE
+        enrolled = json.loads(path.read_text()) if path.is_file() else {}
+        missing = [d for d in range(self.cfg.clients) if str(d) not in enrolled]
+        if missing:
+            with CooperClient(self.cloud.url) as c:
+                for d in missing:
+                    out = c.enroll(self.cloud.enrol_key, device_name(d))
+                    enrolled[str(d)] = {"token": out.token, "device_id": out.device_id}
+            atomic_write_bytes(path, json.dumps(enrolled).encode())
+        return enrolled
+
     # --- rounds ---------------------------------------------------------------------------------------------------
 
     def _alive(self) -> None:
@@ -252,9 +275,11 @@ class _Simulation:
         summary = self._summary(admin, run_id, r, wait_closed=False)
         t0 = time.monotonic()
         if summary.status == "open":
-            key = self.cloud.enrol_key
+            key, enrolled = self.cloud.enrol_key, self._enrolments() if devices else {}
             tasks = [
-                {"op": "round", "round": r, "device": d, "cloud": self.cloud.url, "enrol_key": key} for d in devices
+                {"op": "round", "round": r, "device": d, "cloud": self.cloud.url, "enrol_key": key}
+                | {"enrolment": enrolled[str(d)]}
+                for d in devices
             ]
             for _, result in self.pool.run(tasks, alive=self._alive):
                 record.add_device_result(result)

@@ -38,7 +38,7 @@ from cooperllm_app.simulation.attacker import ATTACKER, run_attack
 from cooperllm_app.simulation.bp_device import BackpropDevice
 from cooperllm_app.simulation.config import SimConfig, load_config
 from cooperllm_app.simulation.metrics import pack_correct
-from cooperllm_app.simulation.resume import read_partition
+from cooperllm_app.simulation.resume import device_name, read_partition
 from device_runtime.budget import peak_rss_mb
 from device_runtime.client import ClientConfig, DeviceClient
 from device_runtime.corpus import CorpusSource
@@ -65,10 +65,6 @@ class MeteredClient(CooperClient):
 
 def device_dir(run_dir: Path, device: int) -> Path:
     return run_dir / "devices" / f"d{device:03d}"
-
-
-def device_name(device: int) -> str:
-    return f"sim-{device:03d}"
 
 
 def link_seed(cfg: SimConfig, round_: int, device: int) -> int:
@@ -136,6 +132,7 @@ class DeviceHost:
                     enrol_key=task["enrol_key"],
                     name=device_name(d),
                     seed=self.cfg.seed,
+                    enrolment=task.get("enrolment"),
                 )
             else:
                 out = self._round(api, task, r, d)
@@ -168,6 +165,7 @@ class DeviceHost:
             name=device_name(d),
             lr=float(self.cfg.local_lr),
             data_seed=self.cfg.seed * 1000 + d,
+            enrolment=task.get("enrolment"),
         )
 
     def _zo_round(self, api: MeteredClient, task: dict, r: int, d: int) -> dict:
@@ -181,6 +179,7 @@ class DeviceHost:
             max_rounds=1,
             progress=False,
             delta_downloads=self.cfg.adapter_download == "delta",
+            enrolment=task.get("enrolment"),
         )
         with DeviceClient(self.session, api, self.shard(d), device_dir(self.run_dir, d), cfg, self._transfers()) as c:
             st = c.state
