@@ -19,7 +19,7 @@ from cooperllm.adapter import AdapterSpec
 from cooperllm.checkpoint import initial_theta
 from cooperllm.data import load_dataset, public_split, shared_data_dir
 from cooperllm.layout import ParamLayout
-from cooperllm.manifest import MANIFEST_FILE, read_manifest, sha256_file
+from cooperllm.manifest import MANIFEST_FILE, Manifest, read_manifest, sha256_file
 from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
 from cooperllm.tasks import TaskSpec
 from cooperllm.tokenization import PromptEncoder
@@ -120,12 +120,12 @@ _MANIFEST_SETS = (
 )
 
 
-def check_settings_against_manifest(settings: Settings) -> None:
+def check_settings_against_manifest(settings: Settings, manifest: Manifest | None = None) -> None:
     """Refuse a setting given explicitly (flag or environment) that contradicts the artifacts' manifest: the manifest
     defines the task, and a contradicting value would otherwise be dropped without a word."""
     if settings.artifacts is None:
         return
-    manifest = read_manifest(settings.artifacts, verify_hashes=False)
+    manifest = manifest or read_manifest(settings.artifacts, verify_hashes=False)
     for name, flag, of_manifest in _MANIFEST_SETS:
         value, expected = getattr(settings, name), of_manifest(manifest)
         if name in settings.model_fields_set and (tuple(value) if isinstance(value, list) else value) != expected:
@@ -145,8 +145,8 @@ def load_model_host(settings: Settings) -> ModelHost:
     task, adapter, seq_len = _task_and_adapter(settings)
     manifest = None
     if settings.artifacts is not None:
-        check_settings_against_manifest(settings)
         manifest = read_manifest(settings.artifacts)
+        check_settings_against_manifest(settings, manifest)
         task = manifest.task
         if manifest.adapter is None:
             raise ArtifactMismatchError(f"{settings.artifacts}: the manifest has no LoRA adapter; the cloud needs one")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cooperllm.checkpoint import atomic_write_bytes, load_theta
 from cooperllm.manifest import read_manifest
-from cooperllm.models import TOKENIZER_FILE, resolve_model
+from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
 from cooperllm.peft_export import folded_head, peft_files
 from cooperllm.tasks import SEQ_CLS
 
@@ -83,7 +83,6 @@ def head_center_of(model_dir: Path, manifest):
     """The centre the exported head subtracts: the base model's mean last hidden state over the centring prompts,
     computed exactly as the exporter did (cooperllm.modeling.head_center)."""
     from cooperllm.modeling import head_center  # deferred: loads torch
-    from cooperllm.models import load_causal_lm
     from cooperllm.tokenization import PromptEncoder
 
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, manifest.task, manifest.graphs[0].seq_len)

@@ -78,6 +78,7 @@ class _Simulation:
         self.workers: list[Worker] = []
         self.evaluator: Worker | None = None
         self.pool: WorkerPool | None = None
+        self._enrolled: dict[str, dict] | None = None  # _enrolments(), read or issued once per start
 
     # --- set-up ---------------------------------------------------------------------------------------------------
 
@@ -165,6 +166,8 @@ class _Simulation:
         index, kept in the run folder for a resumed run). The cloud numbers devices in arrival order and keys their
         seed ranges by number: left to the worker processes, which data shard measured with which seeds was a race
         between them, and two runs of the same seed could differ."""
+        if self._enrolled is not None:
+            return self._enrolled
         path = self.run_dir / ENROLMENT_FILE
         enrolled = json.loads(path.read_text()) if path.is_file() else {}
         missing = [d for d in range(self.cfg.clients) if str(d) not in enrolled]
@@ -174,6 +177,7 @@ class _Simulation:
                     out = c.enroll(self.cloud.enrol_key, device_name(d))
                     enrolled[str(d)] = {"token": out.token, "device_id": out.device_id}
             atomic_write_bytes(path, json.dumps(enrolled).encode())
+        self._enrolled = enrolled
         return enrolled
 
     # --- rounds ---------------------------------------------------------------------------------------------------
