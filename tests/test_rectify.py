@@ -16,6 +16,7 @@ from cooperllm.rectify import (
     normalised,
     rectify,
     scalar_multipliers,
+    student_t975,
 )
 from cooperllm.zgr import BlockGuidance, Report
 
@@ -82,6 +83,29 @@ def test_the_devices_part_off_the_clouds_direction_is_kept_as_far_as_it_stands_a
     noise = rectify({0: _samples([1.0, 0.0, 0.0, 0.0], 1.0, 20)}, {0: _guidance(cloud[0])}, RectifierState(), 1.0)
     assert strong[2].keep > 0.99 and noise[2].keep < 0.6
     assert strong[2].perp_sq == pytest.approx(75.0, rel=0.02)
+
+
+def test_pure_noise_off_the_clouds_direction_is_left_out_in_almost_every_round():
+    """Five devices, no gradient but the cloud's: the positive-part weight alone would keep some noise in about half
+    of the rounds; the significance test keeps ā_⊥ and a_∥ in few (each test's level is 2.5–5 %)."""
+    m, rounds = 31, 400
+    g = {0: _guidance([1.0] + [0.0] * (m - 1))}
+    g[0] = BlockGuidance(np.eye(40, m, dtype=np.float32), g[0].coeffs, coeff_var=np.zeros(m))
+    kept = kept_along = 0
+    for r in range(rounds):
+        rng = np.random.default_rng(r)
+        p = rng.standard_normal(5) * rng.choice([1.0, 3.0], 5)  # one scalar a device, its signs spread by ξ
+        samples = rng.choice([-1.0, 1.0], (5, m)) * p[:, None]
+        axis = rectify({0: samples}, g, RectifierState(), 1.0)[2]
+        kept += axis.keep > 0
+        kept_along += axis.keep_along > 0
+    assert kept / rounds < 0.06 and kept_along / rounds < 0.08
+
+
+def test_student_t_quantiles_match_the_tables():
+    for dof, table in [(1, 12.706), (2, 4.303), (4, 2.776), (6, 2.447), (9, 2.262), (20, 2.086), (120, 1.980)]:
+        assert student_t975(dof) == pytest.approx(table, abs=2e-3)
+    assert student_t975(0) == float("inf")
 
 
 def test_lambda_is_clipped_and_a_fixed_lambda_mixes_plainly_and_still_measures():
