@@ -2,6 +2,9 @@
 accuracy on the same evaluation examples (difference, exact McNemar p), how far the attack moved θ (‖θ_attacked −
 θ_honest‖ beside the honest run's own distance from θ₀), the largest single round's step ‖θ_{r+1} − θ_r‖ of each
 arm (the per-round bound of docs/SECURITY.md §3) and each arm's mean λ (zgr's weight on the cloud's estimate).
+Each attacked run is compared with two references: ``none``, five honest devices, and ``absent``, the same run with
+device 0 drawn but silent and the rounds closed on the other four (``--attack absent``) — the difference to ``none``
+is what losing a device's data costs plus what the attacker does, the difference to ``absent`` what the attacker does.
 Given several seeds' folders, also the mean paired difference over seeds with its 95 % t-interval: the attack costs
 at most 2 pp when the interval's lower end is above −2 pp.
 
@@ -25,6 +28,7 @@ from cooperllm.evaluate import paired_change
 from cooperllm_app.simulation.metrics import evaluation_of, read_lines
 
 ATTACKS = ("scalar", "flood")
+REFERENCES = ("none", "absent")  # five honest devices; four, device 0 silent
 
 
 def theta_at(run: Path, version: int) -> np.ndarray:
@@ -54,15 +58,15 @@ def mean_lam(run: Path) -> float:
     return float(np.mean(lams)) if lams else float("nan")
 
 
-def compare_seed(root: Path) -> dict[str, float]:
-    """Print one seed's comparison; returns each attack's accuracy difference (pp) against the honest arm."""
+def compare_seed(root: Path) -> dict[tuple[str, str], float]:
+    """Print one seed's comparison; returns each attacked arm's accuracy difference (pp) against each reference arm
+    present, keyed (arm, reference)."""
     rounds = json.loads((root / "none" / "config.json").read_text())["rounds"]
     final = {
         arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1])
-        for arm in ("none", *ATTACKS)
-        if (root / arm / "metrics.jsonl").is_file()
+        for arm in (*REFERENCES, *ATTACKS)
+        if (root / arm / "metrics.jsonl").is_file() and rounds_done(root / arm) == rounds
     }
-    arms = [arm for arm in ATTACKS if final.get(arm) is not None and rounds_done(root / arm) == rounds]
     theta0, honest = theta_at(root / "none", 0), theta_at(root / "none", rounds)
     print(
         f"{root}: honest accuracy {final['none'].accuracy:.2%} (loss {final['none'].loss:.4f}) on "
@@ -72,16 +76,24 @@ def compare_seed(root: Path) -> dict[str, float]:
         f"{left_out(root / 'none')} reports left out"
     )
     diffs = {}
-    for arm in arms:
-        change = paired_change(final["none"], final[arm])
-        moved = np.linalg.norm(theta_at(root / arm, rounds) - honest)
-        diffs[arm] = 100 * (final[arm].accuracy - final["none"].accuracy)
+    for arm in ("absent", *ATTACKS):
+        if final.get(arm) is None:
+            continue
         print(
-            f"  {arm:>6}: accuracy {final[arm].accuracy:.2%} ({diffs[arm]:+.2f} pp, McNemar p = {change.p_value:.3g}), "
-            f"loss {final[arm].loss:.4f}; "
-            f"‖θ − θ_honest‖ = {moved:.4g}; largest round {largest_step(root / arm, rounds):.4g}; "
-            f"mean λ {mean_lam(root / arm):.3f}; {left_out(root / arm)} reports left out"
+            f"  {arm:>6}: accuracy {final[arm].accuracy:.2%}, loss {final[arm].loss:.4f}; largest round "
+            f"{largest_step(root / arm, rounds):.4g}; mean λ {mean_lam(root / arm):.3f}; "
+            f"{left_out(root / arm)} reports left out"
         )
+        for ref in REFERENCES:
+            if ref == arm or final.get(ref) is None:
+                continue
+            change = paired_change(final[ref], final[arm])
+            moved = np.linalg.norm(theta_at(root / arm, rounds) - theta_at(root / ref, rounds))
+            diffs[arm, ref] = 100 * (final[arm].accuracy - final[ref].accuracy)
+            print(
+                f"          vs {ref:>6}: {diffs[arm, ref]:+.2f} pp (McNemar p = {change.p_value:.3g}); "
+                f"‖θ − θ_{ref}‖ = {moved:.4g}"
+            )
     return diffs
 
 
@@ -92,16 +104,16 @@ def main() -> None:
     per_seed = [compare_seed(root) for root in roots]
     if len(per_seed) < 2:
         return
-    for arm in ATTACKS:
-        d = np.array([s[arm] for s in per_seed if arm in s])
+    for key in sorted({k for seed in per_seed for k in seed}):
+        d = np.array([seed[key] for seed in per_seed if key in seed])
         if len(d) < 2:
             continue
         half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
         p = stats.ttest_1samp(d, 0.0).pvalue
         low, high = d.mean() - half, d.mean() + half
         print(
-            f"{arm:>6} over {len(d)} seeds: {d.mean():+.2f} pp (95 % CI {low:+.2f} to {high:+.2f}; paired t p = "
-            f"{p:.3g}); per seed " + ", ".join(f"{x:+.2f}" for x in d)
+            f"{key[0]:>6} vs {key[1]:>6} over {len(d)} seeds: {d.mean():+.2f} pp (95 % CI {low:+.2f} to {high:+.2f}; "
+            f"paired t p = {p:.3g}); per seed " + ", ".join(f"{x:+.2f}" for x in d)
         )
 
 

@@ -40,8 +40,8 @@ in the study) usually are not significant: then a refuted cloud leaves the subsp
 ZO step is where the devices' data moves the model. (Unshrunk, the devices' noisy slope drove the study's model into
 one class within ten rounds in both settings: runs/exp/discarded/*-axis-noshrink. Shrunk without the test — the
 positive-part weight alone — it kept 10–50 % of pure noise in about half of the shifted cloud's rounds, and that
-noise, scaled to the cloud's step, random-walked θ in the subspace: the S2 run stayed at chance, loss 0.69 → 1.33.) A fixed λ (RunConfig.lam) mixes
-plainly: d = λc + (1 − λ)ā.
+noise, scaled to the cloud's step, random-walked θ in the subspace: the S2 run stayed at chance, loss 0.69 → 1.33.)
+A fixed λ (RunConfig.lam) mixes plainly: d = λc + (1 − λ)ā.
 
 How the bias is measured. One round's δ = a_∥ − κ is mostly noise, so b_∥² comes from the signed differences over
 rounds: a weighted running mean μ = Σ wᵢδᵢ/Σ wᵢ (weights βⁱ, newest 1) whose own variance Σ wᵢ²(s_∥² + τ_∥²)ᵢ/(Σ wᵢ)²

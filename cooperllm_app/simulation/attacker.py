@@ -3,8 +3,11 @@
 It enrols like any device and is sent to rounds like any device, but measures nothing and runs no model: each round it
 uploads crafted reports. ``scalar``: a complete round of reports whose every scalar is ``SCALAR`` (1e6, the largest
 magnitude the cloud accepts by default, ``RunConfig.max_abs_scalar``). ``flood``: ``FLOOD`` × its quota of reports
-with honest-looking N(0, 1) scalars and fresh seeds, in batches, counting what the cloud refuses. Its token lives in
-its state folder, so a resumed simulation does not enrol it again.
+with honest-looking N(0, 1) scalars and fresh seeds, in batches, counting what the cloud refuses. ``absent``: the
+reference arm without the attacker — device 0 enrols and is drawn like the others, but sends nothing, and the cloud's
+quorum is K − 1 (``SimConfig.run_config``), so each round closes on the other devices' reports alone: the same
+devices, seeds and batches as an attacked arm, with device 0's influence removed instead of defended against. Its token
+lives in its state folder, so a resumed simulation does not enrol it again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from cooperllm.protocol import MAX_BATCH_REPORTS, ReportIn
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("none", "scalar", "flood")
+ATTACKS = ("none", "scalar", "flood", "absent")
 ATTACKER = 0  # the device that attacks (it takes part in every round when K = N)
 SCALAR = 1e6
 FLOOD = 100
@@ -51,6 +54,9 @@ def run_attack(
     info = transfers.call("current round", api.current_round)
     if info.round != round_ or info.status != "open":
         raise RuntimeError(f"{name} was sent to round {round_}, the cloud is at {info.round} ({info.status})")
+    if mode == "absent":
+        _done(state_dir, st, round_)
+        return {"skipped": False, "reports": 0, "refused": 0, "attack": mode}
     rng = np.random.default_rng([seed, round_])
     d = len(info.directions)
     per_round = info.local_steps * len(info.blocks) * d
@@ -76,7 +82,12 @@ def run_attack(
             if exc.status_code != 409:
                 raise
             refused += len(batch)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({**st, "round": round_}))
+    _done(state_dir, st, round_)
     log.info("%s (%s attack) round %d: %d reports counted, %d refused", name, mode, round_, accepted, refused)
     return {"skipped": False, "reports": accepted, "refused": refused, "attack": mode}
+
+
+def _done(state_dir: Path, st: dict, round_: int) -> None:
+    """Record the round as done (with the token), so a resumed simulation neither enrols nor uploads again."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / STATE_FILE).write_text(json.dumps({**st, "round": round_}))

@@ -121,7 +121,8 @@ class SimConfig:
     attack: str = config_field(
         "none",
         help="robustness study: device 0 is malicious and uploads every scalar as 1e6 (scalar) or 100x its quota of "
-        "reports (flood); docs/SECURITY.md",
+        "reports (flood), or is drawn but sends nothing while rounds close on the other K-1 (absent, the reference "
+        "arm); docs/SECURITY.md",
         choices=ATTACKS,
     )
     workers: int | None = config_field(None, help="device worker processes", unset="min(K, CPU cores)")
@@ -164,8 +165,11 @@ class SimConfig:
             raise ValueError(f"adapter download must be delta or full, got {self.adapter_download!r}")
         if self.attack not in ATTACKS:
             raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
+        if self.attack == "absent" and not 2 <= self.per_round == self.clients:
+            # with K < N a round without device 0 would close on whichever K − 1 of its K devices came first
+            raise ValueError("--attack absent needs device 0 in every round: --per-round equal to --clients, 2 or more")
         if self.attack != "none" and get_strategy(self.strategy).upload is not Upload.REPORTS:
-            raise ValueError(f"--attack {self.attack} forges ZO reports: strategy {self.strategy!r} uploads none")
+            raise ValueError(f"--attack {self.attack} stands in for a ZO device: strategy {self.strategy!r} sends none")
         parse_partition(self.partition)
         LinkSpec.parse(self.link)
         block_list(self.blocks)
@@ -193,13 +197,15 @@ class SimConfig:
         return {model_name: getattr(self, name) for name, (_, model_name) in model_fields_of(SimConfig).items()}
 
     def run_config(self, batch_size: int) -> RunConfig:
-        """The cloud's run: K devices per round make the quorum (and the minimum), so a round waits for all K."""
+        """The cloud's run: K devices per round make the quorum (and the minimum), so a round waits for all K; K − 1
+        with ``--attack absent``, whose device 0 sends nothing."""
+        quorum = self.per_round - (1 if self.attack == "absent" else 0)
         return RunConfig(
             **self._run_fields(),
             blocks=block_list(self.blocks),
             batch_size=batch_size,
-            quorum=self.per_round,
-            min_devices=self.per_round,
+            quorum=quorum,
+            min_devices=quorum,
         )
 
     def to_json(self) -> str:
