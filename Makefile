@@ -20,8 +20,8 @@ test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # What the integration tier needs beyond `setup`, so that none of its tests skips: the system packages of
-# .ci/system-deps (aarch64 cross compiler, qemu-user, a JDK; apt-get, root or sudo) and the unpacked aarch64 executorch
-# wheel of the ARM parity tests (pip download from PyPI, ~17 MB). Idempotent: installs and fetches only what is missing.
+# .ci/system-deps (aarch64 cross compiler, qemu-user, a JDK, PostgreSQL; apt-get, root or sudo) and the unpacked
+# aarch64 executorch wheel of the ARM parity tests (pip download from PyPI, ~17 MB). Idempotent: installs and fetches only what is missing.
 integration-deps: $(STAMP)
 	bash .ci/system-deps
 	$(BIN)/python -c "from device_runtime.native.build import default_root; default_root('aarch64')" 2>/dev/null \

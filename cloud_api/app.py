@@ -9,13 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from cloud_api.db import make_engine
 from cloud_api.deps import AppState
 from cloud_api.engine import RoundEngine
 from cloud_api.errors import ServiceError, invalid_request
 from cloud_api.middleware import BodyLimitMiddleware, EarlyAuthMiddleware
 from cloud_api.model_host import load_model_host
 from cloud_api.routers import adapter, admin, devices, health, rounds
+from cloud_api.schema import open_database
 from cloud_api.security import DeviceRegistry, RateLimiter
 from cloud_api.settings import Settings
 from cooperllm.protocol import API_PREFIX
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         settings.state_dir.chmod(0o700)  # adapters, guidance windows and the seed key are the operator's alone
-        db_engine = make_engine(settings.db_url, settings.sqlite_synchronous)
+        db_engine = open_database(settings.database_url, settings.sqlite_synchronous)
         host = load_model_host(settings)
         engine = RoundEngine(
             host, db_engine, settings.state_dir, settings.tick_s, lossless_guidance=settings.guidance_codec == "plain"

@@ -159,16 +159,35 @@ deltas = Table(
 )
 
 
+# PostgreSQL: a statement that runs longer than this is cancelled (a stuck query must not hold a worker's connection
+# and the locks it took), and a lock waited for longer than this fails the statement instead of queueing behind it
+STATEMENT_TIMEOUT_MS = 30_000
+LOCK_TIMEOUT_MS = 10_000
+
+
 def make_engine(url: str, synchronous: str = "NORMAL") -> Engine:
-    """Create the engine (and the SQLite file's folder); SQLite gets WAL, a busy timeout and foreign keys."""
+    """Create the engine (and the SQLite file's folder); SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL
+    a connection pool checked before use, and statement and lock timeouts. The schema is the migrations' business
+    (cloud_api.schema.open_database)."""
     parsed = make_url(url)
-    is_sqlite = parsed.get_backend_name() == "sqlite"
+    backend = parsed.get_backend_name()
     kwargs: dict = {}
-    if is_sqlite:
+    if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             _private_sqlite_file(Path(parsed.database))
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    elif backend == "postgresql":
+        options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+        kwargs.update(
+            pool_pre_ping=True,
+            pool_size=8,
+            max_overflow=8,
+            connect_args={"connect_timeout": 10, "options": options, "application_name": "cooperllm"},
+        )
+    else:
+        raise ValueError(f"database URL {parsed.render_as_string()!r}: use sqlite:///PATH or postgresql+psycopg://…")
     engine = create_engine(url, **kwargs)
+    is_sqlite = backend == "sqlite"
     if is_sqlite:
 
         @event.listens_for(engine, "connect")
@@ -181,7 +200,6 @@ def make_engine(url: str, synchronous: str = "NORMAL") -> Engine:
             cur.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the request path (checkpoint_wal)
             cur.close()
 
-    metadata.create_all(engine)
     return engine
 
 

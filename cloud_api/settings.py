@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     http_parser: Literal["h11", "httptools"] = "h11"
     trusted_proxies: str = ""  # comma-separated proxy addresses whose X-Forwarded-For is believed; "": none
 
-    db_url: str = ""  # default: sqlite:///<state_dir>/cooperllm.db, so one folder holds all of the service's state
+    # sqlite:///PATH or postgresql+psycopg://…; default sqlite:///<state_dir>/cooperllm.db, so one folder holds all of
+    # the service's state
+    database_url: str = ""
     state_dir: Path = Path("runs/cloud")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"  # WAL + NORMAL survives a killed process
 
@@ -65,8 +67,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _database_in_the_state_dir(self) -> Settings:
-        if not self.db_url:
-            self.db_url = f"sqlite:///{self.state_dir / 'cooperllm.db'}"
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.state_dir / 'cooperllm.db'}"
         return self
 
     @model_validator(mode="after")

@@ -17,8 +17,9 @@ import warnings
 from collections.abc import Iterator
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# third-party loggers that are chatty at INFO; they still speak at WARNING and above
-_NOISY_LOGGERS = ("torchao", "torch._export", "httpx")
+# third-party loggers that are chatty at INFO (alembic: each plugin and migration step it sets up; cloud_api.schema
+# says what it migrated in its own words); they still speak at WARNING and above
+_NOISY_LOGGERS = ("torchao", "torch._export", "httpx", "alembic")
 
 
 def add_log_level(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random Llama and its int8 .pte/.onnx export (built once per session), the SST-2 data, a
-real uvicorn server around the tiny model (``live``, one per test module); and under CI, a skip counted as a
+real uvicorn server around the tiny model (``live``, one per test module and database backend: SQLite in the default
+tier, a real PostgreSQL server started by the tests in the integration tier); and under CI, a skip counted as a
 failure."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from live_cloud import LiveServer, start_server
+from pg_server import PostgresServer
 
 from cooperllm.data import shared_data_dir
 from cooperllm.manifest import Manifest
@@ -88,8 +90,31 @@ def public_tsv(tmp_path_factory: pytest.TempPathFactory, sst2_dir: Path) -> Path
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (tests/pg_server.py)."""
+    srv = PostgresServer().start()
+    yield srv
+    srv.stop()
+
+
+# Every test on the ``live`` server runs once per backend: SQLite (the embedded default) in the default tier,
+# PostgreSQL in the integration tier (a server per session, a database per module)
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An empty database of the module's backend: its SQLAlchemy URL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db')}/cloud.db"
+    return request.getfixturevalue("postgres").database()
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, public_tsv: Path) -> Iterator[LiveServer]:
-    srv = start_server(tmp_path_factory.mktemp("cloud"), tiny_model_dir, public_tsv)
+def live(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, public_tsv: Path, database_url: str
+) -> Iterator[LiveServer]:
+    srv = start_server(tmp_path_factory.mktemp("cloud"), tiny_model_dir, public_tsv, database_url=database_url)
     yield srv
     srv.stop()

@@ -59,7 +59,7 @@ def start_server(tmp: Path, model_dir: Path, public_data: Path, **overrides) -> 
         env="test",
         admin_token=ADMIN,
         enrolment_key=ENROL,
-        db_url=f"sqlite:///{tmp}/cloud.db",
+        database_url=f"sqlite:///{tmp}/cloud.db",
         state_dir=tmp,
         model=str(model_dir),
         public_data=public_data,

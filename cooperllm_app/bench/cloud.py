@@ -158,7 +158,7 @@ def _start_server(tmp: Path, model: str | None, env: dict) -> tuple[subprocess.P
         [
             "--model",
             model,
-            "--db",
+            "--database-url",
             f"sqlite:///{tmp}/bench.db",
             "--state-dir",
             str(tmp / "state"),

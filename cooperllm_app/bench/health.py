@@ -95,7 +95,7 @@ class _Poller(threading.Thread):
 def _server(tmp: Path, model: str, env: dict):
     public = tmp / "public.tsv"
     public.write_text("\n".join((shared_data_dir() / "sst2" / "dev.tsv").read_text().splitlines()[:201]) + "\n")
-    options = ["--model", model, "--db", f"sqlite:///{tmp}/bench.db", "--state-dir", str(tmp / "state")]
+    options = ["--model", model, "--database-url", f"sqlite:///{tmp}/bench.db", "--state-dir", str(tmp / "state")]
     proc, url = start_serve([*options, "--public-data", str(public), "--public-n", "200"], env)
     try:
         yield proc.pid, url

@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         corpus = {"train": CorpusSource(args.data)}
         session = open_session(artifacts, "onnx", threads=args.threads, data=corpus, corpus_cache=tmp / "corpora")
         data = session.corpora["train"]
-        serve = ["--model", model, "--artifacts", str(artifacts), "--db", f"sqlite:///{tmp}/cloud.db"]
+        serve = ["--model", model, "--artifacts", str(artifacts), "--database-url", f"sqlite:///{tmp}/cloud.db"]
         serve += ["--state-dir", str(tmp / "cloud"), "--public-data", str(public), "--public-n", "64"]
         serve += ["--rate-limit", "1000", "--rate-burst", "1000"]
         proc, url = start_serve(serve, env)

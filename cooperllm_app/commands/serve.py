@@ -31,10 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train.tsv is the devices' private data)",
     )
     p.add_argument("--public-n", type=int, help="public examples to sample (default 2000)")
-    p.add_argument("--db", dest="db_url", help="SQLAlchemy URL (default sqlite:///STATE_DIR/cooperllm.db)")
+    p.add_argument(
+        "--database-url",
+        help="sqlite:///PATH or postgresql+psycopg://USER@HOST/DB (default sqlite:///STATE_DIR/cooperllm.db); the "
+        "schema is migrated to this version's on start (docs/DEPLOY.md)",
+    )
     p.add_argument(
         "--state-dir",
-        help="folder for all of the service's state: its SQLite database (unless --db), adapter versions, "
+        help="folder for all of the service's state: its SQLite database (unless --database-url), adapter versions, "
         "gradient windows, seed key (default runs/cloud)",
     )
     p.add_argument("--env", choices=["development", "production", "test"], help="deployment environment")
@@ -66,7 +70,7 @@ _SETTING_ARGS = (
     "artifacts",
     "public_data",
     "public_n",
-    "db_url",
+    "database_url",
     "state_dir",
     "env",
     "seq_len",
@@ -85,10 +89,14 @@ def serve(args: argparse.Namespace) -> int:
     # deferred: loads sqlalchemy, the web stack (heavy; not needed at import)
     from cloud_api.app import create_app, server_options
     from cloud_api.model_host import check_settings_against_manifest
+    from cloud_api.schema import open_database
 
     overrides = {k: getattr(args, k) for k in _SETTING_ARGS if getattr(args, k, None) is not None}
     settings = Settings(**overrides)
-    check_settings_against_manifest(settings)  # here, not at startup: a one-line error rather than uvicorn's
+    # here, not at startup: a one-line error rather than uvicorn's (the lifespan migrates again, a no-op at head)
+    check_settings_against_manifest(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    open_database(settings.database_url, settings.sqlite_synchronous).dispose()
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -151,7 +151,7 @@ def start_cloud(
         str(public_data),
         "--public-n",
         str(public_n),
-        "--db",
+        "--database-url",
         f"sqlite:///{state_dir / 'cooperllm.db'}",
         "--state-dir",
         str(state_dir),

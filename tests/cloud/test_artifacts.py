@@ -81,5 +81,8 @@ def test_the_database_lives_in_the_state_folder_unless_named(tmp_path):
     runs/cloud of the working directory."""
     from cloud_api.settings import Settings
 
-    assert Settings(state_dir=tmp_path / "s").db_url == f"sqlite:///{tmp_path / 's' / 'cooperllm.db'}"
-    assert Settings(state_dir=tmp_path / "s", db_url="sqlite:///elsewhere.db").db_url == "sqlite:///elsewhere.db"
+    assert Settings(state_dir=tmp_path / "s").database_url == f"sqlite:///{tmp_path / 's' / 'cooperllm.db'}"
+    assert (
+        Settings(state_dir=tmp_path / "s", database_url="sqlite:///elsewhere.db").database_url
+        == "sqlite:///elsewhere.db"
+    )

@@ -56,7 +56,7 @@ class Server:
             str(self.model),
             "--port",
             "0",
-            "--db",
+            "--database-url",
             f"sqlite:///{self.tmp}/cloud.db",
             "--state-dir",
             str(self.tmp / "state"),

@@ -37,7 +37,7 @@ def test_an_enrolment_token_enrols_one_device(tokens_only):
     CooperClient(srv.url).enroll(batch.token, "b")
     with pytest.raises(ApiError):
         CooperClient(srv.url).enroll(batch.token, "c")
-    db = sqlite3.connect(srv.settings.db_url.removeprefix("sqlite:///"))
+    db = sqlite3.connect(srv.settings.database_url.removeprefix("sqlite:///"))
     stored = [h for (h,) in db.execute("SELECT token_hash FROM enrolment_tokens")]
     assert hashlib.sha256(issued.token.encode()).hexdigest() in stored and issued.token not in stored
     device = CooperClient(srv.url)
