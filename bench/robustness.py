@@ -61,31 +61,29 @@ def mean_lam(run: Path) -> float:
 def compare_seed(root: Path) -> dict[tuple[str, str], float]:
     """Print one seed's comparison; returns each attacked arm's accuracy difference (pp) against each reference arm
     present, keyed (arm, reference)."""
-    rounds = json.loads((root / "none" / "config.json").read_text())["rounds"]
+    present = [arm for arm in (*REFERENCES, *ATTACKS) if (root / arm / "config.json").is_file()]
+    if not present:
+        return {}
+    rounds = json.loads((root / present[0] / "config.json").read_text())["rounds"]
     final = {
         arm: evaluation_of(read_lines(root / arm / "metrics.jsonl")[-1])
-        for arm in (*REFERENCES, *ATTACKS)
+        for arm in present
         if (root / arm / "metrics.jsonl").is_file() and rounds_done(root / arm) == rounds
     }
-    theta0, honest = theta_at(root / "none", 0), theta_at(root / "none", rounds)
-    print(
-        f"{root}: honest accuracy {final['none'].accuracy:.2%} (loss {final['none'].loss:.4f}) on "
-        f"{final['none'].n_examples} evaluation examples after "
-        f"{rounds} rounds; ‖θ − θ₀‖ = {np.linalg.norm(honest - theta0):.4g}; largest round "
-        f"{largest_step(root / 'none', rounds):.4g}; mean λ {mean_lam(root / 'none'):.3f}; "
-        f"{left_out(root / 'none')} reports left out"
-    )
+    print(f"{root}: {rounds} rounds, arms finished: {', '.join(final) or 'none yet'}")
     diffs = {}
-    for arm in ("absent", *ATTACKS):
+    theta0 = theta_at(root / present[0], 0)
+    for arm in (*REFERENCES, *ATTACKS):
         if final.get(arm) is None:
             continue
+        moved0 = np.linalg.norm(theta_at(root / arm, rounds) - theta0)
         print(
-            f"  {arm:>6}: accuracy {final[arm].accuracy:.2%}, loss {final[arm].loss:.4f}; largest round "
-            f"{largest_step(root / arm, rounds):.4g}; mean λ {mean_lam(root / arm):.3f}; "
-            f"{left_out(root / arm)} reports left out"
+            f"  {arm:>6}: accuracy {final[arm].accuracy:.2%}, loss {final[arm].loss:.4f} on {final[arm].n_examples} "
+            f"examples; ‖θ − θ₀‖ = {moved0:.4g}; largest round {largest_step(root / arm, rounds):.4g}; "
+            f"mean λ {mean_lam(root / arm):.3f}; {left_out(root / arm)} reports left out"
         )
-        for ref in REFERENCES:
-            if ref == arm or final.get(ref) is None:
+        for ref in REFERENCES[: REFERENCES.index(arm)] if arm in REFERENCES else REFERENCES:
+            if final.get(ref) is None:
                 continue
             change = paired_change(final[ref], final[arm])
             moved = np.linalg.norm(theta_at(root / arm, rounds) - theta_at(root / ref, rounds))
