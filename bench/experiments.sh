@@ -31,7 +31,9 @@ ART=${ART:-artifacts/exp}
 DATA=$OUT/data
 TASKS=${TASKS:-seq-cls causal-lm-cls}
 SETTINGS=${SETTINGS:-S1 S2}
-STRATEGIES=${STRATEGIES:-zgr zo cloud bp}   # also: zgraxis (zgr with --rectifier axis, the rule tested along ĉ)
+# also: zgraxis (zgr with --rectifier axis, the rule tested along ĉ), zgrfollow (the same with --budget follow: every
+# other round after a turned-down cloud measures the complement twice)
+STRATEGIES=${STRATEGIES:-zgr zo cloud bp}
 SEEDS=${SEEDS:-0 1 2}
 CLIENTS=${CLIENTS:-20}
 K=${K:-5}
@@ -51,11 +53,12 @@ GRID_CLOUD=${GRID_CLOUD:-1e-2 3e-2 1e-1}
 GRID_ZO=${GRID_ZO:-3e-5 1e-4 3e-4}
 GRID_BP=${GRID_BP:-3e-4 1e-3 3e-3}
 
-declare -A STEPS=([zgr]=1 [zgraxis]=1 [zo]=2 [bp]=2 [cloud]=1)   # equal forward passes per device per round (above)
-declare -A KNOB=([zgr]=--eta [zgraxis]=--eta [cloud]=--eta [zo]=--eta-zo [bp]=--local-lr)
-declare -A GRID=([zgr]=$GRID_ZGR [zgraxis]=$GRID_ZGR [cloud]=$GRID_CLOUD [zo]=$GRID_ZO [bp]=$GRID_BP)
-declare -A AS=([zgraxis]="zgr --rectifier axis")   # a study name → the simulate options it stands for
-declare -A GUIDED=([zgr]=1 [zgraxis]=1)           # strategies with a ZO complement step: they take zo's η_zo
+declare -A STEPS=([zgr]=1 [zgraxis]=1 [zgrfollow]=1 [zo]=2 [bp]=2 [cloud]=1)   # equal forward passes per device per round (above)
+declare -A KNOB=([zgr]=--eta [zgraxis]=--eta [zgrfollow]=--eta [cloud]=--eta [zo]=--eta-zo [bp]=--local-lr)
+declare -A GRID=([zgr]=$GRID_ZGR [zgraxis]=$GRID_ZGR [zgrfollow]=$GRID_ZGR [cloud]=$GRID_CLOUD [zo]=$GRID_ZO [bp]=$GRID_BP)
+# a study name → the simulate options it stands for
+declare -A AS=([zgraxis]="zgr --rectifier axis" [zgrfollow]="zgr --rectifier axis --budget follow")
+declare -A GUIDED=([zgr]=1 [zgraxis]=1 [zgrfollow]=1)   # strategies with a ZO complement step: they take zo's η_zo
 
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy import Engine, select
 
@@ -16,6 +17,7 @@ from cloud_api import db
 from cloud_api.guidance_store import GuidanceStore
 from cloud_api.round_state import RoundState
 from cooperllm.layout import ParamLayout
+from cooperllm.perturb import Direction
 from cooperllm.protocol import decode_tensor_frame, update_to_wire
 from cooperllm.rectify import RectifierState
 from cooperllm.robust import bound_reports, clip_deltas
@@ -41,10 +43,24 @@ def round_reports(engine: Engine, run_id: int, round_: int) -> list[Report]:
     return [Report(int(s), int(b), int(k), float(p), int(n)) for s, b, k, p, n in rows]
 
 
-def counted_reports(engine: Engine, st: RoundState, round_: int) -> list[Report]:
+def counted_reports(engine: Engine, st: RoundState, round_: int, directions: Sequence[Direction]) -> list[Report]:
     """Round ``round_`` of ``st``'s run as aggregated and published in its sync: the stored reports in canonical
-    order less those beyond the round's robust bound (RunConfig.clip_k), so a replay applies what the cloud did."""
-    return bound_reports(round_reports(engine, st.run_id, round_), st.plan.directions, st.cfg.clip_k)
+    order less those beyond the round's robust bound (RunConfig.clip_k; groups by the round's ``directions``), so a
+    replay applies what the cloud did."""
+    return bound_reports(round_reports(engine, st.run_id, round_), directions, st.cfg.clip_k)
+
+
+def round_directions(outcome: dict | None, st: RoundState) -> tuple[Direction, ...]:
+    """The directions a closed round measured, as its outcome records them (outcomes stored before a round's
+    directions could vary hold none: the strategy's own)."""
+    names = (outcome or {}).get("directions")
+    return tuple(Direction[n.upper()] for n in names) if names else st.strategy.directions
+
+
+def carried_state(engine: Engine, run_id: int, round_: int) -> RectifierState | None:
+    """What the rectifier carried into round ``round_`` (the round before's stored state; None for round 0)."""
+    previous = round_outcome(engine, run_id, round_ - 1) if round_ > 0 else None
+    return None if previous is None else RectifierState.from_json(previous.get("state"))
 
 
 def round_deltas(engine: Engine, run_id: int, round_: int) -> list[tuple[int, object]]:
@@ -66,20 +82,23 @@ def round_outcome(engine: Engine, run_id: int, round_: int) -> dict | None:
     return None if raw is None else json.loads(raw)
 
 
-def outcome_json(agg: Aggregate) -> str:
-    """What a closed round stores beside θ_{r+1}: the published update, the rectifier's numbers, the carried state."""
+def outcome_json(agg: Aggregate, directions: Sequence[Direction]) -> str:
+    """What a closed round stores beside θ_{r+1}: the published update, the rectifier's numbers, the carried state,
+    and the directions the round measured (its sync names them)."""
     return json.dumps(
         {
             "update": [u.model_dump() for u in update_to_wire(agg.update)],
             "rectifier": dict(agg.stats),
             "state": agg.state.to_json(),
+            "directions": [d.name.lower() for d in directions],
         }
     )
 
 
 def round_inputs(engine: Engine, guidance: GuidanceStore, st: RoundState) -> RoundInputs:
     """Everything the run's strategy aggregates for round ``st.round``: only what it uses is read. The rectifier's
-    running estimates come from the previous round's stored outcome, so a restarted cloud carries on exactly."""
+    running estimates are those the round carries (``st.carried``: the previous round's stored outcome after a restart),
+    so a restarted cloud carries on exactly."""
     strategy = st.strategy
     if strategy.upload is Upload.DELTA:
         return RoundInputs(deltas=clip_deltas(round_deltas(engine, st.run_id, st.round), st.cfg.clip_k))
@@ -96,12 +115,11 @@ def round_inputs(engine: Engine, guidance: GuidanceStore, st: RoundState) -> Rou
                 len(stored),
                 st.cfg.clip_k,
             )
-    previous = round_outcome(engine, st.run_id, st.round - 1) if st.round > 0 else None
-    state = RectifierState.from_json(None if previous is None else previous.get("state"))
+    state, directions = st.carried or RectifierState(), st.plan.directions
     if not strategy.guided:
-        return RoundInputs(reports=reports, state=state)
+        return RoundInputs(reports=reports, state=state, directions=directions)
     bases, _ = guidance.for_aggregation(st.run_id, st.round)
-    return RoundInputs(reports=reports, guidance=bases, state=state)
+    return RoundInputs(reports=reports, guidance=bases, state=state, directions=directions)
 
 
 def aggregate(engine: Engine, guidance: GuidanceStore, layout: ParamLayout, st: RoundState) -> Aggregate:

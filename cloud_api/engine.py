@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 
 from cloud_api import db
-from cloud_api.aggregation import counted_reports, round_reports
+from cloud_api.aggregation import counted_reports, round_directions, round_reports
 from cloud_api.errors import ServiceError
 from cloud_api.guidance_store import GuidanceStore
 from cloud_api.lifecycle import RunLifecycle
@@ -192,15 +192,18 @@ class RoundEngine:
             raise ServiceError(409, "round_not_closed")
         strategy = st.strategy
         replayable = strategy.replayable
+        outcome = json.loads(rnd["outcome"]) if rnd["outcome"] else None
+        directions = round_directions(outcome, st)
         out = ModelSync(
             run_id=st.run_id,
             round=round_,
             strategy=st.cfg.strategy,
             replayable=replayable,
             lam=rnd["lam"],
-            reports=reports_from(counted_reports(self.ctx.db, st, round_)) if replayable else [],
+            directions=[d.name.lower() for d in directions],
+            reports=reports_from(counted_reports(self.ctx.db, st, round_, directions)) if replayable else [],
             guidance=self.guidance.for_aggregation(st.run_id, round_)[1] if strategy.guided else [],
-            update=json.loads(rnd["outcome"])["update"] if replayable and rnd["outcome"] else [],
+            update=outcome["update"] if replayable and outcome else [],
             theta_checksum_before=rnd["theta_checksum"],
             theta_checksum_after=rnd["theta_checksum_after"],
         )

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 
 from cloud_api import db
+from cloud_api.aggregation import carried_state
 from cloud_api.errors import ServiceError
 from cloud_api.guidance_store import GuidanceStore
 from cloud_api.rectifier import Job, Rectifier
@@ -70,6 +71,7 @@ class RunLifecycle:
                 extensions=rnd["extensions"] if rnd else 0,
                 theta=theta,
                 checksum=theta_checksum(theta),
+                carried=carried_state(ctx.db, run["id"], r),
             )
             if run["status"] == "stopped":
                 return

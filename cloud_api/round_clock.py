@@ -171,6 +171,7 @@ class RoundClock:
                 0,
                 theta,
                 checksum,
+                carried=agg.state,
             )
             if guided and not finished:
                 new.guidance = self.guidance.refs(st.run_id, nxt)
@@ -208,7 +209,7 @@ class RoundClock:
                     n_reports=agg.n_used,
                     n_devices=len(st.per_device),
                     lam=agg.lam,
-                    outcome=outcome_json(agg),
+                    outcome=outcome_json(agg, st.plan.directions),
                     theta_checksum_after=checksum,
                     aggregate_s=agg_s,
                 )

@@ -23,6 +23,7 @@ from cloud_api.errors import ServiceError
 from cloud_api.model_host import ModelHost
 from cloud_api.waiters import RoundWaiters
 from cooperllm.protocol import WIRE_SEEDS, GuidanceRef, RunConfig
+from cooperllm.rectify import RectifierState
 from cooperllm.strategies import RoundPlan, Strategy, get_strategy
 
 SEEDS_PER_DEVICE = 1 << 16
@@ -82,6 +83,7 @@ class RoundState:
     per_device: dict[int, int] = field(default_factory=dict)
     guidance: list[GuidanceRef] = field(default_factory=list)
     n_complete: int = 0
+    carried: RectifierState | None = None  # what the rectifier carried out of the round before (None: round 0)
 
     @property
     def strategy(self) -> Strategy:
@@ -89,8 +91,9 @@ class RoundState:
 
     @cached_property
     def plan(self) -> RoundPlan:
-        """Computed once: cfg and blocks never change within a round, and uploads read it on every batch."""
-        return self.strategy.configure_round(self.cfg, self.blocks)
+        """Computed once: cfg, blocks and the carried state never change within a round, and uploads read it on every
+        batch."""
+        return self.strategy.configure_round(self.cfg, self.blocks, self.round, self.carried)
 
     @property
     def expected_per_device(self) -> int:

@@ -43,11 +43,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from cooperllm import dtc
-from cooperllm.strategies import STRATEGY_NAMES
+from cooperllm.layout import ParamLayout
+from cooperllm.perturb import Direction
+from cooperllm.strategies import STRATEGY_NAMES, get_strategy
 from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, BlockUpdate, Report, check_report
 
 API_PREFIX = "/v1"
-PROTOCOL_VERSION = 2  # 2: ZGR v2 — separate subspace/complement measurements, per-block published updates
+# 2: ZGR v2 — separate subspace/complement measurements, per-block published updates; 3: a round's directions may
+# differ from round to round (RunConfig.budget), so a sync record names its own
+PROTOCOL_VERSION = 3
 FRAME_MEDIA_TYPE = "application/octet-stream"
 SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -220,6 +224,15 @@ class RunConfig(_Model):
             "cloud's scale): it turns a shifted cloud down, see docs/RESULTS.md"
         ),
     ] = "direction"
+    budget: Annotated[
+        Literal["fixed", "follow"],
+        Field(
+            description="zgr's forward budget: 'fixed', every step measures the subspace and its complement; "
+            "'follow', in every other round after one that turned the cloud down (λ below 0.25) both of a step's "
+            "measurements go to the complement, where the devices' data can still move the model (the rounds "
+            "between keep testing the cloud); docs/PERTURBATIONS.md §4"
+        ),
+    ] = "fixed"
     eta: Annotated[
         float,
         Field(
@@ -291,6 +304,10 @@ class RunConfig(_Model):
     def _consistent(self) -> RunConfig:
         if self.min_devices > self.quorum:
             raise ValueError("min_devices cannot exceed quorum")
+        if self.budget != "fixed" and self.strategy != "zgr":
+            raise ValueError(
+                f"budget {self.budget!r} moves zgr's measurements: strategy {self.strategy!r} has one kind"
+            )
         return self
 
 
@@ -379,6 +396,7 @@ class ModelSync(_Model):
     strategy: str
     replayable: bool  # False for ``bp`` (FedAvg of deltas): download the adapter instead
     lam: float | None  # the mean weight λ of the cloud (for display; the update already holds it)
+    directions: list[Literal["iso", "subspace", "complement"]]  # the round's, as its RoundInfo named them
     reports: list[ReportIn]  # in aggregation order
     guidance: list[SyncGuidance]
     update: list[SyncUpdate]
@@ -460,6 +478,17 @@ def sync_guidance(sync: ModelSync, bases: Mapping[int, np.ndarray]) -> dict[int,
 
 def sync_update(sync: ModelSync) -> dict[int, BlockUpdate]:
     return {u.block: BlockUpdate(u.q, None if u.w is None else np.asarray(u.w, dtype=np.float32)) for u in sync.update}
+
+
+def sync_directions(sync: ModelSync) -> tuple[Direction, ...]:
+    return tuple(Direction[d.upper()] for d in sync.directions)
+
+
+def replay_sync(theta: np.ndarray, layout: ParamLayout, sync: ModelSync, bases: Mapping[int, np.ndarray]) -> None:
+    """θ_r → θ_{r+1} in place from round r's sync record and the guidance bases the device holds (block → V)."""
+    get_strategy(sync.strategy).replay(
+        theta, layout, sync_reports(sync), sync_guidance(sync, bases), sync_update(sync), sync_directions(sync)
+    )
 
 
 def update_to_wire(update: Mapping[int, BlockUpdate]) -> list[SyncUpdate]:

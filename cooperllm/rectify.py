@@ -119,6 +119,7 @@ class RectifierState:
     step_ms: dict[int, float] = field(default_factory=dict)  # running mean square of the cloud's c, per block
     scalar_ms: float | None = None  # running mean square of the ZO scalars p of the applied measurements
     axis: BiasTrack | None = None  # the test along the cloud's direction (one number): what sets λ
+    lam: float | None = None  # the λ the round set (the rule's): what the next round's forward budget follows
 
     def to_json(self) -> dict:
         return {
@@ -126,6 +127,7 @@ class RectifierState:
             "step_ms": {str(b): v for b, v in self.step_ms.items()},
             "scalar_ms": self.scalar_ms,
             "axis": None if self.axis is None else vars(self.axis),
+            "lam": self.lam,
         }
 
     @classmethod
@@ -137,6 +139,7 @@ class RectifierState:
             step_ms={int(b): float(v) for b, v in d.get("step_ms", {}).items()},
             scalar_ms=None if d.get("scalar_ms") is None else float(d["scalar_ms"]),
             axis=None if d.get("axis") is None else BiasTrack.from_json(d["axis"]),
+            lam=None if d.get("lam") is None else float(d["lam"]),
         )
 
 

@@ -41,7 +41,7 @@ from cooperllm.api_client import ApiError
 from cooperllm.layout import theta_checksum
 from cooperllm.manifest import MANIFEST_FILE, sha256_file
 from cooperllm.perturb import Direction
-from cooperllm.protocol import ERRORS, sync_guidance, sync_reports, sync_update
+from cooperllm.protocol import ERRORS, replay_sync
 from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
 from cooperllm.zgr import ALL_BLOCKS, BlockGuidance
@@ -288,9 +288,7 @@ class DeviceClient:
             log.warning("cannot replay round %d: %s", prev_round, exc)
             return None
         theta = base.copy()
-        get_strategy(sync.strategy).replay(
-            theta, self.layout, sync_reports(sync), sync_guidance(sync, bases), sync_update(sync)
-        )
+        replay_sync(theta, self.layout, sync, bases)
         after = theta_checksum(theta)
         if after != sync.theta_checksum_after or (expected is not None and after != expected):
             log.warning("replay of round %d disagrees with the published checksum; downloading", prev_round)

@@ -205,3 +205,41 @@ def _zgr_round(seed: int = 0):
     }
     reports = [Report(20 + s, ALL_BLOCKS, s, float(rng.normal()), 4) for s in range(6)]
     return layout, theta, guidance, reports
+
+
+def test_budget_follow_moves_every_other_round_to_the_complement_only_after_a_low_lambda():
+    zgr, blocks = get_strategy("zgr"), [0, 1]
+    follow, fixed = RunConfig(budget="follow"), RunConfig()
+    low, high = RectifierState(lam=0.1), RectifierState(lam=0.5)
+    both, moved = (Direction.SUBSPACE, Direction.COMPLEMENT), (Direction.COMPLEMENT, Direction.COMPLEMENT)
+    assert zgr.configure_round(follow, blocks, 1, low).directions == moved
+    assert [zgr.configure_round(follow, blocks, r, low).directions for r in (0, 2)] == [both, both]  # tests the cloud
+    assert zgr.configure_round(follow, blocks, 1, high).directions == both
+    assert zgr.configure_round(follow, blocks, 1, None).directions == both
+    assert zgr.configure_round(fixed, blocks, 1, low).directions == both
+    plans = [zgr.configure_round(follow, blocks, 1, s) for s in (low, high)]
+    assert plans[0].uploads_per_device == plans[1].uploads_per_device  # the same forward budget
+    with pytest.raises(ValueError, match="budget 'follow' moves zgr's measurements"):
+        RunConfig(strategy="zo", budget="follow")
+
+
+def test_a_moved_round_keeps_the_last_lambda_and_replays_with_its_directions():
+    """A round measured along the complement only: the subspace step is λ·c at the carried λ, every report enters
+    the ZO part, and replay needs the round's directions (the strategy's own give another θ)."""
+    layout, theta, guidance, reports = _zgr_round(5)
+    cfg = RunConfig(eta=0.2, budget="follow", rectifier="axis")  # steps scaled by the cloud's c: λ shows
+    moved = (Direction.COMPLEMENT, Direction.COMPLEMENT)
+    state = RectifierState(lam=0.1)
+    agg = get_strategy("zgr").aggregate(
+        theta, layout, cfg, RoundInputs(reports=reports, guidance=guidance, state=state, directions=moved)
+    )
+    assert agg.lam == pytest.approx(0.1) and agg.state.lam == pytest.approx(0.1) and agg.stats["axis"] is None
+    for b, g in guidance.items():
+        c = 0.1 * g.coeffs.astype(np.float64)
+        np.testing.assert_allclose(agg.update[b].w, -0.2 * c / np.sqrt(np.mean(g.coeffs.astype(np.float64) ** 2)))
+    replayed = theta.copy()
+    get_strategy("zgr").replay(replayed, layout, reports, guidance, agg.update, moved)
+    assert replayed.tobytes() == agg.theta.tobytes()
+    default = theta.copy()
+    get_strategy("zgr").replay(default, layout, reports, guidance, agg.update)
+    assert default.tobytes() != agg.theta.tobytes()

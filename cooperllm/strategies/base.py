@@ -54,12 +54,14 @@ class RoundPlan:
 @dataclass(frozen=True)
 class RoundInputs:
     """What the cloud collected in a round, in canonical order (reports by seed, block, step, device; deltas by
-    device; guidance with each direction's τ_k²). ``state`` is what the rectifier carried out of the previous round."""
+    device; guidance with each direction's τ_k²). ``state`` is what the rectifier carried out of the previous round;
+    ``directions`` the round's plan's (None: the strategy's own)."""
 
     reports: Sequence[Report] = ()
     deltas: Sequence[tuple[int, np.ndarray]] = ()  # (n_examples, Δθ)
     guidance: Mapping[int, BlockGuidance] = field(default_factory=dict)
     state: RectifierState = field(default_factory=RectifierState)
+    directions: tuple[Direction, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,11 @@ class Strategy(ABC):
     default_eta: ClassVar[float] = 1e-2  # the server's step η when a run does not name one (normalised: see rectify)
     default_local_lr: ClassVar[float] = 0.0  # a device's own step (0: ZO devices measure θ_r and do not move)
 
-    def configure_round(self, cfg: RunConfig, blocks: Sequence[int]) -> RoundPlan:
-        """What every device is asked to do this round."""
+    def configure_round(
+        self, cfg: RunConfig, blocks: Sequence[int], round_: int = 0, state: RectifierState | None = None
+    ) -> RoundPlan:
+        """What every device is asked to do in round ``round_``, given what the rectifier carried out of the round
+        before (``state``; None for the first round)."""
         per_report = cfg.local_steps * len(blocks) * len(self.directions)
         per_device = {Upload.REPORTS: per_report, Upload.DELTA: 1, Upload.NONE: 0}[self.upload]
         return RoundPlan(self.directions, self.guided, self.device_work, per_device)
@@ -105,9 +110,11 @@ class Strategy(ABC):
         reports: Sequence[Report],
         guidance: Mapping[int, BlockGuidance],
         update: Mapping[int, BlockUpdate],
+        directions: Sequence[Direction] | None = None,
     ) -> None:
         """Rebuild θ_{r+1} in place from a closed round's published record (what a device does instead of
-        downloading the adapter). The same float32 sequence as :meth:`aggregate`, so the result is bit-identical."""
+        downloading the adapter): its reports, guidance, update and directions (None: the strategy's own). The same
+        float32 sequence as :meth:`aggregate`, so the result is bit-identical."""
         if not self.replayable:
             raise ValueError(f"strategy {self.name!r} rounds cannot be replayed: download the adapter")
-        apply_update(theta, layout, reports, self.directions, guidance, update)
+        apply_update(theta, layout, reports, directions or self.directions, guidance, update)

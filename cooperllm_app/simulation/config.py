@@ -101,6 +101,7 @@ class SimConfig:
     lam: float | str = run_field("lam")
     lam_max: float = run_field("lam_max")
     rectifier: str = run_field("rectifier")
+    budget: str = run_field("budget")
     eta: float | None = run_field("eta", unset="per strategy: 1e-2; bp 1, FedAvg of Δθ")
     eta_zo: float = run_field("eta_zo")
     clip_k: float | None = run_field("clip_k")

@@ -9,8 +9,7 @@ from safetensors.numpy import load
 
 from cooperllm.api_client import CooperClient
 from cooperllm.layout import ParamLayout
-from cooperllm.protocol import ReportIn, RoundInfo, sync_guidance, sync_reports, sync_update
-from cooperllm.strategies import get_strategy
+from cooperllm.protocol import ReportIn, RoundInfo, replay_sync
 
 
 def make_reports(info: RoundInfo, rng: np.random.Generator, offset: int = 0) -> list[ReportIn]:
@@ -48,5 +47,5 @@ def replay(client: CooperClient, layout: ParamLayout, round_: int, theta: np.nda
     sync = client.sync(round_)
     bases = {g.block: client.guidance(round_, g.block) for g in sync.guidance}
     out = theta.copy()
-    get_strategy(sync.strategy).replay(out, layout, sync_reports(sync), sync_guidance(sync, bases), sync_update(sync))
+    replay_sync(out, layout, sync, bases)
     return out

@@ -13,7 +13,7 @@ from cloud_api import db
 from cooperllm.api_client import ApiError
 from cooperllm.layout import ParamLayout, theta_checksum
 from cooperllm.perturb import STREAM_XI, Direction, rademacher, subspace_scale
-from cooperllm.protocol import Metrics, ModelSync, ReportIn, RunConfig, sync_reports, sync_update
+from cooperllm.protocol import Metrics, ModelSync, ReportIn, RunConfig, sync_guidance, sync_reports, sync_update
 from cooperllm.rectify import BETA, RectifierState, rectify
 from cooperllm.strategies import RoundInputs, get_strategy
 from cooperllm.zgr import BlockGuidance
@@ -392,3 +392,38 @@ def test_scalar_clipping_option(live):
     )
     assert (ack.accepted, ack.clipped) == (1, 1)
     assert [r.scalar for r in live.engine.round_reports(live.engine.state)] == [-1.0]
+
+
+def test_a_round_after_a_turned_down_cloud_gives_its_budget_to_the_complement_and_replays(live):
+    """RunConfig.budget 'follow' with λ 0.1 (below FOLLOW_BELOW): round 1 asks for two complement measurements per
+    step instead of subspace + complement, its sync names them, and a device replays it bit for bit; rounds 0 and 2
+    keep the subspace measurement that tests the cloud."""
+    admin = live.admin()
+    run = admin.create_run(small_run(lam=0.1, budget="follow", quorum=2, min_devices=2, grad_batches=2))
+    devices = [live.device(f"f{i}") for i in range(2)]
+    layout = live.engine.host.layout
+    theta = theta_from_bytes(devices[0].adapter(0), layout)
+    assert theta_checksum(theta) == run.theta_checksum
+    rng = np.random.default_rng(1)
+    asked = []
+    for rnd in range(3):
+        infos = [d.current_round() for d in devices]
+        asked.append(infos[0].directions)
+        for d, info in zip(devices, infos, strict=True):
+            ack = d.upload_reports(rnd, make_reports(info, rng), f"b{rnd}-{info.seed_lo}")
+            assert ack.accepted == info.local_steps * len(info.blocks) * 2  # the same budget every round
+        nxt = wait_round(devices[0], rnd + 1)
+        sync = devices[1].sync(rnd)
+        assert sync.directions == infos[0].directions
+        replayed = replay(devices[1], layout, rnd, theta)
+        assert theta_checksum(replayed) == sync.theta_checksum_after == nxt.theta_checksum
+        if rnd == 1:  # the same record replayed with the strategy's own directions gives another θ
+            wrong = theta.copy()
+            bases = {g.block: devices[1].guidance(rnd, g.block) for g in sync.guidance}
+            get_strategy("zgr").replay(wrong, layout, sync_reports(sync), sync_guidance(sync, bases), sync_update(sync))
+            assert theta_checksum(wrong) != sync.theta_checksum_after
+        theta = replayed
+    assert asked == [["subspace", "complement"], ["complement", "complement"], ["subspace", "complement"]]
+    rounds = admin.rounds(run.run_id)
+    assert rounds[1].rectifier["axis"] is None and rounds[0].rectifier["axis"] is not None  # nothing tested in 1
+    assert [r.lam for r in rounds[:3]] == [pytest.approx(0.1, rel=1e-12)] * 3

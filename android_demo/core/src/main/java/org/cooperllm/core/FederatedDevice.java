@@ -202,7 +202,7 @@ public final class FederatedDevice {
             float[] work = theta.clone();
             ok = true;
             try {
-                for (int r = thetaRound; r < info.round && ok; r++) ok = replayRound(r, work, info.directions);
+                for (int r = thetaRound; r < info.round && ok; r++) ok = replayRound(r, work);
             } catch (CooperClient.ApiException e) {
                 if (e.status == 401 || e.status == 403 || e.retryable()) throw e;
                 LOG.warning("replay impossible (" + e.getMessage() + "): downloading the adapter");
@@ -238,10 +238,10 @@ public final class FederatedDevice {
     }
 
     /**
-     * θ_r → θ_{r+1} in place from the server's sync payload; false when not replayable or the checksum disagrees.
-     * {@code directions}: the run's, as any of its rounds names them (the sync record does not repeat them).
+     * θ_r → θ_{r+1} in place from the server's sync payload (its reports, guidance, update and the round's
+     * directions); false when not replayable or the checksum disagrees.
      */
-    public boolean replayRound(int round, float[] work, List<Direction> directions) throws IOException {
+    public boolean replayRound(int round, float[] work) throws IOException {
         Protocol.ModelSync s = api.sync(round);
         if (!s.replayable) {
             LOG.info("round " + round + " (" + s.strategy + ") is not replayable: downloading the adapter");
@@ -257,7 +257,7 @@ public final class FederatedDevice {
             if (basis.m != sg.coeffs.length) throw new IOException("guidance coefficients do not match the basis");
             g.put(sg.block, basis.withCoeffs(sg.coeffs));
         }
-        RoundReplay.applyUpdate(work, layout, s.reports, directions, g, s.update);
+        RoundReplay.applyUpdate(work, layout, s.reports, s.directions, g, s.update);
         boolean ok = Floats.thetaChecksum(work).equals(s.checksumAfter);
         if (!ok) LOG.warning("round " + round + ": replay disagrees with the server's checksum");
         return ok;

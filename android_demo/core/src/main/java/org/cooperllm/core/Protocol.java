@@ -7,12 +7,12 @@ import java.util.Map;
 import java.util.TreeMap;
 
 /**
- * API v1 bodies of protocol version 2 (cooperllm/protocol.py) as read by the device; unknown fields are ignored (so
+ * API v1 bodies of protocol version 3 (cooperllm/protocol.py) as read by the device; unknown fields are ignored (so
  * the display-only ModelSync.lam is), missing ones fail.
  */
 public final class Protocol {
     /** The protocol this core speaks (cooperllm.protocol.PROTOCOL_VERSION; GET /v1/health names the server's). */
-    public static final int VERSION = 2;
+    public static final int VERSION = 3;
 
     private Protocol() {}
 
@@ -119,14 +119,16 @@ public final class Protocol {
     }
 
     /**
-     * GET /v1/rounds/{r}/sync: everything needed to replay θ_r → θ_{r+1} with {@link RoundReplay#applyUpdate}. The
-     * round's directions are not repeated here: a run's strategy fixes them, so they are those its RoundInfo names.
+     * GET /v1/rounds/{r}/sync: everything needed to replay θ_r → θ_{r+1} with {@link RoundReplay#applyUpdate},
+     * including the round's own directions (a zgr run may give a round's whole budget to the complement).
      */
     public static final class ModelSync {
         public final long runId;
         public final int round;
         public final String strategy;
         public final boolean replayable;
+        /** What the round's measurements perturbed along: step s of a block measured directions[s mod D]. */
+        public final List<Direction> directions;
         public final List<Report> reports;
         public final List<SyncGuidance> guidance;
         /** The published update by block (ModelSync.update: q, and w or null). */
@@ -139,6 +141,9 @@ public final class Protocol {
             round = j.getInt("round");
             strategy = j.getString("strategy");
             replayable = j.getBool("replayable");
+            List<Direction> d = new ArrayList<>();
+            for (Object o : j.getList("directions")) d.add(Direction.fromWire(String.valueOf(o)));
+            directions = Collections.unmodifiableList(d);
             List<Report> r = new ArrayList<>();
             for (Object o : j.getList("reports")) r.add(Report.fromJson(o));
             reports = Collections.unmodifiableList(r);
