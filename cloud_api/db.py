@@ -187,8 +187,7 @@ def make_engine(url: str, synchronous: str = "NORMAL") -> Engine:
     else:
         raise ValueError(f"database URL {parsed.render_as_string()!r}: use sqlite:///PATH or postgresql+psycopg://…")
     engine = create_engine(url, **kwargs)
-    is_sqlite = backend == "sqlite"
-    if is_sqlite:
+    if backend == "sqlite":
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised through every test
