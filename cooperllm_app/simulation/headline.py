@@ -91,7 +91,7 @@ def headline_for(task: str, runs: list[Run]) -> Headline | None:
     by = {}
     for r in runs:
         in_domain = not r.config.get("public_classes")
-        default_rule = r.config.get("rectifier") in (None, "direction")
+        default_rule = r.config.get("rectifier") in (None, "direction") and r.config.get("budget") in (None, "fixed")
         if r.task == task and in_domain and default_rule:
             by.setdefault(r.config.get("strategy"), r)
     zgr, zo, bp = by.get("zgr"), by.get("zo"), by.get("bp")

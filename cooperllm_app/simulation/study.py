@@ -66,8 +66,12 @@ Key = tuple[str, str, str, str | None]  # (setting, task, strategy, rectifier ru
 
 
 def rule_of(run: Run) -> str | None:
-    """zgr's rectifier rule (RunConfig.rectifier; runs from before the option ran the per-direction rule)."""
-    return run.config.get("rectifier") or "direction" if run.config["strategy"] == "zgr" else None
+    """zgr's rectifier rule (RunConfig.rectifier; runs from before the option ran the per-direction rule), with
+    "+follow" where its forward budget follows λ (RunConfig.budget)."""
+    if run.config["strategy"] != "zgr":
+        return None
+    rule = run.config.get("rectifier") or "direction"
+    return f"{rule}+follow" if run.config.get("budget") == "follow" else rule
 
 
 def group_runs(runs: list[Run]) -> dict[Key, dict[int, Run]]:
@@ -114,7 +118,7 @@ def build(runs: list[Run]) -> dict:
                 "setting": setting,
                 "task": task,
                 "strategy": strategy,
-                "rectifier": rule,  # zgr's rule for λ ("direction", "axis"); null for the other strategies
+                "rectifier": rule,  # zgr's rule for λ ("direction", "axis", "+follow" with its budget); null: not zgr
                 "seeds": done,
                 "final_accuracy": accs,
                 "final_mean": statistics.fmean(accs) if accs else None,

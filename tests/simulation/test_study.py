@@ -108,3 +108,8 @@ def test_zgr_rules_are_grouped_and_compared_apart():
     assert comp == {("direction", "cloud"): pytest.approx(1.0), ("axis", "cloud"): pytest.approx(19.0)}
     text = "\n".join(study.markdown(found))
     assert "| S2 | seq-cls | zgr (axis) | 0 | 70.00 %" in text and "zgr (axis) − cloud" in text
+    follow = _run("zgr", 0, _correct(65, 7), shifted=True, lam=0.1)
+    follow.config.update(rectifier="axis", budget="follow")  # a third group: the budget that follows λ
+    found = study.build([*runs, follow])
+    assert {e["rectifier"] for e in found["runs"] if e["strategy"] == "zgr"} == {"direction", "axis", "axis+follow"}
+    assert "| S2 | seq-cls | zgr (axis+follow) | 0 | 65.00 %" in "\n".join(study.markdown(found))
