@@ -440,6 +440,10 @@ def decode(frame: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.ndar
                 raise DTCError("frame has a NaN or Inf raw float32 value")
             out[order] = values
             continue
+        # |float32(q)| ≤ 2^(b−1) − 1 (the top code is refused below): a scale whose product with it overflows float32
+        # is no encoder's (its scale is max|x| / that bound), and would decode to ±inf
+        if (scales[idx].astype(np.float64) * _qmax(b) > np.finfo(np.float32).max).any():
+            raise DTCError(f"frame has a {b}-bit chunk whose scale overflows float32")
         codes = unpack_codes(gathered, b, block_size)
         if codes.max(initial=0) == (1 << b) - 1:
             raise DTCError(f"frame has an out-of-range {b}-bit code")

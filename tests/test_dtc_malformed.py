@@ -258,3 +258,14 @@ def test_report_batch_header_problems() -> None:
         decode_reports(frame, max_reports=10)
     with pytest.raises(DTCError, match="scalar format"):
         decode_reports(seal_reports(report_body([1], [0], [0], [1], [1.0]), 1, fmt=7))
+
+
+
+def test_a_scale_that_would_overflow_its_codes_is_refused():
+    """A finite chunk scale near float32's maximum times a code of 2 or more is ±inf: found by the fuzz campaign
+    (a resealed frame decoded to an inf), now a DTCError. The same frame at a sane scale decodes."""
+    codes = bytes([4, 0, 0, 0, 0, 0, 0, 0])  # 8-bit zig-zag code 4 is q = 2, then zeros
+    big = float(np.finfo(np.float32).max) / 2
+    with pytest.raises(DTCError, match="overflows float32"):
+        decode(seal(tensor_body([8], [big], codes), (8,)))
+    assert decode(seal(tensor_body([8], [0.5], codes), (8,))).tolist() == [1.0] + [0.0] * 7

@@ -154,6 +154,10 @@ public final class Dtc {
             scales[c] = b.getFloat(nChunks + 4 * c);
             if (!Float.isFinite(scales[c]) || scales[c] < 0) throw new DtcException("frame has a negative, NaN or Inf chunk scale");
             if (bw == 32 && scales[c] != 0) throw new DtcException("frame has a nonzero scale on a raw float32 chunk");
+            // |q| <= 2^(bw-1) - 1: a scale whose product with it overflows float32 is no encoder's and decodes to inf
+            if (bw != 32 && (double) scales[c] * ((1L << (bw - 1)) - 1) > Float.MAX_VALUE) {
+                throw new DtcException("frame has a " + bw + "-bit chunk whose scale overflows float32");
+            }
             int count = c == nChunks - 1 ? n - (nChunks - 1) * blockSize : blockSize;
             dataLen += ((long) count * bw + 7) / 8;
         }
