@@ -106,12 +106,16 @@ def main() -> None:
         d = np.array([seed[key] for seed in per_seed if key in seed])
         if len(d) < 2:
             continue
+        per_seed_text = ", ".join(f"{x:+.2f}" for x in d)
+        if d.std(ddof=1) == 0.0:  # no spread: no interval to draw (and t is undefined)
+            print(f"{key[0]:>6} vs {key[1]:>6} over {len(d)} seeds: {d[0]:+.2f} pp in every seed ({per_seed_text})")
+            continue
         half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
         p = stats.ttest_1samp(d, 0.0).pvalue
         low, high = d.mean() - half, d.mean() + half
         print(
             f"{key[0]:>6} vs {key[1]:>6} over {len(d)} seeds: {d.mean():+.2f} pp (95 % CI {low:+.2f} to {high:+.2f}; "
-            f"paired t p = {p:.3g}); per seed " + ", ".join(f"{x:+.2f}" for x in d)
+            f"paired t p = {p:.3g}); per seed {per_seed_text}"
         )
 
 
