@@ -17,6 +17,7 @@ from cloud_api.model_host import load_model_host
 from cloud_api.routers import adapter, admin, devices, health, rounds
 from cloud_api.schema import open_database
 from cloud_api.security import DeviceRegistry, RateLimiter
+from cloud_api.service_lock import ServiceLock
 from cloud_api.settings import Settings
 from cooperllm.protocol import API_PREFIX
 
@@ -32,23 +33,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         settings.state_dir.chmod(0o700)  # adapters, guidance windows and the seed key are the operator's alone
         db_engine = open_database(settings.database_url, settings.sqlite_synchronous)
-        host = load_model_host(settings)
-        engine = RoundEngine(
-            host, db_engine, settings.state_dir, settings.tick_s, lossless_guidance=settings.guidance_codec == "plain"
-        )
-        engine.start()
-        app.state.cooper = AppState(
-            settings,
-            host,
-            engine,
-            DeviceRegistry(db_engine),
-            RateLimiter(settings.rate_limit_per_s, settings.rate_burst),
-        )
-        log.info("cloud service ready (env=%s, db=%s)", settings.env, db_engine.url.render_as_string())
+        service_lock = ServiceLock(db_engine)
+        engine = None
         try:
+            service_lock.acquire()  # one service per database (cloud_api.service_lock)
+            host = load_model_host(settings)
+            engine = RoundEngine(
+                host,
+                db_engine,
+                settings.state_dir,
+                settings.tick_s,
+                lossless_guidance=settings.guidance_codec == "plain",
+            )
+            engine.start()
+            app.state.cooper = AppState(
+                settings,
+                host,
+                engine,
+                DeviceRegistry(db_engine),
+                RateLimiter(settings.rate_limit_per_s, settings.rate_burst),
+            )
+            log.info("cloud service ready (env=%s, db=%s)", settings.env, db_engine.url.render_as_string())
             yield
         finally:
-            engine.stop()
+            if engine is not None:
+                engine.stop()
+            service_lock.release()
             db_engine.dispose()
 
     docs = settings.docs_enabled

@@ -90,13 +90,18 @@ def serve(args: argparse.Namespace) -> int:
     from cloud_api.app import create_app, server_options
     from cloud_api.model_host import check_settings_against_manifest
     from cloud_api.schema import open_database
+    from cloud_api.service_lock import ServiceLock
 
     overrides = {k: getattr(args, k) for k in _SETTING_ARGS if getattr(args, k, None) is not None}
     settings = Settings(**overrides)
     # here, not at startup: a one-line error rather than uvicorn's (the lifespan migrates again, a no-op at head)
     check_settings_against_manifest(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    open_database(settings.database_url, settings.sqlite_synchronous).dispose()
+    database = open_database(settings.database_url, settings.sqlite_synchronous)
+    try:
+        ServiceLock(database).acquire().release()  # another service on it: one line now, not uvicorn's traceback
+    finally:
+        database.dispose()
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
