@@ -358,27 +358,41 @@ def rectify(
 
 
 def subspace_steps(
-    d: Mapping[int, np.ndarray], cloud: Mapping[int, np.ndarray], previous_ms: Mapping[int, float], eta: float
+    d: Mapping[int, np.ndarray],
+    cloud: Mapping[int, np.ndarray],
+    previous_ms: Mapping[int, float],
+    eta: float,
+    capped: bool = False,
 ) -> tuple[dict[int, np.ndarray], dict[int, float]]:
     """Per block, the published subspace step w = −η·d/√ms (float32) and the new running mean square ms of the
     cloud's c. The scale is the cloud's, not d's: a d that the rectifier turned down (a refuted cloud, λ small) stays
-    small instead of being scaled back up to η, while a d equal to c moves each block by about η·√m per round."""
+    small instead of being scaled back up to η, while a d equal to c moves each block by about η·√m per round.
+
+    ``capped`` (the axis rule) divides by √max(ms, mean d²) instead: no block moves further than a full cloud step.
+    Without it a block where the cloud's gradient is small amplifies the devices' part of d by the ratio of the two
+    scales — in the axis rule's first S2 run one round whose ā_⊥ passed its test moved θ by 14.4 (other rounds
+    0.03–0.15), and the run never recovered (docs/RESULTS.md)."""
     steps, ms = {}, dict(previous_ms)
     for b, db in sorted(d.items()):
-        steps[b], ms[b] = normalised(db, previous_ms.get(b), eta, reference=cloud[b])
+        floor = float(np.mean(db.astype(np.float64) ** 2)) if capped else 0.0
+        steps[b], ms[b] = normalised(db, previous_ms.get(b), eta, reference=cloud[b], floor=floor)
     return steps, ms
 
 
 def normalised(
-    step: np.ndarray, previous_ms: float | None, eta: float, reference: np.ndarray | None = None
+    step: np.ndarray,
+    previous_ms: float | None,
+    eta: float,
+    reference: np.ndarray | None = None,
+    floor: float = 0.0,
 ) -> tuple[np.ndarray, float]:
-    """(−η·d/√ms as float32, the new running mean square ms of ``reference``, d itself by default): a step whose size
-    does not depend on the scale of the gradients."""
+    """(−η·d/√max(ms, floor) as float32, the new running mean square ms of ``reference``, d itself by default): a step
+    whose size does not depend on the scale of the gradients (``floor`` only bounds this step; ms carries on)."""
     ref = step if reference is None else reference
     ms = _ema(previous_ms, float(np.mean(ref**2)))
     if not (ms > 0.0 and math.isfinite(ms)):
         return np.zeros(step.shape[0], np.float32), (previous_ms or 0.0)
-    return (-eta * step / math.sqrt(ms)).astype(np.float32), ms
+    return (-eta * step / math.sqrt(max(ms, floor))).astype(np.float32), ms
 
 
 def scalar_multipliers(

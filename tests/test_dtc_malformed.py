@@ -260,7 +260,6 @@ def test_report_batch_header_problems() -> None:
         decode_reports(seal_reports(report_body([1], [0], [0], [1], [1.0]), 1, fmt=7))
 
 
-
 def test_a_scale_that_would_overflow_its_codes_is_refused():
     """A finite chunk scale near float32's maximum times a code of 2 or more is ±inf: found by the fuzz campaign
     (a resealed frame decoded to an inf), now a DTCError. The same frame at a sane scale decodes."""

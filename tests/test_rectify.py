@@ -17,6 +17,7 @@ from cooperllm.rectify import (
     rectify,
     scalar_multipliers,
     student_t975,
+    subspace_steps,
 )
 from cooperllm.zgr import BlockGuidance, Report
 
@@ -207,3 +208,16 @@ def test_the_per_direction_rule_trusts_the_cloud_where_it_agrees_and_the_devices
     assert direction_lambda(direction_stats(None, g[0], None), 0.9).tolist() == [1.0, 1.0]
     one = direction_stats(_samples([0.0, 0.0], 1.0, 1), g[0], None)
     assert direction_lambda(one, 0.9).tolist() == [0.9, 0.9]
+
+
+def test_a_capped_step_moves_a_block_no_further_than_a_full_cloud_step():
+    """The axis rule's step is scaled by the cloud's c; where c is small and the devices' part of d is large, the cap
+    (√max(ms, mean d²)) keeps the block's step at η per coordinate instead of amplifying d by their ratio."""
+    c = {0: np.array([1e-3, -1e-3]), 1: np.array([1.0, 2.0])}
+    d = {0: np.array([0.5, 0.5]), 1: 0.1 * c[1]}
+    free, _ = subspace_steps(d, c, {}, 0.1)
+    capped, ms = subspace_steps(d, c, {}, 0.1, capped=True)
+    assert np.sqrt(np.mean(free[0].astype(np.float64) ** 2)) > 40  # 0.5/1e-3 × η
+    assert np.sqrt(np.mean(capped[0].astype(np.float64) ** 2)) == pytest.approx(0.1, rel=1e-6)
+    np.testing.assert_array_equal(capped[1], free[1])  # a turned-down cloud (d = 0.1 c) is untouched by the cap
+    assert ms == {0: pytest.approx(1e-6), 1: pytest.approx(2.5)}  # the running scale is still the cloud's

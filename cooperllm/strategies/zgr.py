@@ -77,7 +77,8 @@ class Rectified(Strategy):
         # the per-direction rule scales by d itself (as protocol 2 was studied); the axis rule by the cloud's c, so a
         # refuted cloud's small d stays small (cooperllm.rectify)
         scale = d if by_direction else {b: st.cloud for b, st in stats.items()}
-        w, step_ms = subspace_steps(d, scale, inputs.state.step_ms, cfg.eta)
+        axis_rule = not by_direction and fixed is None
+        w, step_ms = subspace_steps(d, scale, inputs.state.step_ms, cfg.eta, capped=axis_rule)
         complement = [r for r in inputs.reports if direction_of(r, directions) is Direction.COMPLEMENT]
         q, scalar_ms = scalar_multipliers(layout, complement, inputs.state.scalar_ms, cfg.eta_zo)
         update = {b: BlockUpdate(q=q.get(b, 0.0), w=w.get(b)) for b in sorted(set(q) | set(w))}
