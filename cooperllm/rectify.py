@@ -70,6 +70,7 @@ import numpy as np
 
 from cooperllm.layout import ParamLayout
 from cooperllm.perturb import STREAM_XI, Direction, rademacher, subspace_scale
+from cooperllm.significance import pretest_weight, student_t975
 from cooperllm.zgr import BlockGuidance, Report, blocks_of, direction_of, reports_per_block
 
 BETA = 0.9  # weight of the past in every running average (bias, step scales): ~10 rounds of memory
@@ -266,7 +267,7 @@ def axis_test(
     denom = se2 + HORIZON * bias_sq + tau2
     lam = min(max(se2 / denom, 0.0), lam_max) if denom > 0.0 and math.isfinite(denom) else lam_max
     fewest = min(stats[b].n for b in tested)
-    keep_along = _kept(proj * proj, se2, student_t975(fewest - 1) ** 2)
+    keep_along = pretest_weight(proj * proj, se2, student_t975(fewest - 1) ** 2)
     perp_sq = sum(float(np.sum((stats[b].device_mean - proj * stats[b].cloud / norm) ** 2)) for b in tested)
     perp_noise = max(total_se2 - se2, 0.0)
     perp_coords = sum(stats[b].cloud.shape[0] for b in tested) - 1
@@ -282,33 +283,8 @@ def axis_test(
         keep_along,
         perp_sq,
         perp_noise,
-        _kept(perp_sq, perp_noise, 1.0 + 2.0 * math.sqrt(2.0 / max(perp_coords, 1))),
+        pretest_weight(perp_sq, perp_noise, 1.0 + 2.0 * math.sqrt(2.0 / max(perp_coords, 1))),
         track,
-    )
-
-
-def _kept(square: float, noise: float, threshold: float) -> float:
-    """A pretest estimator's weight: 0 unless ``square`` exceeds ``threshold``·``noise`` (the estimate is significant),
-    then the positive-part James–Stein weight max(0, 1 − noise/square), how much of it stands above its noise. Without
-    the test, pure noise keeps a weight up to ~0.3 in half of the rounds (module docstring)."""
-    if not (square > threshold * noise and square > 0.0):
-        return 0.0
-    return min(max(1.0 - noise / square, 0.0), 1.0)
-
-
-def student_t975(dof: int) -> float:
-    """The 97.5 % quantile of Student's t (two-sided 5 %): from the table for 1–5 degrees of freedom, the
-    Cornish–Fisher expansion around the normal quantile beyond (within 0.002 of the tables from 6 on); inf for none."""
-    if dof < 1:
-        return math.inf
-    if dof <= 5:
-        return (12.7062, 4.3027, 3.1824, 2.7764, 2.5706)[dof - 1]
-    z, v = 1.959963984540054, float(dof)
-    return (
-        z
-        + (z**3 + z) / (4 * v)
-        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
     )
 
 

@@ -16,9 +16,9 @@ from cooperllm.rectify import (
     normalised,
     rectify,
     scalar_multipliers,
-    student_t975,
     subspace_steps,
 )
+from cooperllm.significance import student_t975
 from cooperllm.zgr import BlockGuidance, Report
 
 
