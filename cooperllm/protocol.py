@@ -118,9 +118,14 @@ class ErrorBody(_Model):
     errors: list[FieldError] | None = None
 
 
+# A name or label the service stores and logs: printable text. Control characters (NUL above all, which PostgreSQL
+# refuses in text columns: a 500 under schemathesis) and line breaks (forged log lines) are refused with a 422.
+StoredName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class EnrollRequest(_Model):
     enrolment_key: Token
-    device_name: Annotated[str, Field(min_length=1, max_length=128)] = "device"
+    device_name: StoredName = "device"
 
 
 class EnrollResponse(_Model):
@@ -132,7 +137,7 @@ class EnrolmentTokenRequest(_Model):
     """An admin asks for an enrolment token: it enrols at most ``uses`` devices (one, unless a batch is provisioned)."""
 
     uses: Annotated[int, Field(ge=1, le=10_000, description="devices this token may enrol")] = 1
-    label: Annotated[str, Field(min_length=1, max_length=128, description="what the token is for (logs)")] = "device"
+    label: Annotated[StoredName, Field(description="what the token is for (logs)")] = "device"
 
 
 class EnrolmentToken(_Model):

@@ -43,6 +43,18 @@ def test_auth_errors(run):
     assert _raw(run, "GET", "/health").status_code == 200
 
 
+def test_names_with_control_characters_are_refused_before_the_store(run):
+    """Schemathesis on PostgreSQL: a NUL in an enrolment token's label was a 500 (PostgreSQL refuses NUL in text);
+    a line break would forge log lines. Both are a 422 on every backend, printable names pass."""
+    for bad in ("pixel\x00", "pixel\ninjected"):
+        r = _raw(run, "POST", "/admin/enrolment-tokens", token=ADMIN, json={"uses": 1, "label": bad})
+        assert r.status_code == 422, r.text
+        r = _raw(run, "POST", "/enroll", json={"enrolment_key": ENROL, "device_name": bad})
+        assert r.status_code == 422, r.text
+    r = _raw(run, "POST", "/admin/enrolment-tokens", token=ADMIN, json={"uses": 1, "label": "Pixel 7 — Zürich"})
+    assert r.status_code == 201
+
+
 def test_report_validation_errors(run):
     dev = run.device()
     info = dev.current_round()
