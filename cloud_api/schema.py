@@ -94,7 +94,7 @@ def migrate(engine: Engine) -> str:
                 "or restore the backup taken before the upgrade"
             )
         if current is None and inspect(conn).has_table("runs"):
-            _stamp_unversioned(conn, where)
+            _stamp_unversioned(conn, where, str(script.get_current_head()))
         command.upgrade(alembic_config(conn), "head")
         now = current_revision(conn)
     if now != current:
@@ -102,9 +102,8 @@ def migrate(engine: Engine) -> str:
     return str(now)
 
 
-def _stamp_unversioned(conn: Connection, where: str) -> None:
+def _stamp_unversioned(conn: Connection, where: str, head: str) -> None:
     """Mark a database made before migrations as revision 0001, after checking that its tables are that schema."""
-    head = head_revision()
     if head != FIRST_REVISION:  # compare against 0001's schema, not the head's: upgrade to 0001 alone first
         raise SchemaError(
             f"the database {where} predates schema migrations and this version's schema has moved on since "

@@ -66,18 +66,18 @@ class Rectified(Strategy):
         directions = inputs.directions or self.directions
         fixed = None if cfg.lam == "auto" else float(cfg.lam)
         by_direction = cfg.rectifier == "direction"
+        axis_rule = not by_direction and fixed is None  # λ from the test along ĉ, the step capped (cooperllm.rectify)
         axis = None
         if Direction.SUBSPACE in directions:
             samples = subspace_samples(layout, inputs.reports, directions, inputs.guidance)
             stats, d, axis = rectify(samples, inputs.guidance, inputs.state, cfg.lam_max, fixed, by_direction)
-            lam = axis.lam if axis is not None and fixed is None and not by_direction else mean_lambda(stats)
+            lam = axis.lam if axis is not None and axis_rule else mean_lambda(stats)
         else:  # the round's budget went to the complement: nothing measured the subspace
             stats, d = carried_step(inputs.guidance, inputs.state)
             lam = inputs.state.lam
         # the per-direction rule scales by d itself (as protocol 2 was studied); the axis rule by the cloud's c, so a
         # refuted cloud's small d stays small (cooperllm.rectify)
         scale = d if by_direction else {b: st.cloud for b, st in stats.items()}
-        axis_rule = not by_direction and fixed is None
         w, step_ms = subspace_steps(d, scale, inputs.state.step_ms, cfg.eta, capped=axis_rule)
         complement = [r for r in inputs.reports if direction_of(r, directions) is Direction.COMPLEMENT]
         q, scalar_ms = scalar_multipliers(layout, complement, inputs.state.scalar_ms, cfg.eta_zo)
