@@ -31,8 +31,8 @@ ART=${ART:-artifacts/exp}
 DATA=$OUT/data
 TASKS=${TASKS:-seq-cls causal-lm-cls}
 SETTINGS=${SETTINGS:-S1 S2}
-# also: zgraxis (zgr with --rectifier axis, the rule tested along ĉ), zgrfollow (the same with --budget follow: every
-# other round after a turned-down cloud measures the complement twice)
+# also: zgraxis (zgr with --rectifier axis, the rule tested along ĉ), zgrfollow (the same with --budget follow: three
+# rounds in four after a turned-down cloud measure ISO directions twice, zo's estimator)
 STRATEGIES=${STRATEGIES:-zgr zo cloud bp}
 SEEDS=${SEEDS:-0 1 2}
 CLIENTS=${CLIENTS:-20}

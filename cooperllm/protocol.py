@@ -233,9 +233,9 @@ class RunConfig(_Model):
         Literal["fixed", "follow"],
         Field(
             description="zgr's forward budget: 'fixed', every step measures the subspace and its complement; "
-            "'follow', in every other round after one that turned the cloud down (λ below 0.25) both of a step's "
-            "measurements go to the complement, where the devices' data can still move the model (the rounds "
-            "between keep testing the cloud); docs/PERTURBATIONS.md §4"
+            "'follow', once a round turns the cloud down (λ below 0.25) three rounds in four spend both of a step's "
+            "measurements on ISO directions (zo's estimator, where the devices' data can still move the model) and "
+            "take no step along the cloud; every fourth round keeps testing it; docs/PERTURBATIONS.md §4"
         ),
     ] = "fixed"
     eta: Annotated[

@@ -118,15 +118,17 @@ class RectifierState:
 
     bias: dict[int, BiasTrack] = field(default_factory=dict)  # per block and direction (the published b_k²)
     step_ms: dict[int, float] = field(default_factory=dict)  # running mean square of the cloud's c, per block
-    scalar_ms: float | None = None  # running mean square of the ZO scalars p of the applied measurements
+    scalar_ms: float | None = None  # running mean square of the ZO scalars p of the applied complement measurements
     axis: BiasTrack | None = None  # the test along the cloud's direction (one number): what sets λ
     lam: float | None = None  # the λ the round set (the rule's): what the next round's forward budget follows
+    iso_ms: float | None = None  # the same for ISO measurements (budget 'follow'): they include the subspace's part
 
     def to_json(self) -> dict:
         return {
             "bias": {str(b): vars(t) for b, t in self.bias.items()},
             "step_ms": {str(b): v for b, v in self.step_ms.items()},
             "scalar_ms": self.scalar_ms,
+            "iso_ms": self.iso_ms,
             "axis": None if self.axis is None else vars(self.axis),
             "lam": self.lam,
         }
@@ -139,6 +141,7 @@ class RectifierState:
             bias={int(b): BiasTrack.from_json(t) for b, t in d.get("bias", {}).items()},
             step_ms={int(b): float(v) for b, v in d.get("step_ms", {}).items()},
             scalar_ms=None if d.get("scalar_ms") is None else float(d["scalar_ms"]),
+            iso_ms=None if d.get("iso_ms") is None else float(d["iso_ms"]),
             axis=None if d.get("axis") is None else BiasTrack.from_json(d["axis"]),
             lam=None if d.get("lam") is None else float(d["lam"]),
         )

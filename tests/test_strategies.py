@@ -207,13 +207,13 @@ def _zgr_round(seed: int = 0):
     return layout, theta, guidance, reports
 
 
-def test_budget_follow_moves_every_other_round_to_the_complement_only_after_a_low_lambda():
+def test_budget_follow_moves_three_rounds_in_four_to_iso_directions_only_after_a_low_lambda():
     zgr, blocks = get_strategy("zgr"), [0, 1]
     follow, fixed = RunConfig(budget="follow"), RunConfig()
     low, high = RectifierState(lam=0.1), RectifierState(lam=0.5)
-    both, moved = (Direction.SUBSPACE, Direction.COMPLEMENT), (Direction.COMPLEMENT, Direction.COMPLEMENT)
-    assert zgr.configure_round(follow, blocks, 1, low).directions == moved
-    assert [zgr.configure_round(follow, blocks, r, low).directions for r in (0, 2)] == [both, both]  # tests the cloud
+    both, moved = (Direction.SUBSPACE, Direction.COMPLEMENT), (Direction.ISO, Direction.ISO)
+    assert [zgr.configure_round(follow, blocks, r, low).directions for r in (1, 2, 3, 5)] == [moved] * 4
+    assert [zgr.configure_round(follow, blocks, r, low).directions for r in (0, 4, 8)] == [both] * 3  # tests the cloud
     assert zgr.configure_round(follow, blocks, 1, high).directions == both
     assert zgr.configure_round(follow, blocks, 1, None).directions == both
     assert zgr.configure_round(fixed, blocks, 1, low).directions == both
@@ -223,23 +223,39 @@ def test_budget_follow_moves_every_other_round_to_the_complement_only_after_a_lo
         RunConfig(strategy="zo", budget="follow")
 
 
-def test_a_moved_round_keeps_the_last_lambda_and_replays_with_its_directions():
-    """A round measured along the complement only: the subspace step is λ·c at the carried λ, every report enters
-    the ZO part, and replay needs the round's directions (the strategy's own give another θ)."""
+def test_a_moved_round_is_a_zo_step_on_its_own_scale_with_no_step_along_the_cloud_and_replays():
+    """A round measured along ISO directions only: every report enters a zo step normalised by the ISO scalars' own
+    running RMS (the complement's σ carries over untouched), nothing moves θ along the turned-down cloud, λ carries
+    over, and replay needs the round's directions (the strategy's own give another θ)."""
     layout, theta, guidance, reports = _zgr_round(5)
-    cfg = RunConfig(eta=0.2, budget="follow", rectifier="axis")  # steps scaled by the cloud's c: λ shows
-    moved = (Direction.COMPLEMENT, Direction.COMPLEMENT)
-    state = RectifierState(lam=0.1)
+    cfg = RunConfig(eta=0.2, eta_zo=1e-2, budget="follow", rectifier="axis")
+    moved = (Direction.ISO, Direction.ISO)
+    state = RectifierState(lam=0.1, scalar_ms=123.0, step_ms={0: 1.0, 1: 2.0})
     agg = get_strategy("zgr").aggregate(
         theta, layout, cfg, RoundInputs(reports=reports, guidance=guidance, state=state, directions=moved)
     )
     assert agg.lam == pytest.approx(0.1) and agg.state.lam == pytest.approx(0.1) and agg.stats["axis"] is None
-    for b, g in guidance.items():
-        c = 0.1 * g.coeffs.astype(np.float64)
-        np.testing.assert_allclose(agg.update[b].w, -0.2 * c / np.sqrt(np.mean(g.coeffs.astype(np.float64) ** 2)))
+    assert all(u.w is None for u in agg.update.values())
+    assert agg.state.scalar_ms == 123.0 and agg.state.step_ms == state.step_ms
+    ms = float(np.mean([r.scalar**2 for r in reports]))
+    assert agg.state.iso_ms == pytest.approx(ms)
+    assert {b: u.q for b, u in agg.update.items()} == {b: pytest.approx(-1e-2 / (6 * ms**0.5)) for b in (0, 1)}
+    zo = theta.copy()  # the same step as zo's on the same reports
+    get_strategy("zo").replay(zo, layout, reports, {}, agg.update)
+    assert zo.tobytes() == agg.theta.tobytes()
+    assert RectifierState.from_json(agg.state.to_json()) == agg.state
     replayed = theta.copy()
     get_strategy("zgr").replay(replayed, layout, reports, guidance, agg.update, moved)
     assert replayed.tobytes() == agg.theta.tobytes()
     default = theta.copy()
     get_strategy("zgr").replay(default, layout, reports, guidance, agg.update)
     assert default.tobytes() != agg.theta.tobytes()
+
+
+def test_a_zgr_round_refuses_complement_and_iso_measurements_together():
+    layout, theta, guidance, reports = _zgr_round(5)
+    mixed = (Direction.COMPLEMENT, Direction.ISO)
+    with pytest.raises(ValueError, match="not both"):
+        get_strategy("zgr").aggregate(
+            theta, layout, RunConfig(), RoundInputs(reports=reports, guidance=guidance, directions=mixed)
+        )

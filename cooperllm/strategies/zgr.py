@@ -6,7 +6,9 @@ complement. In the subspace the server mixes the cloud's gradient c with the dev
 round from the devices' spread, the cloud's minibatch variance and their running disagreement — per direction
 (RunConfig.rectifier 'direction'), or once along the cloud's own direction ('axis') — or fixed
 (``cooperllm.rectify``). The complement gets the devices' ZO estimate alone. Both steps are normalised by running
-estimates of their scale, so η and η_zo need no re-tuning per task.
+estimates of their scale, so η and η_zo need no re-tuning per task. With RunConfig.budget 'follow', once the cloud is
+turned down most rounds spend both measurements on ISO directions instead (zo's estimator) and take no step along the
+cloud, until a test round finds it right again.
 """
 
 from __future__ import annotations
@@ -30,16 +32,24 @@ from cooperllm.rectify import (
     subspace_steps,
 )
 from cooperllm.strategies.base import Aggregate, RoundInputs, RoundPlan, Strategy
-from cooperllm.zgr import BlockGuidance, BlockUpdate, apply_update, direction_of
+from cooperllm.zgr import BlockGuidance, BlockUpdate, Report, apply_update, direction_of
 
 if TYPE_CHECKING:
     from cooperllm.protocol import RunConfig
 
-# RunConfig.budget 'follow': below this λ the cloud is turned down, and every other round (odd rounds) measures the
-# complement with both of a step's forward pairs; the even rounds keep the subspace measurement that tests the cloud.
-# The threshold sits between the axis test's mean λ with an in-domain cloud (0.54) and with a shifted one (0.03) in the
-# study's first runs (docs/RESULTS.md).
+# RunConfig.budget 'follow': below this λ the cloud is turned down, and the rounds between tests (every TEST_EVERY-th
+# round keeps the subspace measurement that tests the cloud) measure ISO directions with both of a step's forward
+# pairs: the zo estimator, which covers the cloud's subspace as well. The threshold sits between the axis test's mean λ
+# with an in-domain cloud (0.54) and with a shifted one (0.03) in the study's first runs (docs/RESULTS.md).
 FOLLOW_BELOW = 0.25
+# Three rounds in four go where the devices' data moves the model while the cloud stays turned down; the fourth tests
+# it again, so a cloud that comes right is seen within four rounds. (Testing every other round with the budget on the
+# complement left S2 at chance: u_⊥ excludes V, and V, built from the cloud's gradients, holds the directions that
+# decide the class; docs/RESULTS.md, session 2026-12-07.)
+TEST_EVERY = 4
+
+
+MOVED = (Direction.ISO, Direction.ISO)  # a moved round's directions: a step's two forward pairs, both on ISO
 
 
 class Rectified(Strategy):
@@ -54,10 +64,10 @@ class Rectified(Strategy):
         self, cfg: RunConfig, blocks: Sequence[int], round_: int = 0, state: RectifierState | None = None
     ) -> RoundPlan:
         """Every step measures the subspace and its complement, except in the rounds RunConfig.budget 'follow'
-        gives wholly to the complement (:func:`budget_moves`): the same number of measurements either way."""
+        gives wholly to ISO directions (:func:`budget_moves`): the same number of measurements either way."""
         plan = super().configure_round(cfg, blocks, round_, state)
         if budget_moves(cfg.budget, round_, state):
-            return replace(plan, directions=(Direction.COMPLEMENT, Direction.COMPLEMENT))
+            return replace(plan, directions=MOVED)
         return plan
 
     def aggregate(self, theta: np.ndarray, layout: ParamLayout, cfg: RunConfig, inputs: RoundInputs) -> Aggregate:
@@ -72,15 +82,14 @@ class Rectified(Strategy):
             samples = subspace_samples(layout, inputs.reports, directions, inputs.guidance)
             stats, d, axis = rectify(samples, inputs.guidance, inputs.state, cfg.lam_max, fixed, by_direction)
             lam = axis.lam if axis is not None and axis_rule else mean_lambda(stats)
-        else:  # the round's budget went to the complement: nothing measured the subspace
-            stats, d = carried_step(inputs.guidance, inputs.state)
-            lam = inputs.state.lam
-        # the per-direction rule scales by d itself (as protocol 2 was studied); the axis rule by the cloud's c, so a
-        # refuted cloud's small d stays small (cooperllm.rectify)
-        scale = d if by_direction else {b: st.cloud for b, st in stats.items()}
-        w, step_ms = subspace_steps(d, scale, inputs.state.step_ms, cfg.eta, capped=axis_rule)
-        complement = [r for r in inputs.reports if direction_of(r, directions) is Direction.COMPLEMENT]
-        q, scalar_ms = scalar_multipliers(layout, complement, inputs.state.scalar_ms, cfg.eta_zo)
+            # the per-direction rule scales by d itself (as protocol 2 was studied); the axis rule by the cloud's c,
+            # so a refuted cloud's small d stays small (cooperllm.rectify)
+            scale = d if by_direction else {b: st.cloud for b, st in stats.items()}
+            w, step_ms = subspace_steps(d, scale, inputs.state.step_ms, cfg.eta, capped=axis_rule)
+        else:  # a moved round (budget 'follow'): the cloud was turned down and nothing tests it, so no step along it
+            stats, lam = carried_stats(inputs.guidance, inputs.state), inputs.state.lam
+            w, step_ms = {}, inputs.state.step_ms
+        q, scalar_ms, iso_ms = zo_multipliers(layout, inputs.reports, directions, inputs.state, cfg.eta_zo)
         update = {b: BlockUpdate(q=q.get(b, 0.0), w=w.get(b)) for b in sorted(set(q) | set(w))}
         out = theta.copy()
         apply_update(out, layout, inputs.reports, directions, inputs.guidance, update)
@@ -90,6 +99,7 @@ class Rectified(Strategy):
             scalar_ms,
             inputs.state.axis if axis is None else axis.track,
             lam,
+            iso_ms,
         )
         return Aggregate(out, mean_lambda(stats), len(inputs.reports), update, published(stats, axis), state)
 
@@ -110,27 +120,46 @@ def published(stats: dict, axis: AxisStats | None = None) -> dict:
 
 
 def budget_moves(budget: str, round_: int, state: RectifierState | None) -> bool:
-    """RunConfig.budget 'follow': whether round ``round_`` spends the subspace measurement on the complement — an
-    odd round after a round whose λ fell below FOLLOW_BELOW. Decided from the carried state alone, so a restarted cloud
-    and a replaying device agree (the round's directions are published with it)."""
+    """RunConfig.budget 'follow': whether round ``round_`` spends both measurements of a step on ISO directions — a
+    round that is not a test round (every TEST_EVERY-th) after a round whose λ fell below FOLLOW_BELOW. Decided from
+    the carried state alone, so a restarted cloud and a replaying device agree (the round's directions are published
+    with it)."""
     return (
         budget == "follow"
-        and round_ % 2 == 1
+        and round_ % TEST_EVERY != 0
         and state is not None
         and state.lam is not None
         and state.lam < FOLLOW_BELOW
     )
 
 
-def carried_step(
-    guidance: Mapping[int, BlockGuidance], state: RectifierState
-) -> tuple[dict[int, DirectionStats], dict[int, np.ndarray]]:
-    """A round without subspace measurements (its budget moved to the complement): nothing tests the cloud, so the
-    subspace step keeps the last measured weight, d = λ·c, and the per-direction tracks carry over unchanged."""
+def zo_multipliers(
+    layout: ParamLayout,
+    reports: Sequence[Report],
+    directions: Sequence[Direction],
+    state: RectifierState,
+    eta_zo: float,
+) -> tuple[dict[int, float], float | None, float | None]:
+    """The ZO part's q per block and the two running scales: a round measures COMPLEMENT or (moved) ISO directions,
+    never both, and each kind keeps its own σ — an ISO scalar includes the subspace's share of the gradient, which
+    the complement's excludes, so one σ for both would shrink the smaller kind's steps."""
+    kinds = {direction_of(r, directions) for r in reports} - {Direction.SUBSPACE}
+    if len(kinds) > 1:
+        raise ValueError(f"a zgr round measures the complement or ISO directions, not both: {sorted(kinds)}")
+    zo = [r for r in reports if direction_of(r, directions) is not Direction.SUBSPACE]
+    if Direction.ISO in kinds:
+        q, iso_ms = scalar_multipliers(layout, zo, state.iso_ms, eta_zo)
+        return q, state.scalar_ms, iso_ms
+    q, scalar_ms = scalar_multipliers(layout, zo, state.scalar_ms, eta_zo)
+    return q, scalar_ms, state.iso_ms
+
+
+def carried_stats(guidance: Mapping[int, BlockGuidance], state: RectifierState) -> dict[int, DirectionStats]:
+    """A moved round's published numbers: nothing measured the subspace, so the per-direction tracks carry over
+    unchanged and λ is the last measured one (the round's summary; no step is taken along the cloud)."""
     lam = 1.0 if state.lam is None else state.lam
-    stats, d = {}, {}
+    stats = {}
     for b, g in sorted(guidance.items()):
         st = direction_stats(None, g, state.bias.get(b))
         stats[b] = replace(st, lam=np.full(st.cloud.shape, lam))
-        d[b] = lam * st.cloud
-    return stats, d
+    return stats

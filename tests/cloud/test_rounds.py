@@ -394,19 +394,19 @@ def test_scalar_clipping_option(live):
     assert [r.scalar for r in live.engine.round_reports(live.engine.state)] == [-1.0]
 
 
-def test_a_round_after_a_turned_down_cloud_gives_its_budget_to_the_complement_and_replays(live):
-    """RunConfig.budget 'follow' with λ 0.1 (below FOLLOW_BELOW): round 1 asks for two complement measurements per
-    step instead of subspace + complement, its sync names them, and a device replays it bit for bit; rounds 0 and 2
+def test_rounds_after_a_turned_down_cloud_give_their_budget_to_iso_directions_and_replay(live):
+    """RunConfig.budget 'follow' with λ 0.1 (below FOLLOW_BELOW): rounds 1–3 ask for two ISO measurements per step
+    instead of subspace + complement, their syncs name them, and a device replays them bit for bit; rounds 0 and 4
     keep the subspace measurement that tests the cloud."""
     admin = live.admin()
-    run = admin.create_run(small_run(lam=0.1, budget="follow", quorum=2, min_devices=2, grad_batches=2))
+    run = admin.create_run(small_run(rounds=5, lam=0.1, budget="follow", quorum=2, min_devices=2, grad_batches=2))
     devices = [live.device(f"f{i}") for i in range(2)]
     layout = live.engine.host.layout
     theta = theta_from_bytes(devices[0].adapter(0), layout)
     assert theta_checksum(theta) == run.theta_checksum
     rng = np.random.default_rng(1)
     asked = []
-    for rnd in range(3):
+    for rnd in range(5):
         infos = [d.current_round() for d in devices]
         asked.append(infos[0].directions)
         for d, info in zip(devices, infos, strict=True):
@@ -423,7 +423,8 @@ def test_a_round_after_a_turned_down_cloud_gives_its_budget_to_the_complement_an
             get_strategy("zgr").replay(wrong, layout, sync_reports(sync), sync_guidance(sync, bases), sync_update(sync))
             assert theta_checksum(wrong) != sync.theta_checksum_after
         theta = replayed
-    assert asked == [["subspace", "complement"], ["complement", "complement"], ["subspace", "complement"]]
+    both, moved = ["subspace", "complement"], ["iso", "iso"]
+    assert asked == [both, moved, moved, moved, both]
     rounds = admin.rounds(run.run_id)
     assert rounds[1].rectifier["axis"] is None and rounds[0].rectifier["axis"] is not None  # nothing tested in 1
-    assert [r.lam for r in rounds[:3]] == [pytest.approx(0.1, rel=1e-12)] * 3
+    assert [r.lam for r in rounds] == [pytest.approx(0.1, rel=1e-12)] * 5
