@@ -233,9 +233,10 @@ class RunConfig(_Model):
         Literal["fixed", "follow"],
         Field(
             description="zgr's forward budget: 'fixed', every step measures the subspace and its complement; "
-            "'follow', once a round turns the cloud down (λ below 0.25) three rounds in four spend both of a step's "
-            "measurements on ISO directions (zo's estimator, where the devices' data can still move the model) and "
-            "take no step along the cloud; every fourth round keeps testing it; docs/PERTURBATIONS.md §4"
+            "'follow', once three rounds have tested the cloud and their running λ is below 0.25 (the cloud is turned "
+            "down), three rounds in four spend both of a step's measurements on ISO directions (zo's estimator, where "
+            "the devices' data can still move the model) and take no step along the cloud; every fourth round keeps "
+            "testing it; docs/PERTURBATIONS.md §4"
         ),
     ] = "fixed"
     eta: Annotated[
@@ -445,6 +446,8 @@ class Health(_Model):
     protocol_version: int
     run_id: int | None
     round: int | None
+    # workers sharing a database: the one that closes rounds is the leader (a service on its own always is)
+    role: Literal["leader", "follower"] = "leader"
 
 
 class Metrics(_Model):

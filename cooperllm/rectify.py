@@ -74,6 +74,9 @@ from cooperllm.significance import pretest_weight, student_t975
 from cooperllm.zgr import BlockGuidance, Report, blocks_of, direction_of, reports_per_block
 
 BETA = 0.9  # weight of the past in every running average (bias, step scales): ~10 rounds of memory
+# the λ trend budget 'follow' reads weighs the last ~3 tests: one round's λ swings (0.05–0.99 within a few rounds of
+# an in-domain cloud's run), while a shifted cloud's stays below 0.2 throughout (docs/RESULTS.md)
+LAM_TREND_BETA = 0.7
 # A bias counts where the devices' evidence against the cloud is beyond BIAS_Z standard errors of its running mean:
 # b² = max(0, μ² − BIAS_Z²·Var μ). 1 makes the estimate unbiased before clipping.
 BIAS_Z = 1.0
@@ -122,6 +125,8 @@ class RectifierState:
     axis: BiasTrack | None = None  # the test along the cloud's direction (one number): what sets λ
     lam: float | None = None  # the λ the round set (the rule's): what the next round's forward budget follows
     iso_ms: float | None = None  # the same for ISO measurements (budget 'follow'): they include the subspace's part
+    tests: int = 0  # rounds that measured the subspace (tested the cloud) so far
+    lam_trend: float | None = None  # a running mean of those rounds' λ (LAM_TREND_BETA): what budget 'follow' follows
 
     def to_json(self) -> dict:
         return {
@@ -129,6 +134,8 @@ class RectifierState:
             "step_ms": {str(b): v for b, v in self.step_ms.items()},
             "scalar_ms": self.scalar_ms,
             "iso_ms": self.iso_ms,
+            "tests": self.tests,
+            "lam_trend": self.lam_trend,
             "axis": None if self.axis is None else vars(self.axis),
             "lam": self.lam,
         }
@@ -142,6 +149,8 @@ class RectifierState:
             step_ms={int(b): float(v) for b, v in d.get("step_ms", {}).items()},
             scalar_ms=None if d.get("scalar_ms") is None else float(d["scalar_ms"]),
             iso_ms=None if d.get("iso_ms") is None else float(d["iso_ms"]),
+            tests=int(d.get("tests", 0)),
+            lam_trend=None if d.get("lam_trend") is None else float(d["lam_trend"]),
             axis=None if d.get("axis") is None else BiasTrack.from_json(d["axis"]),
             lam=None if d.get("lam") is None else float(d["lam"]),
         )
@@ -193,8 +202,13 @@ class AxisStats:
         return {k: v for k, v in vars(self).items() if k != "track"}
 
 
-def _ema(previous: float | None, value: float) -> float:
-    return value if previous is None else BETA * previous + (1.0 - BETA) * value
+def _ema(previous: float | None, value: float, beta: float = BETA) -> float:
+    return value if previous is None else beta * previous + (1.0 - beta) * value
+
+
+def lam_trend(previous: float | None, lam: float) -> float:
+    """The running mean of the tested rounds' λ (LAM_TREND_BETA)."""
+    return _ema(previous, lam, LAM_TREND_BETA)
 
 
 def subspace_samples(

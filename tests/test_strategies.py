@@ -207,15 +207,17 @@ def _zgr_round(seed: int = 0):
     return layout, theta, guidance, reports
 
 
-def test_budget_follow_moves_three_rounds_in_four_to_iso_directions_only_after_a_low_lambda():
+def test_budget_follow_moves_three_rounds_in_four_to_iso_directions_only_after_tests_found_lambda_low():
     zgr, blocks = get_strategy("zgr"), [0, 1]
     follow, fixed = RunConfig(budget="follow"), RunConfig()
-    low, high = RectifierState(lam=0.1), RectifierState(lam=0.5)
+    low, high = RectifierState(tests=3, lam_trend=0.1), RectifierState(tests=3, lam_trend=0.5)
     both, moved = (Direction.SUBSPACE, Direction.COMPLEMENT), (Direction.ISO, Direction.ISO)
     assert [zgr.configure_round(follow, blocks, r, low).directions for r in (1, 2, 3, 5)] == [moved] * 4
     assert [zgr.configure_round(follow, blocks, r, low).directions for r in (0, 4, 8)] == [both] * 3  # tests the cloud
     assert zgr.configure_round(follow, blocks, 1, high).directions == both
     assert zgr.configure_round(follow, blocks, 1, None).directions == both
+    too_soon = RectifierState(tests=2, lam_trend=0.1, lam=0.1)  # the first rounds' λ is low with any cloud
+    assert zgr.configure_round(follow, blocks, 1, too_soon).directions == both
     assert zgr.configure_round(fixed, blocks, 1, low).directions == both
     plans = [zgr.configure_round(follow, blocks, 1, s) for s in (low, high)]
     assert plans[0].uploads_per_device == plans[1].uploads_per_device  # the same forward budget
@@ -230,13 +232,14 @@ def test_a_moved_round_is_a_zo_step_on_its_own_scale_with_no_step_along_the_clou
     layout, theta, guidance, reports = _zgr_round(5)
     cfg = RunConfig(eta=0.2, eta_zo=1e-2, budget="follow", rectifier="axis")
     moved = (Direction.ISO, Direction.ISO)
-    state = RectifierState(lam=0.1, scalar_ms=123.0, step_ms={0: 1.0, 1: 2.0})
+    state = RectifierState(lam=0.1, scalar_ms=123.0, step_ms={0: 1.0, 1: 2.0}, tests=3, lam_trend=0.1)
     agg = get_strategy("zgr").aggregate(
         theta, layout, cfg, RoundInputs(reports=reports, guidance=guidance, state=state, directions=moved)
     )
     assert agg.lam == pytest.approx(0.1) and agg.state.lam == pytest.approx(0.1) and agg.stats["axis"] is None
     assert all(u.w is None for u in agg.update.values())
     assert agg.state.scalar_ms == 123.0 and agg.state.step_ms == state.step_ms
+    assert (agg.state.tests, agg.state.lam_trend) == (3, 0.1)  # nothing tested: the trend carries over
     ms = float(np.mean([r.scalar**2 for r in reports]))
     assert agg.state.iso_ms == pytest.approx(ms)
     assert {b: u.q for b, u in agg.update.items()} == {b: pytest.approx(-1e-2 / (6 * ms**0.5)) for b in (0, 1)}
@@ -259,3 +262,14 @@ def test_a_zgr_round_refuses_complement_and_iso_measurements_together():
         get_strategy("zgr").aggregate(
             theta, layout, RunConfig(), RoundInputs(reports=reports, guidance=guidance, directions=mixed)
         )
+
+
+def test_a_tested_round_counts_and_moves_the_lambda_trend():
+    layout, theta, guidance, reports = _zgr_round(5)
+    cfg = RunConfig(lam=0.4)
+    state = RectifierState(tests=2, lam_trend=0.1)
+    agg = get_strategy("zgr").aggregate(
+        theta, layout, cfg, RoundInputs(reports=reports, guidance=guidance, state=state)
+    )
+    assert agg.state.tests == 3
+    assert agg.state.lam_trend == pytest.approx(0.7 * 0.1 + 0.3 * agg.state.lam)

@@ -26,6 +26,7 @@ from cooperllm.rectify import (
     DirectionStats,
     RectifierState,
     direction_stats,
+    lam_trend,
     rectify,
     scalar_multipliers,
     subspace_samples,
@@ -37,11 +38,14 @@ from cooperllm.zgr import BlockGuidance, BlockUpdate, Report, apply_update, dire
 if TYPE_CHECKING:
     from cooperllm.protocol import RunConfig
 
-# RunConfig.budget 'follow': below this λ the cloud is turned down, and the rounds between tests (every TEST_EVERY-th
-# round keeps the subspace measurement that tests the cloud) measure ISO directions with both of a step's forward
-# pairs: the zo estimator, which covers the cloud's subspace as well. The threshold sits between the axis test's mean λ
-# with an in-domain cloud (0.54) and with a shifted one (0.03) in the study's first runs (docs/RESULTS.md).
+# RunConfig.budget 'follow': once FOLLOW_AFTER rounds have tested the cloud and the running mean of their λ is below
+# FOLLOW_BELOW, the cloud is turned down, and the rounds between tests (every TEST_EVERY-th round keeps the subspace
+# measurement that tests the cloud) measure ISO directions with both of a step's forward pairs: the zo estimator,
+# which covers the cloud's subspace as well. The threshold sits between the axis test's mean λ with an in-domain cloud
+# (0.54) and with a shifted one (0.03) in the study's first runs; the first rounds' λ is low with either cloud (0.02
+# in rounds 0–1 of both), since the test has no evidence yet (docs/RESULTS.md).
 FOLLOW_BELOW = 0.25
+FOLLOW_AFTER = 3
 # Three rounds in four go where the devices' data moves the model while the cloud stays turned down; the fourth tests
 # it again, so a cloud that comes right is seen within four rounds. (Testing every other round with the budget on the
 # complement left S2 at chance: u_⊥ excludes V, and V, built from the cloud's gradients, holds the directions that
@@ -93,6 +97,7 @@ class Rectified(Strategy):
         update = {b: BlockUpdate(q=q.get(b, 0.0), w=w.get(b)) for b in sorted(set(q) | set(w))}
         out = theta.copy()
         apply_update(out, layout, inputs.reports, directions, inputs.guidance, update)
+        tested = Direction.SUBSPACE in directions
         state = RectifierState(
             {b: st.track for b, st in stats.items()},
             step_ms,
@@ -100,6 +105,8 @@ class Rectified(Strategy):
             inputs.state.axis if axis is None else axis.track,
             lam,
             iso_ms,
+            inputs.state.tests + tested,
+            lam_trend(inputs.state.lam_trend, lam) if tested and lam is not None else inputs.state.lam_trend,
         )
         return Aggregate(out, mean_lambda(stats), len(inputs.reports), update, published(stats, axis), state)
 
@@ -121,15 +128,16 @@ def published(stats: dict, axis: AxisStats | None = None) -> dict:
 
 def budget_moves(budget: str, round_: int, state: RectifierState | None) -> bool:
     """RunConfig.budget 'follow': whether round ``round_`` spends both measurements of a step on ISO directions — a
-    round that is not a test round (every TEST_EVERY-th) after a round whose λ fell below FOLLOW_BELOW. Decided from
-    the carried state alone, so a restarted cloud and a replaying device agree (the round's directions are published
-    with it)."""
+    round that is not a test round (every TEST_EVERY-th), once FOLLOW_AFTER rounds have tested the cloud and their
+    running λ is below FOLLOW_BELOW. Decided from the carried state alone, so a restarted cloud and a replaying device
+    agree (the round's directions are published with it)."""
     return (
         budget == "follow"
         and round_ % TEST_EVERY != 0
         and state is not None
-        and state.lam is not None
-        and state.lam < FOLLOW_BELOW
+        and state.tests >= FOLLOW_AFTER
+        and state.lam_trend is not None
+        and state.lam_trend < FOLLOW_BELOW
     )
 
 
