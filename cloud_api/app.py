@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         settings.state_dir.chmod(0o700)  # adapters, guidance windows and the seed key are the operator's alone
         db_engine = open_database(settings.database_url, settings.sqlite_synchronous)
-        service_lock = ServiceLock(db_engine)
+        service_lock = ServiceLock(db_engine, shared=settings.shared_database)
         engine = None
         try:
             service_lock.acquire()  # one service per database (cloud_api.service_lock)
@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.state_dir,
                 settings.tick_s,
                 lossless_guidance=settings.guidance_codec == "plain",
+                shared=settings.shared_database,
+                fault_pause=settings.fault_pause_stage,
             )
             engine.start()
             app.state.cooper = AppState(

@@ -8,6 +8,7 @@
 ``aggregation``                a round's inputs in canonical order → the run's strategy → θ_{r+1}
 ``guidance_store.GuidanceStore``  the rectifier's stored guidance: refs, frames, bases for replay
 ``waiters.RoundWaiters``       long polls woken on every change of round
+``leader.Leadership``          in a shared database, which worker closes rounds; the others follow the store
 ==========================  ==========================================================================================
 
 What a round means — who is guided, what devices upload, how θ moves — is the run's strategy object
@@ -26,6 +27,7 @@ from cloud_api import db
 from cloud_api.aggregation import counted_reports, round_directions, round_reports
 from cloud_api.errors import ServiceError
 from cloud_api.guidance_store import GuidanceStore
+from cloud_api.leader import Leadership
 from cloud_api.lifecycle import RunLifecycle
 from cloud_api.model_host import ModelHost
 from cloud_api.rectifier import Rectifier
@@ -50,16 +52,24 @@ class RoundEngine:
     """The API the routers call; each call is answered by the part that owns the job."""
 
     def __init__(
-        self, host: ModelHost, engine: Engine, state_dir: Path, tick_s: float = 0.05, lossless_guidance: bool = False
+        self,
+        host: ModelHost,
+        engine: Engine,
+        state_dir: Path,
+        tick_s: float = 0.05,
+        lossless_guidance: bool = False,
+        shared: bool = False,
+        fault_pause: tuple[str, float] | None = None,
     ):
-        self.ctx = EngineContext(host, engine, Path(state_dir), load_seed_key(Path(state_dir)))
+        self.ctx = EngineContext(host, engine, Path(state_dir), load_seed_key(Path(state_dir)), shared=shared)
         self.guidance = GuidanceStore(engine)
         self.rectifier = Rectifier(
             host, engine, self.ctx.state_dir, on_done=lambda *_: self.ctx.wake.set(), lossless=lossless_guidance
         )
-        self.lifecycle = RunLifecycle(self.ctx, self.guidance, self.rectifier)
+        self.leadership = Leadership(engine, shared)
+        self.lifecycle = RunLifecycle(self.ctx, self.guidance, self.rectifier, leads=lambda: self.leadership.is_leader)
         self.uploads = UploadDesk(self.ctx)
-        self.clock = RoundClock(self.ctx, self.guidance, self.rectifier, tick_s)
+        self.clock = RoundClock(self.ctx, self.guidance, self.rectifier, tick_s, self._lead_or_follow, fault_pause)
         self._sync_cache: dict[tuple[int, int], ModelSync] = {}
 
     # --- shared state, read by /health and /metrics ---------------------------------------------------------------
@@ -78,12 +88,32 @@ class RoundEngine:
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.ctx.shared:
+            self.leadership.try_lead()
         self.lifecycle.restore()
         self.clock.start()
 
     def stop(self) -> None:
         self.clock.stop()
         self.rectifier.stop()
+        self.leadership.release()
+
+    def _lead_or_follow(self) -> bool:
+        """Before each tick of the clock: whether this worker closes rounds. A service on its own always does; in a
+        shared database the leader takes the other workers' uploads from the store, a follower tries to take over
+        (and restores the round from the store when it wins) or else follows the store."""
+        if not self.ctx.shared:
+            return True
+        if self.leadership.is_leader and self.leadership.still_leading():
+            self.lifecycle.refresh()
+            return True
+        if self.leadership.try_lead():
+            with self.ctx.lock:
+                self.lifecycle.restore()
+            self.ctx.waiters.notify()
+            return True
+        self.lifecycle.refresh()
+        return False
 
     def tick(self) -> None:
         self.clock.tick()

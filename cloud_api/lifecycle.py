@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from pydantic import ValidationError
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from cloud_api import db
 from cloud_api.aggregation import carried_state
@@ -24,10 +25,17 @@ log = logging.getLogger(__name__)
 
 
 class RunLifecycle:
-    def __init__(self, ctx: EngineContext, guidance: GuidanceStore, rectifier: Rectifier):
+    def __init__(
+        self,
+        ctx: EngineContext,
+        guidance: GuidanceStore,
+        rectifier: Rectifier,
+        leads: Callable[[], bool] = lambda: True,
+    ):
         self.ctx = ctx
         self.guidance = guidance
         self.rectifier = rectifier
+        self.leads = leads  # whether this worker runs the rectifier (cloud_api.leader): a follower only reads
 
     def blocks(self, cfg: RunConfig) -> list[int]:
         """The blocks a run trains: every layout block separately by default; unknown blocks are refused."""
@@ -41,7 +49,9 @@ class RunLifecycle:
         return list(cfg.blocks)
 
     def restore(self) -> None:
-        """Pick up the latest run after a restart: θ of its current round, counted reports, pending guidance."""
+        """Pick up the latest run after a restart (or, in a shared database, a change another worker made): θ of its
+        current round, counted reports, pending guidance. A round stored as ``closing`` was being aggregated when
+        its leader stopped: the clock closes it again first (the same rows give the same θ_{r+1})."""
         ctx = self.ctx
         with ctx.db.connect() as conn:
             run = conn.execute(select(db.runs).order_by(db.runs.c.id.desc()).limit(1)).mappings().first()
@@ -72,6 +82,7 @@ class RunLifecycle:
                 theta=theta,
                 checksum=theta_checksum(theta),
                 carried=carried_state(ctx.db, run["id"], r),
+                resume_close=rnd is not None and rnd["status"] == "closing",
             )
             if run["status"] == "stopped":
                 return
@@ -83,9 +94,57 @@ class RunLifecycle:
         st.guidance = self.guidance.refs(st.run_id, r) if guided else []
         st.n_complete = st.complete_devices()
         ctx.state = st
-        if guided and st.status == "open":
+        if guided and st.status in ("open", "closing") and r + 1 < cfg.rounds and self.leads():
             self.rectifier.submit(Job(st.run_id, r + 1, r, st.theta.copy(), cfg))
-        log.info("restored run %d at round %d (%s, %d reports counted)", st.run_id, r, st.status, len(st.seen))
+        log.info(
+            "restored run %d at round %d (%s, %d reports counted)",
+            st.run_id,
+            r,
+            st.status,
+            sum(map(len, st.seen.values())),
+        )
+
+    def refresh(self) -> None:
+        """A shared database: bring this worker's view of the run in line with the store, where other workers open,
+        extend, close and create. A new run or round is restored whole; the open round's deadline and status are
+        copied; the leader also takes the uploads every worker counted (its quorum)."""
+        ctx = self.ctx
+        lead = self.leads()
+        with ctx.db.connect() as conn:
+            run = conn.execute(
+                select(db.runs.c.id, db.runs.c.status, db.runs.c.current_round).order_by(db.runs.c.id.desc()).limit(1)
+            ).first()
+            if run is None:
+                return
+            rnd = conn.execute(
+                select(db.rounds.c.status, db.rounds.c.deadline, db.rounds.c.extensions).where(
+                    db.rounds.c.run_id == run.id, db.rounds.c.round == run.current_round
+                )
+            ).first()
+            counts = device_counts(conn, run.id, run.current_round) if lead else None
+        with ctx.lock:
+            st = ctx.state
+            if st is None or (st.run_id, st.round, ctx.run_status) != (run.id, run.current_round, run.status):
+                self.restore()
+                ctx.waiters.notify()
+                return
+            changed = False
+            if (
+                rnd is not None
+                and not lead
+                and (rnd.status, rnd.deadline, rnd.extensions)
+                != (
+                    st.status,
+                    st.deadline,
+                    st.extensions,
+                )
+            ):
+                st.status, st.deadline, st.extensions, changed = rnd.status, rnd.deadline, rnd.extensions, True
+            if counts is not None and st.status == "open":
+                st.per_device = counts
+                st.n_complete = st.complete_devices()
+        if changed:
+            ctx.waiters.notify()
 
     def _fail_unreadable(self, run_id: int, exc: ValidationError) -> None:
         """Mark a run whose stored configuration no longer validates as failed, so the service starts without it."""
@@ -106,7 +165,7 @@ class RunLifecycle:
             )
         ).all()
         for d, s, b, k in keys:
-            st.seen.add((d, s, b, k))
+            st.seen.setdefault(d, set()).add((s, b, k))
             st.per_device[d] = st.per_device.get(d, 0) + 1
         for (d,) in conn.execute(
             select(db.deltas.c.device_id).where(db.deltas.c.run_id == st.run_id, db.deltas.c.round == st.round)
@@ -150,7 +209,7 @@ class RunLifecycle:
             )
             ctx.state.guidance = self.guidance.refs(run_id, 0) if guided else []
             ctx.run_status, ctx.run_failure = "running", None
-            if guided:
+            if guided and self.leads():  # a follower's new run: the leader takes it up from the store
                 self.rectifier.submit(Job(run_id, 1, 0, theta.copy(), cfg))
             ctx.waiters.notify()
             log.info("run %d created: %s", run_id, cfg.model_dump_json())
@@ -217,6 +276,23 @@ class RunLifecycle:
             )
             for r in rows
         ]
+
+
+def device_counts(conn, run_id: int, round_: int) -> dict[int, int]:
+    """Per device, the uploads the store holds for a round (reports, or one Δθ frame): what every worker counted."""
+    counts = {
+        int(d): int(n)
+        for d, n in conn.execute(
+            select(db.reports.c.device_id, func.count())
+            .where(db.reports.c.run_id == run_id, db.reports.c.round == round_)
+            .group_by(db.reports.c.device_id)
+        ).all()
+    }
+    for (d,) in conn.execute(
+        select(db.deltas.c.device_id).where(db.deltas.c.run_id == run_id, db.deltas.c.round == round_)
+    ).all():
+        counts[int(d)] = 1
+    return counts
 
 
 def _stored_config(raw: str) -> RunConfig | None:

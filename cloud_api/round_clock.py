@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 from sqlalchemy import insert, update
@@ -20,6 +21,7 @@ from sqlalchemy import insert, update
 from cloud_api import db
 from cloud_api.aggregation import aggregate, outcome_json
 from cloud_api.guidance_store import GuidanceStore
+from cloud_api.lifecycle import device_counts
 from cloud_api.rectifier import Job, Rectifier
 from cloud_api.round_state import EngineContext, RoundState
 from cooperllm.checkpoint import save_theta
@@ -33,11 +35,21 @@ GUIDANCE_WAIT_S = 3600.0
 
 
 class RoundClock:
-    def __init__(self, ctx: EngineContext, guidance: GuidanceStore, rectifier: Rectifier, tick_s: float = 0.05):
+    def __init__(
+        self,
+        ctx: EngineContext,
+        guidance: GuidanceStore,
+        rectifier: Rectifier,
+        tick_s: float = 0.05,
+        lead: Callable[[], bool] = lambda: True,
+        fault_pause: tuple[str, float] | None = None,
+    ):
         self.ctx = ctx
         self.guidance = guidance
         self.rectifier = rectifier
         self.tick_s = tick_s
+        self.lead = lead  # before each tick: whether this worker closes rounds (cloud_api.leader); False: it follows
+        self.fault_pause = fault_pause  # (stage, seconds): the failover tests' window to kill a leader mid-close
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="round-clock", daemon=True)
 
@@ -63,17 +75,45 @@ class RoundClock:
                 log.exception("round clock failed")
 
     def tick(self) -> None:
-        """Close, extend or fail the open round if its quorum or deadline says so."""
+        """Close, extend or fail the open round if its quorum or deadline says so (on the leader; a follower only
+        follows the store), or finish closing one that a stopped leader left marked as closing."""
+        if not self.lead():
+            return
         ctx = self.ctx
         with ctx.lock:
             st = ctx.state
-            if st is None or st.status != "open" or ctx.run_status != "running":
+            if st is None or ctx.run_status != "running":
                 return
-            reason = self._close_reason(st)
-            if reason is None:
+            if st.status == "closing" and st.resume_close:
+                st.resume_close, reason = False, "resumed after its leader stopped"
+            elif st.status != "open":
                 return
-            st.status = "closing"
+            else:
+                reason = self._close_reason(st)
+                if reason is None:
+                    return
+                st.status = "closing"
+        self._mark_closing(st)
         self.close(st, reason)
+
+    def _mark_closing(self, st: RoundState) -> None:
+        """Store the round as closing before reading its uploads. In a shared database this waits for every upload
+        in flight on any worker (each holds the round's row FOR SHARE until it commits) and refuses later ones, so
+        the rows aggregated are all the round will ever have; the per-device counts are then taken from the store."""
+        with self.ctx.db.begin() as conn:
+            conn.execute(
+                update(db.rounds)
+                .where(db.rounds.c.run_id == st.run_id, db.rounds.c.round == st.round, db.rounds.c.status == "open")
+                .values(status="closing")
+            )
+            if self.ctx.shared:
+                st.per_device = device_counts(conn, st.run_id, st.round)
+        self._pause("closing")
+
+    def _pause(self, stage: str) -> None:
+        if self.fault_pause is not None and self.fault_pause[0] == stage:
+            log.warning("fault injection: pausing %.1f s at %s", self.fault_pause[1], stage)
+            time.sleep(self.fault_pause[1])
 
     def _close_reason(self, st: RoundState) -> str | None:
         """'quorum' or 'deadline' when the round should close now; None to wait (after extending or failing it)."""
@@ -144,6 +184,7 @@ class RoundClock:
         nxt = st.round + 1
         save_theta(ctx.adapter_path(st.run_id, nxt), theta, ctx.host.layout)
         checksum = theta_checksum(theta)
+        self._pause("saved")
         finished = nxt >= st.cfg.rounds
         guided = st.strategy.guided
         if guided and not finished:
@@ -214,9 +255,9 @@ class RoundClock:
                     aggregate_s=agg_s,
                 )
             )
-            conn.execute(
+            conn.execute(  # a run stopped meanwhile (a new run created on another worker) stays stopped
                 update(db.runs)
-                .where(db.runs.c.id == st.run_id)
+                .where(db.runs.c.id == st.run_id, db.runs.c.status == "running")
                 .values(current_round=nxt, status="finished" if finished else "running")
             )
             if not finished:

@@ -79,11 +79,12 @@ class RoundState:
     extensions: int
     theta: np.ndarray
     checksum: str
-    seen: set[tuple[int, int, int, int]] = field(default_factory=set)
+    seen: dict[int, set[tuple[int, int, int]]] = field(default_factory=dict)  # device → its (seed, block, step)
     per_device: dict[int, int] = field(default_factory=dict)
     guidance: list[GuidanceRef] = field(default_factory=list)
     n_complete: int = 0
     carried: RectifierState | None = None  # what the rectifier carried out of the round before (None: round 0)
+    resume_close: bool = False  # restored while stored as 'closing': its leader stopped mid-close; close it first
 
     @property
     def strategy(self) -> Strategy:
@@ -131,6 +132,7 @@ class EngineContext:
     last_lambda: float | None = None
     wake: threading.Event = field(default_factory=threading.Event)  # the round clock looks now rather than later
     waiters: RoundWaiters = field(default_factory=RoundWaiters)
+    shared: bool = False  # workers share the database: uploads are counted there, one leader closes rounds
 
     def adapter_path(self, run_id: int, version: int) -> Path:
         return self.state_dir / f"run{run_id}" / "adapters" / f"v{version:06d}.safetensors"

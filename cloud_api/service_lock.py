@@ -1,9 +1,11 @@
 """One service per database: the lock a ``cooperllm serve`` process holds on its database for as long as it runs.
 
-The round engine keeps the open round in memory (quotas, duplicates, completion counts, the closing state) and is the
-only writer of rounds and adapters, so a second process on the same database would count a device's quota twice and
-could accept a report after the first one read the round for aggregation. Until several workers share a database
-behind one elected leader (docs/DEPLOY.md), a second service is refused at start with one line.
+A service on its own (the default) keeps the open round in memory (quotas, duplicates, completion counts, the closing
+state) and is the only writer of rounds and adapters, so a second process on the same database would count a device's
+quota twice and could accept a report after the first one read the round for aggregation: it is refused at start with
+one line. Workers started with ``shared_database`` count uploads in the database and elect one leader
+(``cloud_api.leader``); they hold the lock in shared mode, so any number of them run together, and neither kind starts
+beside the other.
 
 PostgreSQL: a session-level advisory lock on a connection the service keeps open; the server releases it when that
 connection ends, so a killed service frees its database at once. SQLite: an exclusive ``flock`` on a file beside the
@@ -29,8 +31,9 @@ class DatabaseInUse(ValueError):
 class ServiceLock:
     """Held from :meth:`acquire` until :meth:`release` (or the process's end)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, shared: bool = False):
         self.engine = engine
+        self.shared = shared
         self._conn: Connection | None = None
         self._fd: int | None = None
 
@@ -38,11 +41,13 @@ class ServiceLock:
         where = self.engine.url.render_as_string(hide_password=True)
         if self.engine.dialect.name == "postgresql":
             conn = self.engine.connect()
-            held = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": SERVICE_LOCK}).scalar_one()
+            take = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
+            held = conn.execute(text(f"SELECT {take}(:key)"), {"key": SERVICE_LOCK}).scalar_one()
             conn.commit()
             if not held:
                 conn.close()
-                raise DatabaseInUse(f"another cooperllm service is using the database {where}: stop it first")
+                kind = "a cooperllm service that does not share it" if self.shared else "another cooperllm service"
+                raise DatabaseInUse(f"{kind} is using the database {where}: stop it first")
             self._conn = conn
             return self
         database = self.engine.url.database
@@ -63,7 +68,8 @@ class ServiceLock:
     def release(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SERVICE_LOCK})
+                release = "pg_advisory_unlock_shared" if self.shared else "pg_advisory_unlock"
+                self._conn.execute(text(f"SELECT {release}(:key)"), {"key": SERVICE_LOCK})
                 self._conn.commit()
             finally:
                 self._conn.close()

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # sqlite:///PATH or postgresql+psycopg://…; default sqlite:///<state_dir>/cooperllm.db, so one folder holds all of
     # the service's state
     database_url: str = ""
+    # several services (workers) share one PostgreSQL database and state folder: uploads are counted in the database,
+    # and one elected worker (the leader) closes rounds and runs the rectifier (cloud_api.leader, docs/DEPLOY.md)
+    shared_database: bool = False
     state_dir: Path = Path("runs/cloud")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"  # WAL + NORMAL survives a killed process
 
@@ -64,11 +67,23 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(default=50.0, gt=0)
     rate_burst: int = Field(default=100, ge=1)
     tick_s: float = Field(default=0.05, gt=0)
+    # fault injection for the leader-failover tests, honoured only with env=test: "STAGE:SECONDS" pauses the leader's
+    # close of a round at STAGE ("closing": marked closing, nothing aggregated; "saved": θ_{r+1} written, not recorded)
+    fault_pause: str = ""
 
     @model_validator(mode="after")
     def _database_in_the_state_dir(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.state_dir / 'cooperllm.db'}"
+        return self
+
+    @model_validator(mode="after")
+    def _shared_needs_postgresql(self) -> Settings:
+        if self.shared_database and not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                "shared_database needs a PostgreSQL database_url (postgresql+psycopg://…): workers share the "
+                "database's advisory locks, which SQLite has not"
+            )
         return self
 
     @model_validator(mode="after")
@@ -86,6 +101,16 @@ class Settings(BaseSettings):
                 f"{MIN_SECRET_LEN} characters (the default is for development only)"
             )
         return self
+
+    @property
+    def fault_pause_stage(self) -> tuple[str, float] | None:
+        """``fault_pause`` as (stage, seconds); None unless env=test (a deployment never pauses its leader)."""
+        if self.env != "test" or not self.fault_pause:
+            return None
+        stage, _, seconds = self.fault_pause.partition(":")
+        if stage not in ("closing", "saved"):
+            raise ValueError(f"fault_pause stage must be 'closing' or 'saved', got {stage!r}")
+        return stage, float(seconds or 0)
 
     @property
     def docs_enabled(self) -> bool:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from cloud_api import db
@@ -22,6 +23,17 @@ from cooperllm.zgr import ReportError, check_report
 
 _INSERT_BATCH = db.upload_batches.insert()  # built once: the upload path runs hundreds of times a second
 _INSERT_REPORTS = db.reports.insert()
+UPLOAD_LOCK = 0x43_6F_75  # pg_advisory_xact_lock(UPLOAD_LOCK, device): one device's uploads counted one at a time
+
+
+@dataclass
+class _Tally:
+    """A report batch split against what the device already counted: rows to insert, duplicates, clipped scalars."""
+
+    rows: list[dict] = field(default_factory=list)
+    fresh: set[tuple[int, int, int]] = field(default_factory=set)
+    duplicates: int = 0
+    clipped: int = 0
 
 
 class UploadDesk:
@@ -76,10 +88,12 @@ class UploadDesk:
 
     def accept_reports(self, device_id: int, round_: int, batch: ReportBatch) -> ReportAck:
         """Validate the whole batch, then count it in one transaction (committed before the answer)."""
-        ctx = self.ctx
         body_sha = hashlib.sha256(
             repr([(r.seed, r.block, r.step, r.scalar, r.n_examples) for r in batch.reports]).encode()
         ).hexdigest()
+        if self.ctx.shared:
+            return self._accept_reports_shared(device_id, round_, batch, body_sha)
+        ctx = self.ctx
         with ctx.lock:
             st = ctx.current()
             if round_ != st.round or st.status != "open" or ctx.run_status != "running":
@@ -88,89 +102,148 @@ class UploadDesk:
                     return replay
             self._check_round(st, round_, len(batch.reports))
             self._check_upload_kind(st, Upload.REPORTS)
-            cfg = st.cfg
-            seeds = seed_range(ctx.seed_key, cfg.seed, st.run_id, st.round, device_id)
-            allowed = set(st.blocks)
-            rows, clipped, dups = [], 0, 0
-            fresh: set[tuple[int, int, int, int]] = set()
-            for r in batch.reports:
-                try:
-                    check_report(
-                        r,
-                        blocks=allowed,
-                        local_steps=cfg.local_steps * len(st.plan.directions),
-                        seeds=seeds,
-                        max_abs_scalar=cfg.max_abs_scalar,
-                    )
-                except ReportError as exc:
-                    raise ctx.reject(422, exc.key) from exc
-                key = (device_id, r.seed, r.block, r.step)
-                if key in st.seen or key in fresh:
-                    dups += 1
-                    continue
-                if st.per_device.get(device_id, 0) + len(fresh) >= st.expected_per_device:
-                    # exactly what the round asks: extra reports would let one device outweigh the others
-                    raise ctx.reject(409, "report_quota")
-                fresh.add(key)
-                scalar, was_clipped = r.scalar, False
-                if cfg.clip_scalar is not None and abs(scalar) > cfg.clip_scalar:
-                    scalar, was_clipped = float(np.clip(scalar, -cfg.clip_scalar, cfg.clip_scalar)), True
-                    clipped += 1
-                rows.append(
-                    {
-                        "run_id": st.run_id,
-                        "round": st.round,
-                        "device_id": device_id,
-                        "seed": r.seed,
-                        "block": r.block,
-                        "step": r.step,
-                        "scalar": scalar,
-                        "n_examples": r.n_examples,
-                        "clipped": was_clipped,
-                    }
-                )
+            seen = st.seen.setdefault(device_id, set())
+            tally = self._tally(st, device_id, batch, seen, st.per_device.get(device_id, 0))
             try:
                 with ctx.db.begin() as conn:
-                    batch_id = conn.execute(
-                        _INSERT_BATCH,
-                        {
-                            "device_id": device_id,
-                            "idempotency_key": batch.idempotency_key,
-                            "run_id": st.run_id,
-                            "round": st.round,
-                            "body_sha256": body_sha,
-                            "accepted": len(rows),
-                            "duplicates": dups,
-                            "clipped": clipped,
-                            "created_at": time.time(),
-                        },
-                    ).inserted_primary_key[0]
-                    if rows:
-                        for row in rows:
-                            row["batch_id"] = batch_id
-                        conn.execute(_INSERT_REPORTS, rows)
+                    self._insert(conn, st, device_id, batch.idempotency_key, body_sha, tally)
             except IntegrityError:  # the idempotency key exists: a retry of a batch already counted
                 replay = self._replay_of(device_id, batch.idempotency_key, body_sha)
                 if replay is None:
                     raise
                 return replay
-            st.seen |= fresh
+            seen |= tally.fresh
             before = st.per_device.get(device_id, 0)
-            st.per_device[device_id] = before + len(rows)
+            st.per_device[device_id] = before + len(tally.rows)
             if before < st.expected_per_device <= st.per_device[device_id]:
                 st.n_complete += 1
-            ctx.counters["uploads_total"] += 1
-            ctx.counters["duplicates"] += dups
             if st.n_complete >= st.cfg.quorum:
                 ctx.wake.set()  # close now rather than at the next tick
-            return ReportAck(
-                round=st.round,
-                accepted=len(rows),
-                duplicates=dups,
-                replay=False,
-                clipped=clipped,
-                round_status="open",
+            return self._counted(st, tally)
+
+    def _accept_reports_shared(self, device_id: int, round_: int, batch: ReportBatch, body_sha: str) -> ReportAck:
+        """The same rules with the round's counts in the database, which every worker shares: the upload holds the
+        round's row FOR SHARE (the leader marks it closing only after every upload in flight has committed, and no
+        upload counts after that) and the device's advisory lock (two workers never count one device's quota at
+        once); duplicates and quota are read from the stored reports."""
+        ctx = self.ctx
+        st = ctx.current()
+        try:
+            with ctx.db.begin() as conn:
+                replay = self._replayed(conn, device_id, batch.idempotency_key, body_sha)
+                if replay is not None:
+                    return replay
+                self._check_round(st, round_, len(batch.reports))
+                self._check_upload_kind(st, Upload.REPORTS)
+                self._hold_open_round(conn, st, device_id, len(batch.reports))
+                seen = {
+                    (int(s), int(b), int(k))
+                    for s, b, k in conn.execute(
+                        select(db.reports.c.seed, db.reports.c.block, db.reports.c.step).where(
+                            db.reports.c.run_id == st.run_id,
+                            db.reports.c.round == st.round,
+                            db.reports.c.device_id == device_id,
+                        )
+                    ).all()
+                }
+                tally = self._tally(st, device_id, batch, seen, len(seen))
+                self._insert(conn, st, device_id, batch.idempotency_key, body_sha, tally)
+        except IntegrityError:  # the same key committed by another worker meanwhile
+            replay = self._replay_of(device_id, batch.idempotency_key, body_sha)
+            if replay is None:
+                raise
+            return replay
+        return self._counted(st, tally)
+
+    def _hold_open_round(self, conn, st: RoundState, device_id: int, n_uploads: int) -> None:
+        """Shared database: lock the round's row FOR SHARE (it must still be open) and the device's upload lock."""
+        status = conn.execute(
+            select(db.rounds.c.status)
+            .where(db.rounds.c.run_id == st.run_id, db.rounds.c.round == st.round)
+            .with_for_update(read=True)
+        ).scalar_one_or_none()
+        if status != "open":
+            self.ctx.counters["late_reports"] += n_uploads
+            raise self.ctx.reject(409, "round_closed")
+        conn.execute(text("SELECT pg_advisory_xact_lock(:space, :device)"), {"space": UPLOAD_LOCK, "device": device_id})
+
+    def _tally(self, st: RoundState, device_id: int, batch: ReportBatch, seen: set, counted: int) -> _Tally:
+        """Check every report, then split the batch into fresh rows and duplicates of ``seen`` (the device's stored
+        (seed, block, step) keys); refuses the batch when fresh rows would take the device past its quota."""
+        ctx, cfg = self.ctx, st.cfg
+        seeds = seed_range(ctx.seed_key, cfg.seed, st.run_id, st.round, device_id)
+        allowed = set(st.blocks)
+        tally = _Tally()
+        for r in batch.reports:
+            try:
+                check_report(
+                    r,
+                    blocks=allowed,
+                    local_steps=cfg.local_steps * len(st.plan.directions),
+                    seeds=seeds,
+                    max_abs_scalar=cfg.max_abs_scalar,
+                )
+            except ReportError as exc:
+                raise ctx.reject(422, exc.key) from exc
+            key = (r.seed, r.block, r.step)
+            if key in seen or key in tally.fresh:
+                tally.duplicates += 1
+                continue
+            if counted + len(tally.fresh) >= st.expected_per_device:
+                # exactly what the round asks: extra reports would let one device outweigh the others
+                raise ctx.reject(409, "report_quota")
+            tally.fresh.add(key)
+            scalar, was_clipped = r.scalar, False
+            if cfg.clip_scalar is not None and abs(scalar) > cfg.clip_scalar:
+                scalar, was_clipped = float(np.clip(scalar, -cfg.clip_scalar, cfg.clip_scalar)), True
+                tally.clipped += 1
+            tally.rows.append(
+                {
+                    "run_id": st.run_id,
+                    "round": st.round,
+                    "device_id": device_id,
+                    "seed": r.seed,
+                    "block": r.block,
+                    "step": r.step,
+                    "scalar": scalar,
+                    "n_examples": r.n_examples,
+                    "clipped": was_clipped,
+                }
             )
+        return tally
+
+    @staticmethod
+    def _insert(conn, st: RoundState, device_id: int, key: str, body_sha: str, tally: _Tally) -> None:
+        batch_id = conn.execute(
+            _INSERT_BATCH,
+            {
+                "device_id": device_id,
+                "idempotency_key": key,
+                "run_id": st.run_id,
+                "round": st.round,
+                "body_sha256": body_sha,
+                "accepted": len(tally.rows),
+                "duplicates": tally.duplicates,
+                "clipped": tally.clipped,
+                "created_at": time.time(),
+            },
+        ).inserted_primary_key[0]
+        if tally.rows:
+            for row in tally.rows:
+                row["batch_id"] = batch_id
+            conn.execute(_INSERT_REPORTS, tally.rows)
+
+    def _counted(self, st: RoundState, tally: _Tally) -> ReportAck:
+        self.ctx.counters["uploads_total"] += 1
+        self.ctx.counters["duplicates"] += tally.duplicates
+        return ReportAck(
+            round=st.round,
+            accepted=len(tally.rows),
+            duplicates=tally.duplicates,
+            replay=False,
+            clipped=tally.clipped,
+            round_status="open",
+        )
 
     def accept_delta(self, device_id: int, round_: int, key: str, n_examples: int, frame: bytes) -> ReportAck:
         ctx = self.ctx
@@ -195,8 +268,21 @@ class UploadDesk:
                 )
             if not np.isfinite(delta).all():
                 raise ctx.reject(422, "bad_frame", f"{ERRORS['bad_frame']}: delta has NaN or infinite values")
-            dup = device_id in st.per_device
             with ctx.db.begin() as conn:
+                if ctx.shared:  # the frames every worker counted are in the store (see _accept_reports_shared)
+                    self._hold_open_round(conn, st, device_id, 1)
+                    dup = (
+                        conn.execute(
+                            select(db.deltas.c.id).where(
+                                db.deltas.c.run_id == st.run_id,
+                                db.deltas.c.round == st.round,
+                                db.deltas.c.device_id == device_id,
+                            )
+                        ).first()
+                        is not None
+                    )
+                else:
+                    dup = device_id in st.per_device
                 batch_id = conn.execute(
                     insert(db.upload_batches).values(
                         device_id=device_id,
@@ -221,9 +307,10 @@ class UploadDesk:
                             batch_id=batch_id,
                         )
                     )
-            if not dup:
+            if not dup and not ctx.shared:
                 st.n_complete += 1
-            st.per_device[device_id] = 1
+            if not ctx.shared:
+                st.per_device[device_id] = 1
             ctx.counters["uploads_total"] += 1
             ctx.wake.set()
             return ReportAck(

@@ -18,4 +18,5 @@ async def health(state: State) -> Health:
         protocol_version=PROTOCOL_VERSION,
         run_id=st.run_id if st else None,
         round=st.round if st else None,
+        role="leader" if state.engine.leadership.is_leader else "follower",
     )

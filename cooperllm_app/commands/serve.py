@@ -37,6 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "schema is migrated to this version's on start (docs/DEPLOY.md)",
     )
     p.add_argument(
+        "--shared-database",
+        action="store_const",
+        const=True,
+        help="one of several workers on the same PostgreSQL database and state folder: uploads are counted in the "
+        "database, and an elected leader closes rounds (start each worker with the same options; docs/DEPLOY.md)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so several workers on this machine listen on one port and the kernel spreads "
+        "connections between them",
+    )
+    p.add_argument(
         "--state-dir",
         help="folder for all of the service's state: its SQLite database (unless --database-url), adapter versions, "
         "gradient windows, seed key (default runs/cloud)",
@@ -71,6 +84,7 @@ _SETTING_ARGS = (
     "public_data",
     "public_n",
     "database_url",
+    "shared_database",
     "state_dir",
     "env",
     "seq_len",
@@ -99,12 +113,15 @@ def serve(args: argparse.Namespace) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(settings.database_url, settings.sqlite_synchronous)
     try:
-        ServiceLock(database).acquire().release()  # another service on it: one line now, not uvicorn's traceback
+        # another service on it: one line now, not uvicorn's traceback
+        ServiceLock(database, shared=settings.shared_database).acquire().release()
     finally:
         database.dispose()
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if args.reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
 

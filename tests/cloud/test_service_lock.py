@@ -75,3 +75,30 @@ def test_a_released_lock_or_a_killed_holder_frees_the_database(database_url, req
                 time.sleep(0.1)
     finally:
         engine.dispose()
+
+
+@pytest.mark.integration
+def test_shared_workers_run_together_but_never_beside_a_service_on_its_own(postgres):
+    engine = open_database(postgres.database("shared"))
+    try:
+        workers = [ServiceLock(engine, shared=True).acquire() for _ in range(3)]  # any number of shared workers
+        with pytest.raises(DatabaseInUse, match="another cooperllm service"):
+            ServiceLock(engine).acquire()
+        for w in workers:
+            w.release()
+        alone = ServiceLock(engine).acquire()
+        with pytest.raises(DatabaseInUse, match="a cooperllm service that does not share it"):
+            ServiceLock(engine, shared=True).acquire()
+        alone.release()
+    finally:
+        engine.dispose()
+
+
+def test_a_shared_database_must_be_postgresql(tmp_path):
+    from cloud_api.settings import Settings
+
+    with pytest.raises(ValueError, match="shared_database needs a PostgreSQL database_url"):
+        Settings(state_dir=tmp_path, shared_database=True)
+    with pytest.raises(ValueError, match="fault_pause stage"):
+        _ = Settings(state_dir=tmp_path, env="test", admin_token="x" * 16, fault_pause="nowhere:1").fault_pause_stage
+    assert Settings(state_dir=tmp_path, fault_pause="closing:5").fault_pause_stage is None  # development: never
