@@ -18,6 +18,7 @@ What a round means — who is guided, what devices upload, how θ moves — is t
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,6 +48,11 @@ from cooperllm.protocol import (
 )
 from cooperllm.zgr import Report
 
+# a shared database: how often a worker looks at the store (the leader for the other workers' uploads, a follower for
+# the round), and how often the leader checks that it still holds its lock
+FOLLOW_S = 0.2
+LEADER_CHECK_S = 1.0
+
 
 class RoundEngine:
     """The API the routers call; each call is answered by the part that owns the job."""
@@ -71,6 +77,7 @@ class RoundEngine:
         self.uploads = UploadDesk(self.ctx)
         self.clock = RoundClock(self.ctx, self.guidance, self.rectifier, tick_s, self._lead_or_follow, fault_pause)
         self._sync_cache: dict[tuple[int, int], ModelSync] = {}
+        self._next_look = self._next_check = 0.0  # monotonic times of the next look at the store (shared database)
 
     # --- shared state, read by /health and /metrics ---------------------------------------------------------------
 
@@ -101,12 +108,23 @@ class RoundEngine:
     def _lead_or_follow(self) -> bool:
         """Before each tick of the clock: whether this worker closes rounds. A service on its own always does; in a
         shared database the leader takes the other workers' uploads from the store, a follower tries to take over
-        (and restores the round from the store when it wins) or else follows the store."""
+        (and restores the round from the store when it wins) or else follows the store. Looks at the store every
+        FOLLOW_S and checks the leader's lock every LEADER_CHECK_S, not every tick: each look is a query."""
         if not self.ctx.shared:
             return True
-        if self.leadership.is_leader and self.leadership.still_leading():
-            self.lifecycle.refresh()
+        now = time.monotonic()
+        if self.leadership.is_leader:
+            if now >= self._next_check:
+                self._next_check = now + LEADER_CHECK_S
+                if not self.leadership.still_leading():
+                    return False
+            if now >= self._next_look:
+                self._next_look = now + FOLLOW_S
+                self.lifecycle.refresh()
             return True
+        if now < self._next_look:
+            return False
+        self._next_look = now + FOLLOW_S
         if self.leadership.try_lead():
             with self.ctx.lock:
                 self.lifecycle.restore()

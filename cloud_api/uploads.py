@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from cloud_api import db
@@ -125,17 +125,20 @@ class UploadDesk:
         """The same rules with the round's counts in the database, which every worker shares: the upload holds the
         round's row FOR SHARE (the leader marks it closing only after every upload in flight has committed, and no
         upload counts after that) and the device's advisory lock (two workers never count one device's quota at
-        once); duplicates and quota are read from the stored reports."""
+        once); duplicates and quota are read from the stored reports. A retry is found by the idempotency key's
+        unique index (or, once the round is closed, looked up), which saves a query on every first upload."""
         ctx = self.ctx
         st = ctx.current()
         try:
             with ctx.db.begin() as conn:
-                replay = self._replayed(conn, device_id, batch.idempotency_key, body_sha)
-                if replay is not None:
-                    return replay
-                self._check_round(st, round_, len(batch.reports))
+                if round_ != st.round or not self._hold_open_round(conn, st, device_id):
+                    replay = self._replayed(conn, device_id, batch.idempotency_key, body_sha)
+                    if replay is not None:
+                        return replay
+                    self._check_round(st, round_, len(batch.reports))  # failed, closed or unknown here
+                    ctx.counters["late_reports"] += len(batch.reports)  # open here, closing in the store
+                    raise ctx.reject(409, "round_closed")
                 self._check_upload_kind(st, Upload.REPORTS)
-                self._hold_open_round(conn, st, device_id, len(batch.reports))
                 seen = {
                     (int(s), int(b), int(k))
                     for s, b, k in conn.execute(
@@ -148,24 +151,22 @@ class UploadDesk:
                 }
                 tally = self._tally(st, device_id, batch, seen, len(seen))
                 self._insert(conn, st, device_id, batch.idempotency_key, body_sha, tally)
-        except IntegrityError:  # the same key committed by another worker meanwhile
+        except IntegrityError:  # the key was counted before (here or on another worker): a retry
             replay = self._replay_of(device_id, batch.idempotency_key, body_sha)
             if replay is None:
                 raise
             return replay
         return self._counted(st, tally)
 
-    def _hold_open_round(self, conn, st: RoundState, device_id: int, n_uploads: int) -> None:
-        """Shared database: lock the round's row FOR SHARE (it must still be open) and the device's upload lock."""
+    def _hold_open_round(self, conn, st: RoundState, device_id: int) -> bool:
+        """Shared database: whether the round is still open in the store, holding its row FOR SHARE and the device's
+        upload lock until the transaction ends (one statement)."""
         status = conn.execute(
-            select(db.rounds.c.status)
+            select(db.rounds.c.status, func.pg_advisory_xact_lock(UPLOAD_LOCK, device_id))
             .where(db.rounds.c.run_id == st.run_id, db.rounds.c.round == st.round)
-            .with_for_update(read=True)
-        ).scalar_one_or_none()
-        if status != "open":
-            self.ctx.counters["late_reports"] += n_uploads
-            raise self.ctx.reject(409, "round_closed")
-        conn.execute(text("SELECT pg_advisory_xact_lock(:space, :device)"), {"space": UPLOAD_LOCK, "device": device_id})
+            .with_for_update(read=True, of=db.rounds)
+        ).first()
+        return status is not None and status[0] == "open"
 
     def _tally(self, st: RoundState, device_id: int, batch: ReportBatch, seen: set, counted: int) -> _Tally:
         """Check every report, then split the batch into fresh rows and duplicates of ``seen`` (the device's stored
@@ -270,7 +271,9 @@ class UploadDesk:
                 raise ctx.reject(422, "bad_frame", f"{ERRORS['bad_frame']}: delta has NaN or infinite values")
             with ctx.db.begin() as conn:
                 if ctx.shared:  # the frames every worker counted are in the store (see _accept_reports_shared)
-                    self._hold_open_round(conn, st, device_id, 1)
+                    if not self._hold_open_round(conn, st, device_id):
+                        ctx.counters["late_reports"] += 1
+                        raise ctx.reject(409, "round_closed")
                     dup = (
                         conn.execute(
                             select(db.deltas.c.id).where(

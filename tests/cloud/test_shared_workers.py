@@ -105,6 +105,16 @@ def wait_until(check, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def sees_run(device: CooperClient) -> bool:
+    """Whether the device's worker has seen the run (a follower looks at the store a few times a second)."""
+    try:
+        return device.current_round().round == 0
+    except ApiError as exc:
+        if exc.status_code != 404:
+            raise
+        return False
+
+
 def finish(devices: list[CooperClient], from_round: int) -> None:
     for rnd in range(from_round, ROUNDS):
         for i, d in enumerate(devices):
@@ -160,7 +170,7 @@ def start_pair(cluster: Cluster, fault: str = "") -> tuple[subprocess.Popen, str
     devices = [CooperClient(leader_url), CooperClient(follower_url)]
     for i, d in enumerate(devices):
         d.enroll(ENROL, f"d{i}")
-    wait_until(lambda: devices[1].current_round().round == 0, "the follower sees the run")
+    wait_until(lambda: sees_run(devices[1]), "the follower sees the run")
     return leader, leader_url, follower_url, devices
 
 
