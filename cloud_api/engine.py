@@ -31,6 +31,7 @@ from cloud_api.guidance_store import GuidanceStore
 from cloud_api.leader import Leadership
 from cloud_api.lifecycle import RunLifecycle
 from cloud_api.model_host import ModelHost
+from cloud_api.notify import RoundListener
 from cloud_api.rectifier import Rectifier
 from cloud_api.round_clock import RoundClock
 from cloud_api.round_state import EngineContext, RoundState, load_seed_key, seed_range
@@ -78,6 +79,7 @@ class RoundEngine:
         self.clock = RoundClock(self.ctx, self.guidance, self.rectifier, tick_s, self._lead_or_follow, fault_pause)
         self._sync_cache: dict[tuple[int, int], ModelSync] = {}
         self._next_look = self._next_check = 0.0  # monotonic times of the next look at the store (shared database)
+        self.listener = RoundListener(engine, self._look_now) if shared else None
 
     # --- shared state, read by /health and /metrics ---------------------------------------------------------------
 
@@ -99,11 +101,20 @@ class RoundEngine:
             self.leadership.try_lead()
         self.lifecycle.restore()
         self.clock.start()
+        if self.listener is not None:
+            self.listener.start()
 
     def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         self.clock.stop()
         self.rectifier.stop()
         self.leadership.release()
+
+    def _look_now(self) -> None:
+        """Another worker changed the round (cloud_api.notify): look at the store at the next tick, now."""
+        self._next_look = 0.0
+        self.ctx.wake.set()
 
     def _lead_or_follow(self) -> bool:
         """Before each tick of the clock: whether this worker closes rounds. A service on its own always does; in a

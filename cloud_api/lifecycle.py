@@ -14,6 +14,7 @@ from cloud_api import db
 from cloud_api.aggregation import carried_state
 from cloud_api.errors import ServiceError
 from cloud_api.guidance_store import GuidanceStore
+from cloud_api.notify import announce_round_change
 from cloud_api.rectifier import Job, Rectifier
 from cloud_api.round_state import EngineContext, RoundState
 from cooperllm.checkpoint import load_theta, save_theta
@@ -204,6 +205,7 @@ class RunLifecycle:
                         theta_checksum=checksum,
                     )
                 )
+                announce_round_change(conn)
             ctx.state = RoundState(
                 run_id, 0, cfg, blocks, "open", time.time(), time.time() + cfg.deadline_s, 0, theta, checksum
             )

@@ -22,6 +22,7 @@ from cloud_api import db
 from cloud_api.aggregation import aggregate, outcome_json
 from cloud_api.guidance_store import GuidanceStore
 from cloud_api.lifecycle import device_counts
+from cloud_api.notify import announce_round_change
 from cloud_api.rectifier import Job, Rectifier
 from cloud_api.round_state import EngineContext, RoundState
 from cooperllm.checkpoint import save_theta
@@ -146,6 +147,7 @@ class RoundClock:
                 .where(db.rounds.c.run_id == st.run_id, db.rounds.c.round == st.round)
                 .values(deadline=st.deadline, extensions=st.extensions)
             )
+            announce_round_change(conn)
         self.ctx.counters["rounds_extended"] += 1
         log.warning(
             "round %d has %d of min %d devices at its deadline: extended (%d/%d)",
@@ -166,6 +168,7 @@ class RoundClock:
                 .values(status="failed", closed_at=time.time(), failure=why)
             )
             conn.execute(update(db.runs).where(db.runs.c.id == st.run_id).values(status="failed", failure=why))
+            announce_round_change(conn)
         st.status = "failed"
         ctx.run_status, ctx.run_failure = "failed", why
         ctx.counters["rounds_failed"] += 1
@@ -272,3 +275,4 @@ class RoundClock:
                         theta_checksum=checksum,
                     )
                 )
+            announce_round_change(conn)
