@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from cloud_api.deps import AppState
 from cloud_api.engine import RoundEngine
@@ -19,7 +20,7 @@ from cloud_api.schema import open_database
 from cloud_api.security import DeviceRegistry, RateLimiter
 from cloud_api.service_lock import ServiceLock
 from cloud_api.settings import Settings
-from cooperllm.protocol import API_PREFIX
+from cooperllm.protocol import API_PREFIX, ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(invalid_request(exc.errors()), status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def _database_busy(_: Request, exc: OperationalError) -> JSONResponse:
+        # a lock held past lock_timeout (a round being closed by the leader, an operator's lock), a statement past
+        # statement_timeout, or a database restarting: nothing was counted, and a retry is safe (idempotency keys)
+        log.warning("database busy: %s", str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
+        return JSONResponse({"detail": ERRORS["database_busy"]}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:

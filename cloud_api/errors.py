@@ -28,6 +28,7 @@ _WHEN = {
     415: "unsupported Content-Encoding",
     422: "the request breaks the schema (``errors`` lists where) or a rule the schema cannot state",
     429: "rate limited (see Retry-After)",
+    503: "the database did not answer in time (unreachable, or a lock held past the lock timeout): see Retry-After",
 }
 
 
@@ -48,6 +49,6 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
 # what each kind of endpoint can answer besides its success: a router's refusals, and a request body's (the
 # middleware's limits) on the operations that take one
 BODY_ERRORS = error_responses(400, 408, 413, 415)
-DEVICE_ERRORS = error_responses(401, 403, 404, 409, 422, 429)
-ADMIN_ERRORS = error_responses(401, 403, 404, 422, 429)
-ENROL_ERRORS = {**BODY_ERRORS, **error_responses(403, 422, 429)}
+DEVICE_ERRORS = error_responses(401, 403, 404, 409, 422, 429, 503)
+ADMIN_ERRORS = error_responses(401, 403, 404, 422, 429, 503)
+ENROL_ERRORS = {**BODY_ERRORS, **error_responses(403, 422, 429, 503)}

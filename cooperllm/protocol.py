@@ -93,6 +93,7 @@ ERRORS = {
     "no_such_block": "the run names blocks the model does not have",
     "report_quota": "more reports than this round asks of a device",
     "too_many_examples": "n_examples exceeds what a device can use in a round (local_steps × batch_size)",
+    "database_busy": "the database did not answer in time; retry later",
 }
 
 

@@ -200,3 +200,27 @@ def test_client_error_type(run):
     with pytest.raises(ApiError) as err:
         c.current_round()
     assert err.value.status_code == 401 and not err.value.retryable
+
+
+def test_a_database_lock_held_past_the_lock_timeout_is_503_with_retry_after_and_the_retry_counts_once(run):
+    """PostgreSQL: an operator's lock on the uploads table holds an upload past ``lock_timeout`` (10 s): the answer is
+    503 with Retry-After, nothing is counted, and the same batch retried afterwards counts once."""
+    if not run.settings.database_url.startswith("postgresql"):
+        pytest.skip("lock_timeout is PostgreSQL's")
+    from sqlalchemy import create_engine, text
+
+    dev = run.device("locked")
+    info = wait_round(dev, 0)
+    reports = make_reports(info, np.random.default_rng(3))[:1]
+    body = {"idempotency_key": "locked-1", "reports": [r.model_dump() for r in reports]}
+    engine = create_engine(run.settings.database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("LOCK TABLE upload_batches IN EXCLUSIVE MODE"))
+            r = _raw(run, "POST", f"/rounds/{info.round}/reports", token=dev.token, json=body)
+        assert (r.status_code, r.json(), r.headers["retry-after"]) == (503, {"detail": ERRORS["database_busy"]}, "1")
+        assert ApiError(503, ERRORS["database_busy"]).retryable
+        again = _raw(run, "POST", f"/rounds/{info.round}/reports", token=dev.token, json=body)
+        assert (again.status_code, again.json()["accepted"], again.json()["replay"]) == (200, 1, False)
+    finally:
+        engine.dispose()
