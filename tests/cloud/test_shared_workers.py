@@ -183,6 +183,21 @@ def check_same_as_reference(cluster: Cluster, url: str, reference: dict) -> None
     assert cluster.stored_reports() == reference["reports"]  # nothing counted twice, nothing lost
 
 
+def kill_leader(leader: subprocess.Popen, devices: list[CooperClient], follower_url: str) -> list[CooperClient]:
+    """SIGKILL the leader; its device talks to the follower from now on."""
+    leader.kill()
+    leader.wait(timeout=30)
+    return [move(devices[0], follower_url), devices[1]]
+
+
+def finish_on_the_new_leader(cluster: Cluster, devices: list[CooperClient], url: str, reference: dict) -> None:
+    """Round 0 closes on the follower, which has taken over; the run ends there as the reference did."""
+    wait_round(devices[0], 1)
+    finish(devices, 1)
+    assert CooperClient(url).health().role == "leader"
+    check_same_as_reference(cluster, url, reference)
+
+
 def test_uploads_on_every_worker_are_counted_once_and_the_run_matches_one_service(cluster, reference):
     _, leader_url, follower_url, devices = start_pair(cluster)
     info = devices[1].current_round()
@@ -207,14 +222,9 @@ def test_uploads_on_every_worker_are_counted_once_and_the_run_matches_one_servic
 def test_killing_the_leader_before_aggregation_finishes_the_round_on_the_follower(cluster, reference):
     leader, _, follower_url, devices = start_pair(cluster)
     upload(devices[0], 0, 0)  # counted by the leader; the round waits for device 1
-    leader.kill()
-    leader.wait(timeout=30)
-    devices = [move(devices[0], follower_url), devices[1]]
+    devices = kill_leader(leader, devices, follower_url)
     upload(devices[1], 0, 1)
-    wait_round(devices[0], 1)
-    finish(devices, 1)
-    assert CooperClient(follower_url).health().role == "leader"
-    check_same_as_reference(cluster, follower_url, reference)
+    finish_on_the_new_leader(cluster, devices, follower_url, reference)
 
 
 def test_killing_the_leader_during_aggregation_closes_the_round_once(cluster, reference):
@@ -226,13 +236,8 @@ def test_killing_the_leader_during_aggregation_closes_the_round_once(cluster, re
     with pytest.raises(ApiError) as closed:  # nothing counts once the round is marked closing, on any worker
         devices[1].upload_reports(0, late, "late")
     assert closed.value.status_code == 409
-    leader.kill()
-    leader.wait(timeout=30)
-    devices = [move(devices[0], follower_url), devices[1]]
-    wait_round(devices[0], 1)
-    finish(devices, 1)
-    assert CooperClient(follower_url).health().role == "leader"
-    check_same_as_reference(cluster, follower_url, reference)
+    devices = kill_leader(leader, devices, follower_url)
+    finish_on_the_new_leader(cluster, devices, follower_url, reference)
 
 
 def test_killing_the_leader_after_aggregation_keeps_the_theta_it_stored(cluster, reference):
@@ -242,10 +247,5 @@ def test_killing_the_leader_after_aggregation_keeps_the_theta_it_stored(cluster,
     adapter = cluster.state_dir / "run1" / "adapters" / "v000001.safetensors"
     wait_until(adapter.is_file, "the leader stores θ_1")
     assert cluster.round_status(0) == "closing"  # θ_1 written, the round not yet recorded
-    leader.kill()
-    leader.wait(timeout=30)
-    devices = [move(devices[0], follower_url), devices[1]]
-    wait_round(devices[0], 1)
-    finish(devices, 1)
-    assert CooperClient(follower_url).health().role == "leader"
-    check_same_as_reference(cluster, follower_url, reference)
+    devices = kill_leader(leader, devices, follower_url)
+    finish_on_the_new_leader(cluster, devices, follower_url, reference)
