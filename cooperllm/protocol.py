@@ -236,8 +236,8 @@ class RunConfig(_Model):
             description="zgr's forward budget: 'fixed', every step measures the subspace and its complement; "
             "'follow', once three rounds have tested the cloud and their running λ is below 0.25 (the cloud is turned "
             "down), three rounds in four spend both of a step's measurements on ISO directions (zo's estimator, where "
-            "the devices' data can still move the model) and take no step along the cloud; every fourth round keeps "
-            "testing it; docs/PERTURBATIONS.md §4"
+            "the devices' data can still move the model); every fourth round keeps testing it; while it is turned down "
+            "no round steps along it; docs/PERTURBATIONS.md §4"
         ),
     ] = "fixed"
     eta: Annotated[

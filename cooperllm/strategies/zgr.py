@@ -86,6 +86,8 @@ class Rectified(Strategy):
             samples = subspace_samples(layout, inputs.reports, directions, inputs.guidance)
             stats, d, axis = rectify(samples, inputs.guidance, inputs.state, cfg.lam_max, fixed, by_direction)
             lam = axis.lam if axis is not None and axis_rule else mean_lambda(stats)
+            if turned_down(cfg.budget, inputs.state):  # a test round: measured, but no step along the cloud
+                d = {b: db - stats[b].lam * stats[b].cloud for b, db in d.items()}
             # the per-direction rule scales by d itself (as protocol 2 was studied); the axis rule by the cloud's c,
             # so a refuted cloud's small d stays small (cooperllm.rectify)
             scale = d if by_direction else {b: st.cloud for b, st in stats.items()}
@@ -126,19 +128,27 @@ def published(stats: dict, axis: AxisStats | None = None) -> dict:
     }
 
 
-def budget_moves(budget: str, round_: int, state: RectifierState | None) -> bool:
-    """RunConfig.budget 'follow': whether round ``round_`` spends both measurements of a step on ISO directions — a
-    round that is not a test round (every TEST_EVERY-th), once FOLLOW_AFTER rounds have tested the cloud and their
-    running λ is below FOLLOW_BELOW. Decided from the carried state alone, so a restarted cloud and a replaying device
-    agree (the round's directions are published with it)."""
+def turned_down(budget: str, state: RectifierState | None) -> bool:
+    """RunConfig.budget 'follow': whether the cloud is turned down — FOLLOW_AFTER rounds have tested it and the
+    running mean of their λ is below FOLLOW_BELOW. While it is, no round steps along the cloud: a moved round does not
+    measure it, and a test round keeps only the devices' own part of d. Even a small λ moves θ the same way round
+    after round, and a drift that consistent outweighs the devices' ZO steps, whose directions are random: the S2 run
+    whose test rounds still took λ·c (λ ≈ 0.03) ended at the one-class accuracy (docs/RESULTS.md)."""
     return (
         budget == "follow"
-        and round_ % TEST_EVERY != 0
         and state is not None
         and state.tests >= FOLLOW_AFTER
         and state.lam_trend is not None
         and state.lam_trend < FOLLOW_BELOW
     )
+
+
+def budget_moves(budget: str, round_: int, state: RectifierState | None) -> bool:
+    """RunConfig.budget 'follow': whether round ``round_`` spends both measurements of a step on ISO directions — a
+    round that is not a test round (every TEST_EVERY-th) while the cloud is turned down (:func:`turned_down`). Decided
+    from the carried state alone, so a restarted cloud and a replaying device agree (the round's directions are
+    published with it)."""
+    return round_ % TEST_EVERY != 0 and turned_down(budget, state)
 
 
 def zo_multipliers(
