@@ -129,18 +129,10 @@ class RunLifecycle:
                 self.restore()
                 ctx.waiters.notify()
                 return
-            changed = False
-            if (
-                rnd is not None
-                and not lead
-                and (rnd.status, rnd.deadline, rnd.extensions)
-                != (
-                    st.status,
-                    st.deadline,
-                    st.extensions,
-                )
-            ):
-                st.status, st.deadline, st.extensions, changed = rnd.status, rnd.deadline, rnd.extensions, True
+            stored = None if rnd is None else (rnd.status, rnd.deadline, rnd.extensions)
+            changed = not lead and stored is not None and stored != (st.status, st.deadline, st.extensions)
+            if changed:
+                st.status, st.deadline, st.extensions = stored
             if counts is not None and st.status == "open":
                 st.per_device = counts
                 st.n_complete = st.complete_devices()
