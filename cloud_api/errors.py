@@ -28,7 +28,8 @@ _WHEN = {
     415: "unsupported Content-Encoding",
     422: "the request breaks the schema (``errors`` lists where) or a rule the schema cannot state",
     429: "rate limited (see Retry-After)",
-    503: "the database did not answer in time (unreachable, or a lock held past the lock timeout): see Retry-After",
+    503: "the database did not answer in time (unreachable, or a lock held past the lock timeout): see Retry-After; "
+    "or, among workers sharing a database, this one has not caught up with the round named yet",
 }
 
 

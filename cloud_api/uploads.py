@@ -48,7 +48,15 @@ class UploadDesk:
             ctx.counters["late_reports"] += n_reports
             raise ctx.reject(409, "round_closed")
         if round_ > st.round:
+            if ctx.shared and self._store_has_round(st.run_id, round_):
+                # another worker opened it and this one has not looked at the store since: the retry will find it
+                raise ctx.reject(503, "round_not_seen")
             raise ctx.reject(404, "unknown_round")
+
+    def _store_has_round(self, run_id: int, round_: int) -> bool:
+        with self.ctx.db.connect() as conn:
+            current = conn.execute(select(db.runs.c.current_round).where(db.runs.c.id == run_id)).scalar_one_or_none()
+        return current is not None and current >= round_
 
     def _check_upload_kind(self, st: RoundState, kind: Upload) -> None:
         if st.strategy.upload is not kind:

@@ -94,6 +94,7 @@ ERRORS = {
     "report_quota": "more reports than this round asks of a device",
     "too_many_examples": "n_examples exceeds what a device can use in a round (local_steps × batch_size)",
     "database_busy": "the database did not answer in time; retry later",
+    "round_not_seen": "this worker has not caught up with that round yet; retry",
 }
 
 

@@ -18,8 +18,12 @@ import pytest
 from live_cloud import ADMIN, ENROL, TEST_SEED_KEY, small_run
 from sqlalchemy import create_engine, text
 
-from cloud_api.round_state import ensure_seed_key
+from cloud_api.errors import ServiceError
+from cloud_api.round_state import EngineContext, RoundState, ensure_seed_key
+from cloud_api.schema import open_database
+from cloud_api.uploads import UploadDesk
 from cooperllm.api_client import ApiError, CooperClient
+from cooperllm.protocol import ReportBatch
 from cooperllm_app.serve_process import start_serve, stop_serve
 
 from .helpers import make_reports, wait_round
@@ -249,3 +253,31 @@ def test_killing_the_leader_after_aggregation_keeps_the_theta_it_stored(cluster,
     assert cluster.round_status(0) == "closing"  # θ_1 written, the round not yet recorded
     devices = kill_leader(leader, devices, follower_url)
     finish_on_the_new_leader(cluster, devices, follower_url, reference)
+
+
+def test_a_worker_behind_the_store_answers_an_upload_for_a_newer_round_with_a_retry(postgres, tmp_path):
+    """A device can learn of round r+1 from one worker and upload it to another that has not looked at the store
+    since: that worker answers 503 (retry), not 404, when the store has the round — and 404 when nobody has it."""
+    engine = open_database(postgres.database("behind"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, config, status, current_round, created_at) VALUES (1, :cfg, 'running', 2, 0)"
+                ),
+                {"cfg": RUN.model_dump_json()},
+            )
+        ctx = EngineContext(None, engine, tmp_path, TEST_SEED_KEY, shared=True)
+        now = time.time()
+        ctx.state = RoundState(1, 1, RUN, [0, 1], "open", now, now + 60, 0, np.zeros(1, np.float32), "x")
+        ctx.run_status = "running"
+        report = {"seed": 0, "block": 0, "step": 0, "scalar": 0.5, "n_examples": 4}
+        batch = ReportBatch(idempotency_key="k", reports=[report])
+        with pytest.raises(ServiceError) as behind:
+            UploadDesk(ctx).accept_reports(1, 2, batch)
+        assert (behind.value.status, behind.value.key) == (503, "round_not_seen")
+        with pytest.raises(ServiceError) as unknown:
+            UploadDesk(ctx).accept_reports(1, 3, batch)
+        assert (unknown.value.status, unknown.value.key) == (404, "unknown_round")
+    finally:
+        engine.dispose()
