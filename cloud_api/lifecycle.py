@@ -88,7 +88,7 @@ class RunLifecycle:
             if run["status"] == "stopped":
                 return
             if rnd is not None:
-                self._recount(conn, st)
+                self._recount(conn, st, ctx.shared)
         if st.checksum != (rnd["theta_checksum"] if rnd else st.checksum):
             raise RuntimeError(f"adapter v{r} of run {st.run_id} does not match the checksum in the database")
         guided = st.strategy.guided
@@ -98,11 +98,11 @@ class RunLifecycle:
         if guided and st.status in ("open", "closing") and r + 1 < cfg.rounds and self.leads():
             self.rectifier.submit(Job(st.run_id, r + 1, r, st.theta.copy(), cfg))
         log.info(
-            "restored run %d at round %d (%s, %d reports counted)",
+            "restored run %d at round %d (%s, %d uploads counted)",
             st.run_id,
             r,
             st.status,
-            sum(map(len, st.seen.values())),
+            sum(st.per_device.values()),
         )
 
     def refresh(self) -> None:
@@ -150,8 +150,12 @@ class RunLifecycle:
         log.error("run %d not restored: %s", run_id, failure)
 
     @staticmethod
-    def _recount(conn, st: RoundState) -> None:
-        """The uploads already counted in the open round, from the store."""
+    def _recount(conn, st: RoundState, shared: bool) -> None:
+        """The uploads already counted in the open round, from the store: per device, and (a service on its own, which
+        checks duplicates in memory) each report's key; workers sharing a database check keys in the database."""
+        st.per_device = device_counts(conn, st.run_id, st.round)
+        if shared:
+            return
         keys = conn.execute(
             select(db.reports.c.device_id, db.reports.c.seed, db.reports.c.block, db.reports.c.step).where(
                 db.reports.c.run_id == st.run_id, db.reports.c.round == st.round
@@ -159,11 +163,6 @@ class RunLifecycle:
         ).all()
         for d, s, b, k in keys:
             st.seen.setdefault(d, set()).add((s, b, k))
-            st.per_device[d] = st.per_device.get(d, 0) + 1
-        for (d,) in conn.execute(
-            select(db.deltas.c.device_id).where(db.deltas.c.run_id == st.run_id, db.deltas.c.round == st.round)
-        ).all():
-            st.per_device[d] = 1
 
     def create_run(self, cfg: RunConfig) -> RunInfo:
         """Stop the running run (if any), write θ₀ and open round 0 (with its guidance for guided strategies)."""
