@@ -103,6 +103,21 @@ def postgres() -> Iterator[PostgresServer]:
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``postgresql`` checks PostgreSQL's own behaviour (lock_timeout, advisory locks): its SQLite
+    parametrization is deselected at collection, so CI (where a skip fails) never sees a skip for it."""
+    sqlite_only = [
+        item
+        for item in items
+        if item.get_closest_marker("postgresql")
+        and getattr(item, "callspec", None)
+        and item.callspec.params.get("database_url") == "sqlite"
+    ]
+    if sqlite_only:
+        config.hook.pytest_deselected(items=sqlite_only)
+        items[:] = [item for item in items if item not in sqlite_only]
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """An empty database of the module's backend: its SQLAlchemy URL."""

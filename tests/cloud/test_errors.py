@@ -202,11 +202,10 @@ def test_client_error_type(run):
     assert err.value.status_code == 401 and not err.value.retryable
 
 
+@pytest.mark.postgresql
 def test_a_database_lock_held_past_the_lock_timeout_is_503_with_retry_after_and_the_retry_counts_once(run):
     """PostgreSQL: an operator's lock on the uploads table holds an upload past ``lock_timeout`` (10 s): the answer is
     503 with Retry-After, nothing is counted, and the same batch retried afterwards counts once."""
-    if not run.settings.database_url.startswith("postgresql"):
-        pytest.skip("lock_timeout is PostgreSQL's")
     from sqlalchemy import create_engine, text
 
     dev = run.device("locked")
