@@ -275,20 +275,29 @@ def test_a_tested_round_counts_and_moves_the_lambda_trend():
     assert agg.state.lam_trend == pytest.approx(0.7 * 0.1 + 0.3 * agg.state.lam)
 
 
-def test_a_test_round_while_the_cloud_is_turned_down_takes_the_devices_part_alone():
-    """budget 'follow' with the cloud turned down: a round that measures the subspace still tests the cloud (λ and
-    the tracks move on), but its step leaves out λ·c — the same round under 'fixed' differs by exactly that."""
+@pytest.mark.parametrize(
+    ("state", "held_back"),
+    [
+        (RectifierState(tests=3, lam_trend=0.1), True),  # turned down
+        (RectifierState(tests=2, lam_trend=0.9), True),  # not yet tested FOLLOW_AFTER times: on probation
+        (RectifierState(), True),
+        (RectifierState(tests=3, lam_trend=0.5), False),  # tested and found right: followed
+    ],
+)
+def test_a_test_round_keeps_the_devices_part_alone_while_the_cloud_is_turned_down_or_untested(state, held_back):
+    """budget 'follow': a round that measures the subspace tests the cloud (λ and the tracks move on), but while
+    the cloud is turned down, or before FOLLOW_AFTER rounds have tested it, its step leaves out λ·c — the same round
+    under 'fixed' differs by exactly that; a cloud tested and found right is followed as under 'fixed'."""
     layout, theta, guidance, reports = _zgr_round(5)
-    down = RectifierState(tests=3, lam_trend=0.1)
     steps = {}
     for budget in ("fixed", "follow"):
         cfg = RunConfig(eta=0.2, lam=0.3, budget=budget, rectifier="axis")  # steps scaled by c, uncapped
         agg = get_strategy("zgr").aggregate(
-            theta, layout, cfg, RoundInputs(reports=reports, guidance=guidance, state=down)
+            theta, layout, cfg, RoundInputs(reports=reports, guidance=guidance, state=state)
         )
         steps[budget] = agg.update
-        assert agg.state.tests == 4 and agg.lam == pytest.approx(0.3)
+        assert agg.state.tests == state.tests + 1 and agg.lam == pytest.approx(0.3)
     for b, g in guidance.items():
         c = g.coeffs.astype(np.float64)
-        cloud_part = -0.2 * 0.3 * c / np.sqrt(np.mean(c**2))
+        cloud_part = -0.2 * 0.3 * c / np.sqrt(np.mean(c**2)) if held_back else np.zeros_like(c)
         np.testing.assert_allclose(steps["fixed"][b].w - steps["follow"][b].w, cloud_part, rtol=1e-5, atol=1e-7)

@@ -86,7 +86,7 @@ class Rectified(Strategy):
             samples = subspace_samples(layout, inputs.reports, directions, inputs.guidance)
             stats, d, axis = rectify(samples, inputs.guidance, inputs.state, cfg.lam_max, fixed, by_direction)
             lam = axis.lam if axis is not None and axis_rule else mean_lambda(stats)
-            if turned_down(cfg.budget, inputs.state):  # a test round: measured, but no step along the cloud
+            if cloud_held_back(cfg.budget, inputs.state):  # a test round: measured, but no step along the cloud
                 d = {b: db - stats[b].lam * stats[b].cloud for b, db in d.items()}
             # the per-direction rule scales by d itself (as protocol 2 was studied); the axis rule by the cloud's c,
             # so a refuted cloud's small d stays small (cooperllm.rectify)
@@ -141,6 +141,16 @@ def turned_down(budget: str, state: RectifierState | None) -> bool:
         and state.lam_trend is not None
         and state.lam_trend < FOLLOW_BELOW
     )
+
+
+def cloud_held_back(budget: str, state: RectifierState | None) -> bool:
+    """RunConfig.budget 'follow': whether a round that tests the cloud keeps only the devices' part of d (d − λc) —
+    while the cloud is turned down (:func:`turned_down`), and before FOLLOW_AFTER rounds have tested it at all: an
+    untested cloud is not followed. The first rounds' λ says little (it is low with any cloud, FOLLOW_AFTER above),
+    and what a shifted cloud moves in them stays: the S2 run that stepped along it in rounds 0–2 (‖w‖ up to 0.017, λ
+    then turned it down for good) stayed at the one-class accuracy, its ZO steps too small to undo that drift
+    (docs/RESULTS.md). An in-domain cloud loses FOLLOW_AFTER of the run's rounds."""
+    return budget == "follow" and (state is None or state.tests < FOLLOW_AFTER or turned_down(budget, state))
 
 
 def budget_moves(budget: str, round_: int, state: RectifierState | None) -> bool:
