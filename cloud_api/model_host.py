@@ -157,6 +157,7 @@ def load_model_host(settings: Settings) -> ModelHost:
     model_dir = resolve_model(model)
     encoder = PromptEncoder(model_dir / TOKENIZER_FILE, task, seq_len)
     lm = load_causal_lm(model_dir)
+    adapter = adapter.for_family(lm.config.model_type)  # what the PEFT download names
     module, layout = build_task_model(lm, encoder, adapter)
     theta0 = theta_from_module(module, layout)
     hashes: dict[str, str] = {}

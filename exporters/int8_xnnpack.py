@@ -56,7 +56,10 @@ class QC8WLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight(), self.bias)
+        # a bias goes on as its own add: XNNPACK's serializer takes a bias beside a quantized weight only when the
+        # activation is quantized too ("Weight and Input should both be quantized"; Qwen2's q/k/v have biases)
+        y = F.linear(x, self.weight())
+        return y if self.bias is None else y + self.bias
 
 
 def quantize_qc8w(module: nn.Module, embeddings: bool = True, skip: tuple[nn.Module, ...] = ()) -> dict:

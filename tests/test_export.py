@@ -269,16 +269,19 @@ def test_cli_export_writes_a_valid_folder(tiny_model_dir: Path, tmp_path: Path, 
 
 
 def test_layer_blocks_are_checked_against_optimum_layer_count(tiny_model_dir: Path) -> None:
-    """An architecture whose layers are not named '.layers.<i>.' would put every adapter in one block: refused."""
+    """An architecture whose layers are named neither '.layers.<i>.' nor '.h.<i>.' (GPT-2) would put every adapter in
+    one block: refused."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     assert model_num_layers(config) == 2
     good = layout_for([(f"lm.model.layers.{i}.self_attn.q_proj.lora_A.weight", (8, 64)) for i in range(2)])
     check_layer_blocks(config, good, AdapterSpec())
-    gpt2_style = layout_for([(f"lm.transformer.h.{i}.attn.q_proj.lora_A.weight", (8, 64)) for i in range(2)])
+    gpt2_style = layout_for([(f"lm.transformer.h.{i}.attn.c_attn.lora_A.weight", (8, 64)) for i in range(2)])
+    check_layer_blocks(config, gpt2_style, AdapterSpec())
+    unknown = layout_for([(f"lm.transformer.blocks.{i}.attn.wqkv.lora_A.weight", (8, 64)) for i in range(2)])
     with pytest.raises(ExportError, match="do not follow"):
-        check_layer_blocks(config, gpt2_style, AdapterSpec())
+        check_layer_blocks(config, unknown, AdapterSpec())
 
 
 @pytest.mark.parametrize(

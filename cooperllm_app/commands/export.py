@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cooperllm.adapter import AdapterSpec
+from cooperllm.adapter import AUTO, AdapterSpec
 from cooperllm.console import fail
 from cooperllm.data import load_dataset
 from cooperllm.datafile import add_column_options
@@ -46,7 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
     p.add_argument(
-        "--lora-targets", default="q_proj,v_proj", help="comma-separated module names (default q_proj,v_proj)"
+        "--lora-targets",
+        default=AUTO,
+        help="comma-separated module names; auto (default) picks the family's query and value projections: "
+        "q_proj,v_proj (Llama, Qwen2, Gemma, Mistral), qkv_proj (Phi-3), c_attn (GPT-2)",
     )
     p.add_argument("--no-lora", action="store_true", help="no adapters: only the seq-cls head is trainable")
     p.add_argument("--lora-seed", type=int, default=0, help="seed of the initial LoRA A matrices (default 0)")
