@@ -173,3 +173,18 @@ def test_a_sentence_scores_the_same_whatever_its_left_padding(family):
             args = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.labels))
             logits.append(module(*args)[1].numpy())
     np.testing.assert_allclose(logits[0], logits[1], atol=1e-5)
+
+
+def test_a_model_that_is_not_a_causal_lm_is_refused_at_export(tmp_path):
+    """An encoder-decoder (T5) has no causal-LM class in transformers: one ExportError naming the folder, no trace."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from cooperllm.tiny import build_tiny_tokenizer
+
+    model = tmp_path / "t5"
+    config = T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, pad_token_id=0)
+    T5ForConditionalGeneration(config).save_pretrained(model)
+    build_tiny_tokenizer().save(str(model / "tokenizer.json"))
+    with pytest.raises(ExportError, match="does not load as a causal LM"):
+        export_artifacts(model, tmp_path / "out", task=TaskSpec(), progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
