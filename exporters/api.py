@@ -27,7 +27,14 @@ from cooperllm.manifest import (
     sha256_file,
     write_manifest,
 )
-from cooperllm.models import TESTED_FAMILIES, TOKENIZER_FILE, load_causal_lm, resolve_model
+from cooperllm.models import (
+    DEFAULT_MODEL,
+    TESTED_FAMILIES,
+    TOKENIZER_FILE,
+    load_causal_lm,
+    resolve_model,
+    smollm2_gguf,
+)
 from cooperllm.tasks import TaskSpec
 from cooperllm.tokenization import PromptEncoder
 from exporters.errors import ExportError
@@ -86,6 +93,24 @@ def check_request(formats: Sequence[str], backend: str, quant: str, batch_size: 
     return fmts, scheme
 
 
+def source_gguf(model: str | os.PathLike, model_dir: Path, gguf: str | os.PathLike | None) -> Path:
+    """The GGUF whose blocks ``gguf-q4`` keeps: the one given, the default model's, or the model folder's only one."""
+    if gguf is not None:
+        path = Path(gguf)
+        if not path.is_file():
+            raise ExportError(f"--gguf {path}: no such file")
+        return path
+    if str(model) == DEFAULT_MODEL:
+        return smollm2_gguf()
+    found = sorted(model_dir.glob("*.gguf"))
+    if len(found) != 1:
+        raise ExportError(
+            f"--quant gguf-q4 keeps a GGUF's 4-bit blocks and {model_dir} holds {len(found)} .gguf files: pass --gguf "
+            "FILE (the file the model folder was converted from)"
+        )
+    return found[0]
+
+
 def model_num_layers(config) -> int:
     """Transformer layer count through optimum's normalized configs (one name across architectures)."""
     from optimum.utils import NormalizedConfigManager  # deferred: loads optimum (heavy; not needed at import)
@@ -127,16 +152,21 @@ def export_artifacts(
     progress: bool = True,
     quantize_embeddings: bool = True,
     validation_texts: Sequence[str] | None = None,
+    gguf: str | os.PathLike | None = None,
 ) -> Manifest:
     """Export, validate and describe one artifact folder; raises ExportError on a bad request or a failed check.
 
     The graph is traced at a fixed ``batch_size`` × ``seq_len`` (devices pad to it). ``validation_texts`` (default:
-    built-in sentences) fill the batch used for tracing and for the parity and fidelity checks.
+    built-in sentences) fill the batch used for tracing and for the parity and fidelity checks. ``gguf`` is the
+    source GGUF read by ``quant="gguf-q4"`` (default: the default model's, or the one ``*.gguf`` in the model folder).
     """
     fmts, scheme = check_request(formats, backend, quant, batch_size, seq_len)
     if adapter is None and task.mode != "seq-cls":
         raise ExportError("causal-lm-cls without an adapter has no trainable tensor; give an AdapterSpec")
     model_dir = resolve_model(model)
+    if gguf is not None and scheme != "gguf-q4":
+        raise ExportError(f"--gguf is read by --quant gguf-q4 only, not by --quant {scheme}")
+    gguf_file = source_gguf(model, model_dir, gguf) if scheme == "gguf-q4" else None
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExportError(f"output path {out} exists and is not a folder")
@@ -159,6 +189,7 @@ def export_artifacts(
         force,
         quantize_embeddings,
         validation_texts,
+        gguf_file,
     )
     with _Progress(stages, progress) as bar:
         return _export(job, bar)
@@ -182,6 +213,7 @@ class _Job:
     force: bool
     quantize_embeddings: bool
     validation_texts: Sequence[str] | None
+    gguf: Path | None
 
 
 class _Progress:
@@ -252,6 +284,12 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
         from exporters.int8_xnnpack import quantize_qc8w  # deferred: loads torch (heavy; not needed at import)
 
         quantization = quantize_qc8w(module, embeddings=job.quantize_embeddings, skip=(head,) if head else ())
+    elif job.gguf is not None:
+        from exporters.gguf_q4 import quantize_from_gguf  # deferred: loads torch (heavy; not needed at import)
+
+        quantization = quantize_from_gguf(
+            module, lm.config, job.gguf, embeddings=job.quantize_embeddings, skip=(head,) if head else ()
+        )
     else:
         quantization = quantize_frozen(
             module, job.scheme, embeddings=job.quantize_embeddings, skip=(head,) if head else ()

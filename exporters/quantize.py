@@ -46,11 +46,18 @@ class Int8Linear(nn.Module):
         return F.linear(x, self.weight(), self.bias)
 
 
-class Int4Linear(nn.Module):
-    """Group-wise symmetric int4 (groups of ``group`` inputs), two nibbles per int8 byte.
+def unpack_nibbles(packed: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each int8 byte (stored shifted by −128) → its low and high 4-bit codes (0..15) as ``dtype``.
 
-    Unpacking uses float arithmetic (floor division by 16) rather than bit ops, which every backend runs.
+    Float arithmetic (floor division by 16) rather than bit ops, which every backend runs.
     """
+    p = packed.to(dtype) + 128.0
+    hi = torch.floor(p / 16.0)
+    return p - hi * 16.0, hi
+
+
+class Int4Linear(nn.Module):
+    """Group-wise symmetric int4 (groups of ``group`` inputs), two nibbles per int8 byte (high nibble first)."""
 
     def __init__(self, linear: nn.Linear, group: int = INT4_GROUP_SIZE):
         super().__init__()
@@ -71,9 +78,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     def weight(self) -> torch.Tensor:
-        p = self.packed.to(self.scale.dtype) + 128.0
-        hi = torch.floor(p / 16.0)
-        lo = p - hi * 16.0
+        lo, hi = unpack_nibbles(self.packed, self.scale.dtype)
         out_f, in_f = self.shape
         q = torch.stack([hi, lo], dim=-1).reshape(out_f, in_f // self.group, self.group) - 8.0
         return (q * self.scale).reshape(out_f, in_f)
@@ -145,15 +150,17 @@ def replace_frozen(
     summary: dict,
     embeddings: bool = True,
     skip: tuple[nn.Module, ...] = (),
+    make_embedding: Callable[[nn.Embedding], nn.Module] | None = None,
 ) -> None:
-    """Swap every frozen linear for ``make_linear(linear)`` (and embeddings for row-wise int8), counting bytes."""
+    """Swap every frozen linear for ``make_linear(linear)`` and, with ``embeddings``, every embedding for
+    ``make_embedding(embedding)`` (default: row-wise int8), counting bytes."""
     for name, child in list(module.named_modules()):
         if not _is_frozen_target(name, child) or any(child is s for s in skip):
             continue
         if isinstance(child, nn.Embedding):
             if not embeddings:
                 continue
-            new: nn.Module = Int8Embedding(child)
+            new: nn.Module = (make_embedding or Int8Embedding)(child)
             summary["embeddings"] = True
         else:
             new = make_linear(child)

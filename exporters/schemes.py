@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from exporters.errors import ExportError
 
-QUANT_SCHEMES = ("none", "int8", "int4")
+QUANT_SCHEMES = ("none", "int8", "int4", "gguf-q4")  # gguf-q4: the source GGUF's own 4-bit blocks (gguf_q4.py)
 INT4_GROUP_SIZE = 32
 REFUSED_SCHEMES = {
     "8da4w": "XNNPACK 8-bit dynamic activations with 4-bit weights",

@@ -13,8 +13,6 @@ from cooperllm_app.commands.options import add_model_options, add_task_options, 
 from exporters import ExportError, export_artifacts
 from exporters.api import resolve_backend
 
-QUANT_CHOICES = ("none", "int8", "int4")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -39,8 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quant",
         default="int8",
-        help="frozen-weight quantization: none, int8 (per-channel, default) or int4 (group-wise); dynamic-"
-        "activation schemes (8da4w, 8da8w, quantize_dynamic) are refused",
+        help="frozen-weight quantization: none, int8 (per-channel, default), int4 (group-wise) or gguf-q4 (the "
+        "source GGUF's own Q4_0/Q4_1 blocks, exact); dynamic-activation schemes (8da4w, 8da8w, quantize_dynamic) are "
+        "refused",
+    )
+    p.add_argument(
+        "--gguf",
+        help="the GGUF whose 4-bit blocks --quant gguf-q4 keeps (default: the default model's, or the one .gguf in "
+        "the model folder)",
     )
     p.add_argument("--no-embedding-quant", action="store_true", help="keep the embedding table fp32 under int8/int4")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             quantize_embeddings=not args.no_embedding_quant,
             validation_texts=texts,
+            gguf=args.gguf,
         )
     except ExportError as exc:
         return fail(exc, 1)
