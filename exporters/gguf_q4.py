@@ -74,13 +74,14 @@ def unpermute_rows(w: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _fp16(raw: np.ndarray) -> torch.Tensor:
-    """Little-endian fp16 pairs of bytes → fp32 (exact: every fp16 is an fp32)."""
-    return torch.from_numpy(np.ascontiguousarray(raw).view("<f2").astype(np.float32))
+    """Little-endian fp16 pairs of bytes → an fp16 tensor (converting it to fp32 or fp64 later is exact)."""
+    return torch.from_numpy(np.ascontiguousarray(raw).view("<f2").astype(np.float16))
 
 
 class GGUFQ4Linear(nn.Module):
     """y = x·Wᵀ + b with W = q·d + m per 32-weight block, q the GGUF's own 4-bit codes (byte j of a block holds
-    weight j in its low nibble and weight j + 16 in its high one), d and m its fp16 scale and minimum kept as fp32."""
+    weight j in its low nibble and weight j + 16 in its high one), d and m its fp16 scale and minimum, kept fp16 (the
+    file's bytes) and converted to the activations' dtype in the graph (fp32 on the device, fp64 for the reference)."""
 
     def __init__(self, tensor: GGUFTensor, bias: torch.Tensor | None, heads: int | None = None):
         super().__init__()
@@ -105,13 +106,13 @@ class GGUFQ4Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.shape = (tensor.rows, tensor.cols)
 
-    def weight(self) -> torch.Tensor:
-        lo, hi = unpack_nibbles(self.packed, self.scale.dtype)
+    def weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        lo, hi = unpack_nibbles(self.packed, dtype)
         q = torch.cat([lo, hi], dim=-1)  # (rows, blocks, 32): the low nibbles are weights 0–15 of the block
-        return (q * self.scale + self.minimum).reshape(self.shape)
+        return (q * self.scale.to(dtype) + self.minimum.to(dtype)).reshape(self.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self.weight(), self.bias)
+        return torch.nn.functional.linear(x, self.weight(x.dtype), self.bias)
 
 
 class GGUFQ8Embedding(nn.Module):
@@ -120,7 +121,7 @@ class GGUFQ8Embedding(nn.Module):
     def __init__(self, tensor: GGUFTensor, padding_idx: int | None = None):
         super().__init__()
         blocks = tensor.raw.reshape(tensor.rows, tensor.cols // BLOCK, 2 + BLOCK)
-        self.register_buffer("scale", _fp16(blocks[..., 0:2]).contiguous())  # (rows, blocks, 1)
+        self.register_buffer("scale", _fp16(blocks[..., 0:2]).float().contiguous())  # (rows, blocks, 1), fp32
         codes = np.ascontiguousarray(blocks[..., 2:]).view(np.int8)
         self.register_buffer("codes", torch.from_numpy(codes.copy()))  # (rows, blocks, 32)
         self.padding_idx = padding_idx
@@ -143,7 +144,7 @@ def check_same_weights(name: str, gguf_weight: torch.Tensor, weight: torch.Tenso
     if torch.equal(w, gguf_weight):
         return True
     gap = (w - gguf_weight).abs().reshape(*scale.shape[:2], -1)
-    allowed = scale.abs() * (0.5 + 2.0**-6) + gguf_weight.abs().reshape_as(gap).amax(-1, keepdim=True) * 2.0**-10
+    allowed = scale.float().abs() * (0.5 + 2.0**-6) + gguf_weight.abs().reshape_as(gap).amax(-1, keepdim=True) * 2.0**-10
     if bool((gap > allowed).any()):
         raise ExportError(
             f"{name}: the GGUF's weights are not this model's (max |Δ| {gap.max().item():.3g}, more than a 4-bit "
