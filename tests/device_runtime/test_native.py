@@ -58,7 +58,7 @@ def export_tiny_ptes(model_dir: Path, out: Path, combos=EXPORTED_HERE) -> dict[t
             with torch.no_grad():
                 program = export_program(ThetaInputs(module, layout.names), args)
             path = out / f"tiny-{backend}-{quant}.pte"
-            to_pte(program, backend, path)
+            to_pte(program, backend, path, dynamic_weights=quant != "none")  # as exporters.api lowers it
             paths[(backend, quant)] = path
     return paths
 

@@ -1,5 +1,6 @@
 """ARM correctness: the native runner cross-built for aarch64 runs x86-exported tiny .pte files under qemu-user and
-gives the x86 loss within 1e-5 (fp32 XNNPACK, int8 weight-only on portable kernels and on XNNPACK f32-qc8w).
+gives the x86 loss within 1e-5 (fp32 XNNPACK, int8 weight-only on portable kernels and on XNNPACK f32-qc8w, and the
+4-bit graph: packed nibbles unpacked with float ops in the graph, the matmuls in XNNPACK — the ops gguf-q4 runs).
 
 Needs ``g++-aarch64-linux-gnu``, ``qemu-user-static`` and the unpacked aarch64 executorch wheel
 (``python -m device_runtime.native.build --fetch-aarch64-wheel``); skips with the reason when one is missing.
@@ -21,7 +22,7 @@ from device_runtime.native.build import NativeBuildError, build, default_root
 
 pytestmark = pytest.mark.integration
 
-ARM_COMBOS = (("xnnpack", "none"), ("portable", "int8"), ("xnnpack-qc8w", "int8"))
+ARM_COMBOS = (("xnnpack", "none"), ("portable", "int8"), ("xnnpack-qc8w", "int8"), ("xnnpack", "int4"))
 QEMU = "qemu-aarch64-static"
 SYSROOT = Path("/usr/aarch64-linux-gnu")
 
