@@ -137,12 +137,15 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         raise RuntimeError(f"tokenizer conversion did not produce {TOKENIZER_FILE}")
 
 
-def load_causal_lm(model_dir: Path, dtype: str = "float32"):
-    """A transformers causal LM in eval mode."""
+def load_causal_lm(model_dir: Path, dtype: str = "float32", mmap: bool = True):
+    """A transformers causal LM in eval mode.
+
+    ``mmap=False`` reads the weights into memory instead of mapping the file: replaced weights can then be freed (a
+    mapping stays resident while the process lives, whatever still references it)."""
     import torch  # deferred: loads torch (heavy; not needed at import)
     from transformers import AutoModelForCausalLM  # deferred: loads transformers (heavy; not needed at import)
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), disable_mmap=not mmap)
     _linear_from_conv1d(model)
     model.eval()
     return model

@@ -144,7 +144,8 @@ def check_same_weights(name: str, gguf_weight: torch.Tensor, weight: torch.Tenso
     if torch.equal(w, gguf_weight):
         return True
     gap = (w - gguf_weight).abs().reshape(*scale.shape[:2], -1)
-    allowed = scale.float().abs() * (0.5 + 2.0**-6) + gguf_weight.abs().reshape_as(gap).amax(-1, keepdim=True) * 2.0**-10
+    largest = gguf_weight.abs().reshape_as(gap).amax(-1, keepdim=True)
+    allowed = scale.float().abs() * (0.5 + 2.0**-6) + largest * 2.0**-10  # half a step, and fp16's rounding of d, m
     if bool((gap > allowed).any()):
         raise ExportError(
             f"{name}: the GGUF's weights are not this model's (max |Δ| {gap.max().item():.3g}, more than a 4-bit "

@@ -163,14 +163,14 @@ def run(args: argparse.Namespace) -> int:
 # --- workers (each runs in a fresh process) --------------------------------------------------------------------
 
 
-def _eager_setup(cfg: dict, manifest):
+def _eager_setup(cfg: dict, manifest, mmap: bool = True):
     from cooperllm.modeling import build_task_model  # imports torch: only the eager workers load it
 
     g = manifest.graphs[0]
     model_dir = resolve_model(cfg["model"])
     encoder = PromptEncoder(model_dir / "tokenizer.json", manifest.task, g.seq_len)
     corpus = encoder.tokenize(load_dataset(cfg["data"], label_names=manifest.task.label_names))
-    lm = load_causal_lm(model_dir)
+    lm = load_causal_lm(model_dir, mmap=mmap)
     module, layout = build_task_model(lm, encoder, manifest.adapter)
     return module, layout, BatchSchedule(corpus, g.batch_size, 0), lm
 
@@ -190,9 +190,11 @@ def _worker_bp_lean(cfg: dict, manifest) -> dict:
 
     from exporters.quantize import quantize_frozen  # deferred: loads torch
 
-    module, _, schedule, lm = _eager_setup(cfg, manifest)
-    head = lm.get_output_embeddings()
-    quantize_frozen(module, "int8", skip=(head,) if head else ())  # as the int8 export: the head's label rows stay
+    module, _, schedule, lm = _eager_setup(cfg, manifest, mmap=False)  # the fp32 weights must be freeable
+    # the loss reads only the label rows it copied: the fp32 LM head (tied to the embedding, which keeps the whole
+    # mmapped checkpoint resident) goes, as it does from the exported graph
+    lm.set_output_embeddings(torch.nn.Identity())
+    quantize_frozen(module, "int8")
     lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     module.train()  # HF recomputes a layer's activations in backward only in training mode (no dropout here)
     gc.collect()
@@ -202,7 +204,13 @@ def _worker_bp_lean(cfg: dict, manifest) -> dict:
 
 
 def reset_peak_rss() -> None:
-    """Restart this process's VmHWM at its current RSS (Linux ``clear_refs`` 5), so setup is not counted."""
+    """Restart this process's VmHWM at its current RSS (Linux ``clear_refs`` 5), so setup is not counted.
+
+    The fp32 weights freed by quantization go back to the system first (glibc keeps freed heap pages otherwise): a
+    lean system loads the int8 weights directly and never holds them."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
