@@ -41,6 +41,18 @@ class GraphSpec:
     # θ+εz and θ−εz in one call. No exporter writes one any more (measured no faster than two calls); the field stays
     # in the manifest format, and readers that cannot run such a graph (the Android demo) refuse it.
     paired: bool = False
+    # Length buckets: the sequence lengths (ascending, the last one seq_len) the graph takes; a device pads a batch
+    # to the smallest that holds its longest example. Empty: seq_len only (a reader that ignores the field pads to
+    # seq_len, which every graph takes).
+    seq_buckets: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seq_buckets", tuple(int(b) for b in self.seq_buckets))
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """The sequence lengths this graph runs at, ascending."""
+        return self.seq_buckets or (self.seq_len,)
 
     def to_dict(self) -> dict:
         return {
@@ -50,6 +62,7 @@ class GraphSpec:
             "batch_size": self.batch_size,
             "seq_len": self.seq_len,
             "paired": self.paired,
+            "seq_buckets": list(self.seq_buckets),
         }
 
 

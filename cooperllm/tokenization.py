@@ -40,6 +40,21 @@ def left_pad(rows: Sequence[Sequence[int] | np.ndarray], labels, seq_len: int, p
     return EncodedBatch(input_ids, mask, np.asarray(labels, dtype=np.int64))
 
 
+def last_tokens(batch: EncodedBatch, length: int) -> EncodedBatch:
+    """The batch's last ``length`` positions: with left padding, each row's last tokens (all of a row that fits)."""
+    return EncodedBatch(
+        np.ascontiguousarray(batch.input_ids[:, -length:]),
+        np.ascontiguousarray(batch.attention_mask[:, -length:]),
+        batch.labels,
+    )
+
+
+def fitting_length(batch: EncodedBatch, lengths: Sequence[int]) -> int:
+    """The smallest of ``lengths`` (ascending, the last the batch's own width) that holds the batch's longest row."""
+    longest = int(batch.attention_mask.sum(axis=1).max(initial=0))
+    return next((n for n in lengths if n >= longest), lengths[-1])
+
+
 @dataclass(frozen=True)
 class TokenizedCorpus:
     """A whole dataset's prompts as token ids, flat (row i is ``ids[offsets[i]:offsets[i+1]]``).

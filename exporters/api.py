@@ -36,7 +36,7 @@ from cooperllm.models import (
     smollm2_gguf,
 )
 from cooperllm.tasks import TaskSpec
-from cooperllm.tokenization import PromptEncoder
+from cooperllm.tokenization import PromptEncoder, last_tokens
 from exporters.errors import ExportError
 from exporters.inputs import graph_inputs, validation_batch
 from exporters.runners import open_runner
@@ -111,6 +111,16 @@ def source_gguf(model: str | os.PathLike, model_dir: Path, gguf: str | os.PathLi
     return found[0]
 
 
+def check_buckets(seq_buckets: Sequence[int] | None, seq_len: int) -> tuple[int, ...]:
+    """Length buckets, ascending and ending at ``seq_len``; () for a graph of ``seq_len`` only."""
+    if not seq_buckets:
+        return ()
+    buckets = sorted({int(b) for b in seq_buckets} | {seq_len})
+    if buckets[0] < 2 or buckets[-1] != seq_len:
+        raise ExportError(f"length buckets must lie in [2, {seq_len}] (the sequence length), got {list(seq_buckets)}")
+    return tuple(buckets) if len(buckets) > 1 else ()
+
+
 def model_num_layers(config) -> int:
     """Transformer layer count through optimum's normalized configs (one name across architectures)."""
     from optimum.utils import NormalizedConfigManager  # deferred: loads optimum (heavy; not needed at import)
@@ -153,14 +163,18 @@ def export_artifacts(
     quantize_embeddings: bool = True,
     validation_texts: Sequence[str] | None = None,
     gguf: str | os.PathLike | None = None,
+    seq_buckets: Sequence[int] | None = None,
 ) -> Manifest:
     """Export, validate and describe one artifact folder; raises ExportError on a bad request or a failed check.
 
     The graph is traced at a fixed ``batch_size`` × ``seq_len`` (devices pad to it). ``validation_texts`` (default:
     built-in sentences) fill the batch used for tracing and for the parity and fidelity checks. ``gguf`` is the
     source GGUF read by ``quant="gguf-q4"`` (default: the default model's, or the one ``*.gguf`` in the model folder).
+    ``seq_buckets`` (e.g. 32, 64) makes the sequence dimension dynamic down to the smallest bucket: one program that
+    a device runs at the smallest bucket holding each batch, validated at every bucket.
     """
     fmts, scheme = check_request(formats, backend, quant, batch_size, seq_len)
+    buckets = check_buckets(seq_buckets, seq_len)
     if adapter is None and task.mode != "seq-cls":
         raise ExportError("causal-lm-cls without an adapter has no trainable tensor; give an AdapterSpec")
     model_dir = resolve_model(model)
@@ -190,6 +204,7 @@ def export_artifacts(
         quantize_embeddings,
         validation_texts,
         gguf_file,
+        buckets,
     )
     with _Progress(stages, progress) as bar:
         return _export(job, bar)
@@ -214,6 +229,7 @@ class _Job:
     quantize_embeddings: bool
     validation_texts: Sequence[str] | None
     gguf: Path | None
+    seq_buckets: tuple[int, ...]
 
 
 class _Progress:
@@ -301,7 +317,7 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
     args = tuple(torch.from_numpy(a) for a in graph_inputs(batch, theta0, layout))
     wrapper = ThetaInputs(module, layout.names)
     try:
-        program = export_program(wrapper, args)
+        program = export_program(wrapper, args, min(job.seq_buckets, default=None))
     except Exception as exc:  # torch.export's failures are many types; each names what it could not trace
         raise ExportError(
             f"torch.export cannot trace this model (model_type {family!r}): {type(exc).__name__}: {exc}"
@@ -316,13 +332,13 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
         name = graph_file(fmt)
         if fmt == "onnx":
             details[name] = {"onnx": to_onnx(program, input_names, job.out / name)}
-            graphs.append(GraphSpec(name, "onnx", "ort", job.batch_size, job.seq_len))
+            graphs.append(GraphSpec(name, "onnx", "ort", job.batch_size, job.seq_len, seq_buckets=job.seq_buckets))
         else:
             # to_edge consumes the program; re-export so a later ONNX export (if any) sees a fresh one
-            prog = program if fmt == job.fmts[-1] else export_program(wrapper, args)
+            prog = program if fmt == job.fmts[-1] else export_program(wrapper, args, min(job.seq_buckets, default=None))
             delegation = to_pte(prog, job.backend, job.out / name, dynamic_weights=job.scheme != "none")
             details[name] = {"delegation": delegation} if job.backend.startswith("xnnpack") else {}
-            graphs.append(GraphSpec(name, "pte", job.backend, job.batch_size, job.seq_len))
+            graphs.append(GraphSpec(name, "pte", job.backend, job.batch_size, job.seq_len, seq_buckets=job.seq_buckets))
         details[name]["file_mb"] = round((job.out / name).stat().st_size / 1e6, 3)
         progress.done(f"export {fmt}")
 
@@ -333,15 +349,23 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
         eager32 = EagerFunction(module, layout, torch.float32)
         eager64 = EagerFunction(module, layout, torch.float64)
         results = {}
+        rows = {}  # the table: one row per graph and length
         for g in graphs:
             runner = open_runner(job.out / g.file, g.format)
             r = validate_graph(runner, eager32, eager64, batch, theta0)
             r.update(details[g.file])
+            rows[g.file] = r
+            r["buckets"] = {}
+            for length in g.lengths[:-1]:  # the same checks on the batch's last `length` tokens
+                short = validate_graph(runner, eager32, eager64, last_tokens(batch, length), theta0)
+                r["buckets"][str(length)] = short
+                rows[f"{g.file} @{length}"] = short
+                r["passed"] = r["passed"] and short["passed"]
             results[g.file] = r
             if not r["passed"]:
                 failed.append(g.file)
         validation["graphs"] = results
-        validation["table"] = format_table(results)
+        validation["table"] = format_table(rows)
         validation["passed"] = not failed
         progress.done("validate")
         log.debug("validation:\n%s", validation["table"])

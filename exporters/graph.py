@@ -45,7 +45,16 @@ def example_inputs(
     return (ids, mask, labels, *(theta[n].contiguous() for n in layout.names))
 
 
-def export_program(wrapper: ThetaInputs, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-    """torch.export with static shapes (the device feeds fixed batch × seq_len) and non-strict tracing."""
+def export_program(
+    wrapper: ThetaInputs, args: tuple[torch.Tensor, ...], min_seq_len: int | None = None
+) -> torch.export.ExportedProgram:
+    """torch.export with non-strict tracing; static shapes (the device feeds fixed batch × seq_len) unless
+    ``min_seq_len`` is given: then the sequence dimension of the ids and the mask is dynamic in [min_seq_len, the
+    traced length] (length buckets: one program, memory planned for the longest)."""
+    dynamic_shapes = None
+    seq_len = args[0].shape[1]
+    if min_seq_len is not None and min_seq_len < seq_len:
+        seq = torch.export.Dim("seq", min=min_seq_len, max=seq_len)
+        dynamic_shapes = ({1: seq}, {1: seq}, None, tuple(None for _ in args[3:]))
     with torch.no_grad():
-        return torch.export.export(wrapper, args, strict=False)
+        return torch.export.export(wrapper, args, dynamic_shapes=dynamic_shapes, strict=False)

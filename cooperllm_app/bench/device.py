@@ -10,6 +10,7 @@ the loss (rows must agree), and ratios against a speed and a memory reference ro
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -48,9 +49,16 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
         required=True,
         metavar="LABEL=DIR[@BACKEND]",
         help=f"a table row: artifact folder and backend ({', '.join(BACKENDS)}; default: the manifest's default, "
-        "native for .pte); repeat for each row, in display order",
+        "native for .pte), and the length bucket to run the batch at (default: the smallest that holds it); repeat "
+        "for each row, in display order",
     )
     p.add_argument("--data", help="TSV whose first rows form the batch (default ../shared/data/sst2/dev.tsv)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="build the batch from the first examples whose prompt has at most this many tokens (e.g. 32, to time "
+        "one batch in the 32 and the 64 bucket)",
+    )
     p.add_argument("--forwards", type=int, default=5, help="timed forward passes per row (default 5, median)")
     p.add_argument("--zo-steps", type=int, default=3, help="timed ZO steps per row (default 3)")
     p.add_argument("--threads", type=int, help="intra-op threads for every backend (default: the runtime's own)")
@@ -64,13 +72,16 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 def parse_row(spec: str) -> dict:
     label, sep, rest = spec.partition("=")
     if not sep or not label or not rest:
-        raise ValueError(f"--row must look like LABEL=DIR[@BACKEND], got {spec!r}")
+        raise ValueError(f"--row must look like LABEL=DIR[@BACKEND][:LENGTH], got {spec!r}")
+    rest, _, length = rest.partition(":")
+    if length and not length.isdigit():
+        raise ValueError(f"the length in --row {spec!r} must be a length bucket of its graph, got {length!r}")
     folder, _, backend = rest.partition("@")
     if backend and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} in --row {spec!r}; choose one of {', '.join(BACKENDS)}")
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"artifact folder {folder} (from --row {spec!r}) does not exist")
-    return {"label": label, "folder": folder, "backend": backend or None}
+    return {"label": label, "folder": folder, "backend": backend or None, "length": int(length) if length else None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"bench device: batch {batch}×{seq} from {data}, {args.forwards} forwards + {args.zo_steps} ZO steps per row")
     for r in tqdm(rows, desc="rows", unit="row"):
         cfg = {**r, "data": data, "forwards": args.forwards, "zo_steps": args.zo_steps, "threads": args.threads}
+        cfg["max_tokens"] = args.max_tokens
         r.update(_spawn(cfg, args.timeout))
     _print_table(rows, speed_ref, rss_ref)
     if args.json:
@@ -132,8 +144,8 @@ def _print_table(rows: list[dict], speed_ref: str, rss_ref: str) -> None:
     ref_ms = by[speed_ref].get("forward_ms")
     ref_rss = by[rss_ref].get("peak_rss_mb")
     head = (
-        f"{'artifact':<22} {'backend':<10} {'file MB':>8} {'load s':>7} {'fwd ms':>8} {'ZO st/s':>8} {'peak RSS':>9} "
-        f"{'loss':>9} {'fwd ×' + speed_ref:>14} {'RSS ×' + rss_ref:>16} {'torch':>6}"
+        f"{'artifact':<22} {'backend':<10} {'len':>4} {'file MB':>8} {'load s':>7} {'fwd ms':>8} {'ZO st/s':>8} "
+        f"{'peak RSS':>9} {'loss':>9} {'fwd ×' + speed_ref:>14} {'RSS ×' + rss_ref:>16} {'torch':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -145,7 +157,7 @@ def _print_table(rows: list[dict], speed_ref: str, rss_ref: str) -> None:
         fx = f"{r['forward_ms'] / ref_ms:.2f}×" if ref_ms else "-"
         rx = f"{r['peak_rss_mb'] / ref_rss:.2f}×" if ref_rss else "-"
         print(
-            f"{r['label']:<22} {r['backend']:<10} {mb:>8} {r['load_s']:>7.2f} {r['forward_ms']:>8.1f} "
+            f"{r['label']:<22} {r['backend']:<10} {r['length']:>4} {mb:>8} {r['load_s']:>7.2f} {r['forward_ms']:>8.1f} "
             f"{r['zo_steps_per_s']:>8.2f} {r['peak_rss_mb']:>8.0f}M {r['loss']:>9.5f} {fx:>14} {rx:>16} "
             f"{'yes' if r['torch_loaded'] else 'no':>6}"
         )
@@ -161,26 +173,31 @@ def worker(cfg: dict) -> dict:
     encoder = PromptEncoder(folder / manifest.tokenizer_file, manifest.task, backend.seq_len)
     data = load_dataset(cfg["data"], label_names=manifest.task.label_names)
     n = backend.batch_size
-    if len(data.texts) < n:
-        raise ValueError(f"{cfg['data']} has {len(data.texts)} rows, the batch needs {n}")
-    batch = encoder.encode(list(data.texts[:n]), np.asarray(data.labels[:n]))
+    limit = cfg.get("max_tokens") or backend.seq_len
+    chosen = [i for i, text in enumerate(data.texts) if len(encoder.encode_text(text)) <= limit][:n]
+    if len(chosen) < n:
+        raise ValueError(f"{cfg['data']} has {len(chosen)} rows of at most {limit} tokens, the batch needs {n}")
+    batch = encoder.encode([data.texts[i] for i in chosen], np.asarray(data.labels)[chosen])
+    length = cfg.get("length") or backend.length_for(batch)
+    run = functools.partial(_run_at, backend, length=length)
     theta = backend.initial_theta()
     for b in manifest.layout.blocks:
         theta[b.slice] += np.float32(THETA_SHIFT) * direction(7, b.index, b.size, Direction.ISO)
-    loss, _ = backend.run(batch, theta)  # warm-up (XNNPACK workspace, first-touch pages)
+    loss, _ = run(batch, theta)  # warm-up (XNNPACK workspace, first-touch pages)
     times = []
     for _ in range(cfg["forwards"]):
         t = time.perf_counter()
-        backend.run(batch, theta)
+        run(batch, theta)
         times.append((time.perf_counter() - t) * 1e3)
     steps_per_s = float("nan")
     if cfg["zo_steps"]:
-        engine = ZOEngine(theta.copy(), manifest.layout, backend.run, ZOConfig(lr=1e-4, eps=1e-3, seed=0))
+        engine = ZOEngine(theta.copy(), manifest.layout, run, ZOConfig(lr=1e-4, eps=1e-3, seed=0))
         t = time.perf_counter()
         for step in range(cfg["zo_steps"]):
             engine.update(engine.step(batch, step))
         steps_per_s = cfg["zo_steps"] / (time.perf_counter() - t)
     return {
+        "length": length,
         "load_s": load_s,
         "forward_ms": float(np.median(times)),
         "forward_ms_all": times,
@@ -189,6 +206,10 @@ def worker(cfg: dict) -> dict:
         "peak_rss_mb": maxrss_mb(),
         "torch_loaded": "torch" in sys.modules,
     }
+
+
+def _run_at(backend, batch, theta, length: int):
+    return backend.run_at(batch, theta, length)
 
 
 def main(argv: list[str]) -> int:

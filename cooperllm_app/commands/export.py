@@ -46,6 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the GGUF whose 4-bit blocks --quant gguf-q4 keeps (default: the default model's, or the one .gguf in "
         "the model folder)",
     )
+    p.add_argument(
+        "--seq-buckets",
+        help="comma-separated length buckets up to --seq-len, e.g. 32,64: one program with a dynamic sequence "
+        "length, which a device runs at the smallest bucket holding each batch (default: --seq-len only)",
+    )
     p.add_argument("--no-embedding-quant", action="store_true", help="keep the embedding table fp32 under int8/int4")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
@@ -69,6 +74,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="write the manifest even when a check fails")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _buckets(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ExportError(f"--seq-buckets takes comma-separated integers, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             quantize_embeddings=not args.no_embedding_quant,
             validation_texts=texts,
             gguf=args.gguf,
+            seq_buckets=_buckets(args.seq_buckets),
         )
     except ExportError as exc:
         return fail(exc, 1)

@@ -24,6 +24,7 @@ class EagerBackend(GraphBackend):
 
         self._forward = forward_at
         self.batch_size, self.seq_len = batch_size, seq_len
+        self.lengths = (seq_len,)  # eager runs any length; the reference keeps the artifact's full one
         lm = load_causal_lm(resolve_model(model_dir))
         encoder = PromptEncoder.for_artifacts(folder, manifest)
         self.module, layout = build_task_model(lm, encoder, manifest.adapter)

@@ -83,6 +83,14 @@ def _declare(lib: ctypes.CDLL) -> None:
         ctypes.c_int,
         *c_err,
     )
+    lib.cl_runner_run_shaped.argtypes = (
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.POINTER(ctypes.c_uint64),
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.c_int,
+        *c_err,
+    )
     lib.cl_runner_num_outputs.argtypes = (ctypes.c_void_p,)
     lib.cl_runner_output_f32.argtypes = (
         ctypes.c_void_p,
@@ -153,12 +161,20 @@ class NativeRunner:
         arrays = []
         for i, (a, (dtype, shape)) in enumerate(zip(inputs, self.input_specs, strict=True)):
             a = np.asarray(a)
-            if a.dtype != dtype or a.shape != shape:
-                raise NativeRunnerError(f"input {i} must be {dtype} {shape}, got {a.dtype} {a.shape}")
+            # a size below the planned one is for a program with a dynamic dimension (length buckets); the runtime
+            # refuses it on a static program, with its own message
+            if (
+                a.dtype != dtype
+                or a.ndim != len(shape)
+                or any(got > most for got, most in zip(a.shape, shape, strict=True))
+            ):
+                raise NativeRunnerError(f"input {i} must be {dtype} {shape} (or smaller), got {a.dtype} {a.shape}")
             arrays.append(np.ascontiguousarray(a))  # kept alive until the call returns
         ptrs = (ctypes.c_void_p * n)(*(a.ctypes.data for a in arrays))
-        sizes = (ctypes.c_uint64 * n)(*(a.nbytes for a in arrays))
-        if self._lib.cl_runner_run(self._handle, ptrs, sizes, n, self._err, _ERR_LEN) != 0:
+        nbytes = (ctypes.c_uint64 * n)(*(a.nbytes for a in arrays))
+        dims = [d for a in arrays for d in a.shape]
+        sizes = (ctypes.c_int64 * max(len(dims), 1))(*dims)
+        if self._lib.cl_runner_run_shaped(self._handle, ptrs, nbytes, sizes, n, self._err, _ERR_LEN) != 0:
             raise NativeRunnerError(f"{self.path.name}: {self._err.value.decode(errors='replace')}")
         return [self._output(k) for k in range(self._lib.cl_runner_num_outputs(self._handle))]
 

@@ -78,7 +78,6 @@ struct InputSlot {
   size_t nbytes;
   std::vector<TensorImpl::SizesType> sizes;
   std::vector<TensorImpl::DimOrderType> dim_order;
-  std::vector<TensorImpl::StridesType> strides;
 };
 
 }  // namespace
@@ -143,11 +142,6 @@ int cl_runner_load(const char* path, int mmap, cl_runner** out, char* err, size_
     slot.nbytes = info->nbytes();
     for (auto s : info->sizes()) slot.sizes.push_back(static_cast<TensorImpl::SizesType>(s));
     for (auto d : info->dim_order()) slot.dim_order.push_back(static_cast<TensorImpl::DimOrderType>(d));
-    const size_t dim = slot.sizes.size();
-    slot.strides.assign(dim, 1);
-    for (size_t k = dim; k-- > 1;) {  // contiguous strides (dim order is checked to be the identity below)
-      slot.strides[k - 1] = slot.strides[k] * slot.sizes[k];
-    }
     for (size_t k = 0; k < slot.dim_order.size(); ++k) {
       if (slot.dim_order[k] != k) {
         return fail(err, err_len, kLoadFailed, "input " + std::to_string(i) + " is not contiguous (dim order)");
@@ -171,8 +165,20 @@ int cl_runner_input_info(const cl_runner* r, int index, int* dtype, int* ndim, i
   return kOk;
 }
 
-// Runs forward on n caller buffers (data[i] holding nbytes[i] bytes, in the program's input order).
+int cl_runner_run_shaped(cl_runner* r, const void* const* data, const uint64_t* nbytes, const int64_t* sizes, int n,
+                         char* err, size_t err_len);
+
+// Runs forward on n caller buffers (data[i] holding nbytes[i] bytes, in the program's input order), each of the
+// shape the program was planned for.
 int cl_runner_run(cl_runner* r, const void* const* data, const uint64_t* nbytes, int n, char* err, size_t err_len) {
+  return cl_runner_run_shaped(r, data, nbytes, nullptr, n, err, err_len);
+}
+
+// As cl_runner_run, with each input's sizes given (sizes: the inputs' dims concatenated in input order, each input
+// of its planned rank; NULL: the planned sizes). A program exported with a dynamic dimension (length buckets) takes
+// any size up to the planned one there; ExecuTorch refuses a size it cannot take, and the error says so.
+int cl_runner_run_shaped(cl_runner* r, const void* const* data, const uint64_t* nbytes, const int64_t* sizes, int n,
+                         char* err, size_t err_len) {
   if (r == nullptr || (n > 0 && (data == nullptr || nbytes == nullptr))) {
     return fail(err, err_len, kBadArgument, "null runner or input arrays");
   }
@@ -181,18 +187,41 @@ int cl_runner_run(cl_runner* r, const void* const* data, const uint64_t* nbytes,
     return fail(err, err_len, kBadArgument,
                 "program takes " + std::to_string(r->inputs.size()) + " inputs, got " + std::to_string(n));
   }
-  // TensorImpls must outlive execute(): planned inputs are copied in set_input, unplanned ones are used in place.
+  // TensorImpls (and the sizes and strides they point at) must outlive execute(): planned inputs are copied in
+  // set_input, unplanned ones are used in place.
   std::vector<std::unique_ptr<TensorImpl>> impls;
+  std::vector<std::vector<TensorImpl::SizesType>> all_sizes(n);
+  std::vector<std::vector<TensorImpl::StridesType>> all_strides(n);
   impls.reserve(n);
+  size_t offset = 0;
   for (int i = 0; i < n; ++i) {
     InputSlot& s = r->inputs[i];
-    if (data[i] == nullptr || nbytes[i] != s.nbytes) {
+    const size_t dim = s.sizes.size();
+    std::vector<TensorImpl::SizesType>& shape = all_sizes[i];
+    size_t planned = 1;
+    for (auto size : s.sizes) planned *= static_cast<size_t>(size);
+    size_t expected = planned == 0 ? 0 : s.nbytes / planned;  // the element size, times the sizes below
+    for (size_t k = 0; k < dim; ++k) {
+      const int64_t size = sizes == nullptr ? s.sizes[k] : sizes[offset + k];
+      if (size < 0 || size > s.sizes[k]) {
+        return fail(err, err_len, kBadArgument,
+                    "input " + std::to_string(i) + " dim " + std::to_string(k) + " is " + std::to_string(size) +
+                        ", more than the planned " + std::to_string(s.sizes[k]));
+      }
+      shape.push_back(static_cast<TensorImpl::SizesType>(size));
+      expected *= static_cast<size_t>(size);
+    }
+    offset += dim;
+    std::vector<TensorImpl::StridesType>& strides = all_strides[i];
+    strides.assign(dim, 1);
+    for (size_t k = dim; k-- > 1;) strides[k - 1] = strides[k] * shape[k];
+    if (data[i] == nullptr || nbytes[i] != expected) {
       return fail(err, err_len, kBadArgument,
-                  "input " + std::to_string(i) + " needs " + std::to_string(s.nbytes) + " bytes, got " +
+                  "input " + std::to_string(i) + " needs " + std::to_string(expected) + " bytes, got " +
                       (data[i] == nullptr ? std::string("a null pointer") : std::to_string(nbytes[i])));
     }
-    impls.push_back(std::make_unique<TensorImpl>(s.dtype, static_cast<ssize_t>(s.sizes.size()), s.sizes.data(),
-                                                 const_cast<void*>(data[i]), s.dim_order.data(), s.strides.data()));
+    impls.push_back(std::make_unique<TensorImpl>(s.dtype, static_cast<ssize_t>(dim), shape.data(),
+                                                 const_cast<void*>(data[i]), s.dim_order.data(), strides.data()));
     Error e = r->module->set_input("forward", EValue(Tensor(impls.back().get())), static_cast<size_t>(i));
     if (e != Error::Ok) {
       return fail(err, err_len, kBadArgument, "set_input " + std::to_string(i) + " failed: " + describe(e));

@@ -120,8 +120,11 @@ def test_bad_inputs_are_clear_errors(tiny_ptes):
     with pytest.raises(NativeRunnerError, match="input 0 must be int64"):
         runner(bad)
     bad = list(inputs)
-    bad[3] = bad[3][:1]
+    bad[3] = np.concatenate([bad[3], bad[3]])
     with pytest.raises(NativeRunnerError, match="input 3 must be float32"):
+        runner(bad)
+    bad[3] = inputs[3][:1]  # smaller than planned: only a program with a dynamic dimension takes it
+    with pytest.raises(NativeRunnerError, match="set_input 3 failed"):
         runner(bad)
     runner.close()
     with pytest.raises(NativeRunnerError, match="closed"):
