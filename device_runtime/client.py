@@ -132,7 +132,8 @@ class DeviceClient:
         self.cfg = cfg
         self.transfers = transfers or Transfers()
         self.stats = ClientStats()
-        self.schedule = BatchSchedule(data, session.backend.batch_size, cfg.data_seed)
+        backend = session.backend  # a graph with length buckets gets batches of similar lengths
+        self.schedule = BatchSchedule(data, backend.batch_size, cfg.data_seed, by_length=len(backend.lengths) > 1)
         self.state = load_state(self.state_dir, self.layout) or DeviceState(
             theta=session.backend.initial_theta(), artifact=session.backend.artifact_id()
         )

@@ -103,7 +103,8 @@ def train(
         state = DeviceState(theta=backend.initial_theta(), artifact=backend.artifact_id(), fingerprint=fp)
     resumed_from = state.step
     engine = ZOEngine(state.theta, layout, backend.run, cfg.zo)
-    schedule = BatchSchedule(train_data, backend.batch_size, cfg.data_seed)
+    # a graph with length buckets gets batches of similar lengths (each then runs in the smallest bucket holding it)
+    schedule = BatchSchedule(train_data, backend.batch_size, cfg.data_seed, by_length=len(backend.lengths) > 1)
     losses: list[tuple[int, float]] = []
     evals: list[tuple[int, EvalResult]] = []
     skipped = 0

@@ -13,8 +13,9 @@ import pytest
 
 from cooperllm.manifest import read_manifest
 from cooperllm.tasks import TaskSpec
-from cooperllm.tokenization import PromptEncoder, last_tokens
+from cooperllm.tokenization import PromptEncoder, TokenizedCorpus, last_tokens
 from device_runtime.backends import open_backend
+from device_runtime.batches import BatchSchedule
 from exporters import ExportError, export_artifacts
 
 BATCH, SEQ, BUCKETS = 4, 32, (16, 32)
@@ -104,3 +105,27 @@ def test_bench_device_times_one_batch_in_each_bucket(bucketed):
     assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], abs=1e-5)  # the same batch, padding masked
     bad = subprocess.run([*cmd[:-5], "--row", f"x={pte}:8"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "8 does not hold this batch" in bad.stdout
+
+
+def corpus_of_lengths(lengths: np.ndarray) -> TokenizedCorpus:
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.arange(1, offsets[-1] + 1, dtype=np.int32) % 500 + 1
+    return TokenizedCorpus(ids, offsets, np.arange(len(lengths)) % 2, 64, 0)
+
+
+def test_batches_by_length_keep_each_example_once_an_epoch_and_group_similar_lengths():
+    lengths = np.random.default_rng(0).integers(4, 64, 1003)
+    corpus = corpus_of_lengths(lengths)
+    plain, grouped = BatchSchedule(corpus, 8, seed=3), BatchSchedule(corpus, 8, seed=3, by_length=True)
+    epoch = [grouped.indices(t) for t in range(grouped.per_epoch)]
+    seen = np.concatenate(epoch)
+    assert len(seen) == len(set(seen.tolist())) == grouped.per_epoch * 8  # once each (the tail skipped, as plain)
+    assert set(seen.tolist()) == set(np.concatenate([plain.indices(t) for t in range(plain.per_epoch)]).tolist())
+    again = BatchSchedule(corpus, 8, seed=3, by_length=True)  # stateless: a resumed run draws the same batches
+    assert all(np.array_equal(again.indices(t), epoch[t]) for t in (0, 57, grouped.per_epoch - 1))
+
+    def spread(schedule):
+        return np.mean([np.ptp(lengths[schedule.indices(t)]) for t in range(schedule.per_epoch)])
+
+    assert spread(grouped) < spread(plain) / 5
+    assert not np.array_equal(grouped.indices(grouped.per_epoch), epoch[0])  # a new epoch, new batches
