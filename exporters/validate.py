@@ -115,8 +115,9 @@ def format_table(results: dict[str, dict]) -> str:
         p = r["parity"]
         deleg = r.get("delegation")
         deleg_s = f"{deleg['delegated_ops']}/{deleg['delegated_ops'] + deleg['non_delegated_ops']}" if deleg else "-"
+        mb = f"{r['file_mb']:.1f}" if "file_mb" in r else "-"  # a bucket's row: the same file as its graph's
         lines.append(
-            f"{name:<26} {r.get('file_mb', 0):>8.1f} {p['loss']:>10.5f} {p['abs_diff']:>10.2e} "
+            f"{name:<26} {mb:>8} {p['loss']:>10.5f} {p['abs_diff']:>10.2e} "
             f"{p['max_logit_diff']:>11.2e} "
             + " ".join(f"{max_rel_err(r, e) * 100:>9.3f}%" for e in eps_cols)
             + f" {deleg_s:>10} {'PASS' if r['passed'] else 'FAIL':>7}"
