@@ -317,7 +317,8 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
     args = tuple(torch.from_numpy(a) for a in graph_inputs(batch, theta0, layout))
     wrapper = ThetaInputs(module, layout.names)
     try:
-        program = export_program(wrapper, args, min(job.seq_buckets, default=None))
+        min_seq_len = min(job.seq_buckets, default=None)  # None: a static graph
+        program = export_program(wrapper, args, min_seq_len)
     except Exception as exc:  # torch.export's failures are many types; each names what it could not trace
         raise ExportError(
             f"torch.export cannot trace this model (model_type {family!r}): {type(exc).__name__}: {exc}"
@@ -335,7 +336,7 @@ def _export(job: _Job, progress: _Progress) -> Manifest:
             graphs.append(GraphSpec(name, "onnx", "ort", job.batch_size, job.seq_len, seq_buckets=job.seq_buckets))
         else:
             # to_edge consumes the program; re-export so a later ONNX export (if any) sees a fresh one
-            prog = program if fmt == job.fmts[-1] else export_program(wrapper, args, min(job.seq_buckets, default=None))
+            prog = program if fmt == job.fmts[-1] else export_program(wrapper, args, min_seq_len)
             delegation = to_pte(prog, job.backend, job.out / name, dynamic_weights=job.scheme != "none")
             details[name] = {"delegation": delegation} if job.backend.startswith("xnnpack") else {}
             graphs.append(GraphSpec(name, "pte", job.backend, job.batch_size, job.seq_len, seq_buckets=job.seq_buckets))

@@ -1,11 +1,12 @@
 """``--quant gguf-q4``: the frozen weights kept in the source GGUF's own 4-bit blocks, not re-rounded.
 
 Why: the default model ships as a Q4_1 GGUF. Re-quantizing its (already rounded) weights onto another 4-bit grid cost
-+0.5 nats; reading the GGUF's blocks back is exact — the graph computes with precisely the weights the model was
-published with, at half the bytes of int8. A Q4_0/Q4_1 block holds 32 weights as 4-bit codes q with an fp16 scale d
-(and, for Q4_1, an fp16 minimum m): w = q·d + m (Q4_0: w = (q − 8)·d). The codes stay packed two per byte in the
-graph and are dequantized with plain float ops, as ``Int4Linear`` does; a Q8_0 embedding table (32 int8 codes and
-one fp16 scale per block) is gathered row by row and dequantized after the lookup.
++0.5 nats (issue #19's measurement); reading the GGUF's blocks back is exact — the graph computes with precisely the
+weights the model was published with, at 5/8 of int8's bytes per linear weight (0.5 for the codes, 0.125 for d, m).
+A Q4_0/Q4_1 block holds 32 weights as 4-bit codes q with an fp16 scale d (and, for Q4_1, an fp16 minimum m):
+w = q·d + m (Q4_0: w = (q − 8)·d). The codes stay packed two per byte in the graph and are dequantized with plain
+float ops, as ``Int4Linear`` does; a Q8_0 embedding table (32 int8 codes and one fp16 scale per block) is gathered
+row by row and dequantized after the lookup.
 
 llama.cpp stores a Llama model's q/k projections with their rows permuted (its rotary layout); they are permuted
 back here. Each GGUF tensor is checked against the model folder's weight before it replaces it: the folder must hold

@@ -30,11 +30,16 @@ def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(model_dir: Path, path: Path, linear: Q = Q.Q4_1, kinds: dict[str, Q] | None = None) -> None:
-    """``model_dir``'s weights as a GGUF: linears ``linear`` (per-name overrides in ``kinds``), token table Q8_0."""
+def llama_names(model_dir: Path):
+    """(head counts of the projections llama.cpp permutes, the HF → GGUF tensor name map) of a tiny Llama folder."""
     config = load_causal_lm(model_dir).config
     heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    return heads, gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+
+
+def write_gguf(model_dir: Path, path: Path, linear: Q = Q.Q4_1, kinds: dict[str, Q] | None = None) -> None:
+    """``model_dir``'s weights as a GGUF: linears ``linear`` (per-name overrides in ``kinds``), token table Q8_0."""
+    heads, names = llama_names(model_dir)
     writer = gguf.GGUFWriter(str(path), "llama")
     for name, tensor in load_file(model_dir / "model.safetensors").items():
         target = names.get_name(name, try_suffixes=(".weight",))
@@ -58,10 +63,7 @@ def write_gguf(model_dir: Path, path: Path, linear: Q = Q.Q4_1, kinds: dict[str,
 
 def convert_back(gguf_path: Path, model_dir: Path, out: Path) -> Path:
     """The model folder a GGUF converts to: ``model_dir``'s config and tokenizer, the GGUF's dequantized weights."""
-    config = load_causal_lm(model_dir).config
-    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    _, tensors = read_gguf(gguf_path)
+    heads, names = llama_names(model_dir)
     reader = {t.name: t for t in gguf.GGUFReader(gguf_path).tensors}
     state = {}
     for name, tensor in load_file(model_dir / "model.safetensors").items():

@@ -179,7 +179,7 @@ def worker(cfg: dict) -> dict:
         raise ValueError(f"{cfg['data']} has {len(chosen)} rows of at most {limit} tokens, the batch needs {n}")
     batch = encoder.encode([data.texts[i] for i in chosen], np.asarray(data.labels)[chosen])
     length = cfg.get("length") or backend.length_for(batch)
-    run = functools.partial(_run_at, backend, length=length)
+    run = functools.partial(backend.run_at, length=length)
     theta = backend.initial_theta()
     for b in manifest.layout.blocks:
         theta[b.slice] += np.float32(THETA_SHIFT) * direction(7, b.index, b.size, Direction.ISO)
@@ -206,10 +206,6 @@ def worker(cfg: dict) -> dict:
         "peak_rss_mb": maxrss_mb(),
         "torch_loaded": "torch" in sys.modules,
     }
-
-
-def _run_at(backend, batch, theta, length: int):
-    return backend.run_at(batch, theta, length)
 
 
 def main(argv: list[str]) -> int:
