@@ -32,10 +32,12 @@ from cooperllm.strategies import Upload, get_strategy
 from cooperllm.tasks import SST2_LABEL_NAMES
 from cooperllm.zgr import ALL_BLOCKS
 from cooperllm_app.simulation.attacker import ATTACKS
+from cooperllm_app.simulation.engines import ENGINES
 
 CONFIG_FILE = "config.json"
-# Options that change how fast a run goes, not what it computes: a resumed run may use other values.
-_FREE_ON_RESUME = ("workers", "command")
+# Options that change how fast a run goes, not what it computes: a resumed run uses this start's values.
+_HOW_FAST = ("workers", "engine", "ray_address", "ray_memory_mb")
+_FREE_ON_RESUME = (*_HOW_FAST, "command")
 
 # Where the simulation's default for a RunConfig field is not RunConfig's, on purpose. Every other shared field
 # defaults to RunConfig's value (tests/test_config_options.py holds every command to this).
@@ -126,7 +128,18 @@ class SimConfig:
         "arm); docs/SECURITY.md",
         choices=ATTACKS,
     )
-    workers: int | None = config_field(None, help="device worker processes", unset="min(K, CPU cores)")
+    workers: int | None = config_field(None, help="device workers (processes or Ray actors)", unset="min(K, CPU cores)")
+    engine: str = config_field(
+        "process",
+        help="where the device workers run: processes on this machine, or Ray actors (docs/SIMULATION.md)",
+        choices=ENGINES,
+    )
+    ray_address: str | None = config_field(
+        None, help="--engine ray: join this Ray cluster (HOST:PORT)", unset="a local Ray instance"
+    )
+    ray_memory_mb: int | None = config_field(
+        None, help="--engine ray: memory each device worker asks Ray for, MB", unset="no request"
+    )
     command: str = ""  # the command line that asked for this run (recorded, not an option)
 
     def resolved(self) -> SimConfig:
@@ -160,6 +173,13 @@ class SimConfig:
             raise ValueError("rounds, local steps and eval-every must be >= 1")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine != "ray" and (self.ray_address or self.ray_memory_mb):
+            raise ValueError("--ray-address and --ray-memory-mb are options of --engine ray")
+        # above ~8.7e8 MB Ray's fixed-point resource count overflows and the request is silently granted anywhere
+        if self.ray_memory_mb is not None and not 1 <= self.ray_memory_mb <= 10**8:
+            raise ValueError(f"--ray-memory-mb must be between 1 and 1e8, got {self.ray_memory_mb}")
         if self.guidance_codec not in ("dtc", "plain"):
             raise ValueError(f"guidance codec must be dtc or plain, got {self.guidance_codec!r}")
         if self.adapter_download not in ("delta", "full"):
@@ -295,5 +315,6 @@ def save_or_check_config(run_dir: Path, cfg: SimConfig) -> SimConfig:
         raise ValueError(
             f"{run_dir} holds another simulation ({shown}); resume with the same options or use a new --out"
         )
-    old.workers = cfg.workers
+    for name in _HOW_FAST:
+        setattr(old, name, getattr(cfg, name))
     return old

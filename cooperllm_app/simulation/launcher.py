@@ -190,6 +190,13 @@ ADMIN_TIMEOUT_S = 600.0
 # --- workers --------------------------------------------------------------------------------------------------------
 
 
+def answer_of(worker: str, msg: dict) -> dict:
+    """A worker's message about a task (``worker.serve``) → the task's result; a failed task → SimulationError."""
+    if not msg.get("ok"):
+        raise SimulationError(f"{worker}: {msg.get('error')}")
+    return msg["result"]
+
+
 class Worker:
     """One worker process (``python -m cooperllm_app.simulation.worker``): a device host or the evaluator."""
 
@@ -259,9 +266,7 @@ class Worker:
         """A result message → its result; a failure or EOF → SimulationError."""
         if msg is None:
             raise self._died()
-        if not msg.get("ok"):
-            raise SimulationError(f"worker {self.name}: {msg.get('error')}")
-        return msg["result"]
+        return answer_of(f"worker {self.name}", msg)
 
     def call(self, task: dict, alive=lambda: None, poll_s: float = 1.0) -> dict:
         """Submit one task and wait for its answer; ``alive()`` is called while waiting (raises to abort)."""

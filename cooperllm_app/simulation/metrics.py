@@ -60,6 +60,18 @@ def evaluation_of(line: dict | None) -> EvalResult | None:
     return EvalResult(float(line["accuracy"]), float(line["loss"]), n, bits.astype(bool))
 
 
+STRAGGLER_FACTOR = 2.0
+
+
+def stragglers(seconds: dict[int, float]) -> list[int]:
+    """The round's devices that took more than STRAGGLER_FACTOR times the median device's time: the ones a round
+    that closes on all K waits for (a deadline or quorum below K would close without them)."""
+    if not seconds:
+        return []
+    median = float(np.median(list(seconds.values())))
+    return sorted(d for d, s in seconds.items() if s > STRAGGLER_FACTOR * median)
+
+
 def mean_of(values: list[float | None]) -> float | None:
     """Mean of the known values (None where nothing was recorded)."""
     known = [v for v in values if v is not None]
@@ -172,6 +184,8 @@ def round_line(
         "round_s": round(round_s, 3),
         "wall_s": round(prev_wall + round_s, 3),
         "device_s_mean": round(sum(r["seconds"] for r in results.values()) / n, 3) if n else None,
+        "devices_done": len(results),
+        "stragglers": stragglers({d: r["seconds"] for d, r in results.items()}),
         "device_peak_rss_mb": max((r["peak_rss_mb"] for r in results.values()), default=None),
         "device_torch": any(r.get("torch_loaded") for r in results.values()),
         "reports": summary.n_reports,

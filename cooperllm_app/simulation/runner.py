@@ -25,7 +25,8 @@ from cooperllm.manifest import read_manifest
 from cooperllm.protocol import RoundSummary, RunConfig, RunInfo
 from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm_app.simulation.config import SimConfig, command_line, save_or_check_config
-from cooperllm_app.simulation.launcher import Cloud, SimulationError, Worker, WorkerPool, start_cloud
+from cooperllm_app.simulation.engines import DeviceEngine, start_engine
+from cooperllm_app.simulation.launcher import Cloud, SimulationError, Worker, start_cloud
 from cooperllm_app.simulation.metrics import RunRecord, fmt_bytes, round_line
 from cooperllm_app.simulation.resume import (
     RunLock,
@@ -34,6 +35,7 @@ from cooperllm_app.simulation.resume import (
     public_data_file,
     select_devices,
 )
+from device_runtime.budget import peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,9 @@ class _Simulation:
             restarted,
         )
         self.cloud: Cloud | None = None
-        self.workers: list[Worker] = []
+        self.engine: DeviceEngine | None = None
         self.evaluator: Worker | None = None
-        self.pool: WorkerPool | None = None
+        self.bar: tqdm | None = None  # the rounds' progress bar, while they run
         self._enrolled: dict[str, dict] | None = None  # _enrolments(), read or issued once per start
 
     # --- set-up ---------------------------------------------------------------------------------------------------
@@ -111,27 +113,29 @@ class _Simulation:
             keep_fds=self.keep_fds,
         )
         threads = max(1, cpus // cfg.workers)
-        self.workers = [
-            Worker(f"device-worker-{i}", self.run_dir, "device", threads, self.keep_fds) for i in range(cfg.workers)
-        ]
+        self.engine = start_engine(
+            cfg.engine, self.run_dir, cfg.workers, threads, self.keep_fds, cfg.ray_address, cfg.ray_memory_mb
+        )
         self.evaluator = Worker("evaluator", self.run_dir, "eval", cpus, self.keep_fds)
         self.cloud.wait_ready(offset)
-        for w in [*self.workers, self.evaluator]:
-            w.wait_ready()
-        self.pool = WorkerPool(self.workers)
+        self.engine.wait_ready()
+        self.evaluator.wait_ready()
         log.info(
-            "cloud at %s; %d device workers (%d threads each), evaluator ready",
+            "cloud at %s; %d device workers on the %s engine (%d threads each), evaluator ready",
             self.cloud.url,
-            len(self.workers),
+            cfg.workers,
+            cfg.engine,
             threads,
         )
 
     def _stop(self, record: RunRecord | None = None) -> None:
-        for w in [*self.workers, *([self.evaluator] if self.evaluator else [])]:
-            w.stop()
-        if self.pool is not None and record is not None:  # rounds devices finished while we were stopping
-            for result in self.pool.drain():
-                record.add_device_result(result)
+        if self.engine is not None:
+            self.engine.stop()
+            if record is not None:  # rounds devices finished while we were stopping
+                for result in self.engine.drain():
+                    record.add_device_result(result)
+        if self.evaluator is not None:
+            self.evaluator.stop()
         if self.cloud is not None:
             self.cloud.stop()
 
@@ -236,7 +240,7 @@ class _Simulation:
             ev = self._evaluate(token, 0, first.theta_checksum, cfg.final_eval_limit)
             record.add_line({"kind": "baseline", **ev})
             say(f"before training: accuracy {ev['accuracy'] * 100:.2f} %, loss {ev['loss']:.4f} ({ev['n_eval']} test)")
-        bar = tqdm(
+        bar = self.bar = tqdm(
             total=cfg.rounds,
             initial=len(done),
             desc=f"simulate {cfg.strategy}",
@@ -257,9 +261,27 @@ class _Simulation:
                 say(describe_round(line))
         finally:
             bar.close()
+            self.bar = None
         last = self._summary(admin, run.run_id, cfg.rounds - 1, wait_closed=True)
         self._save_adapter(token, cfg.rounds, last.theta_checksum_after)
         return SimulationResult(self.run_dir, cfg, record.baseline, record.rounds, resumed_at, cfg.rounds - len(done))
+
+    def _host_peaks(self) -> dict[str, float | None]:
+        """Peak RSS (VmHWM) of the processes on this machine besides the device workers (whose peaks come with
+        their results): the cloud, the evaluator and this simulation process. Memory that grew with N would show
+        here (docs/SIMULATION.md)."""
+
+        def peak(pid: int | str) -> float | None:
+            try:
+                return round(peak_rss_mb(pid), 1)
+            except OSError:  # the process is gone, or this is not Linux
+                return None
+
+        return {
+            "cloud": peak(self.cloud.proc.pid),
+            "evaluator": peak(self.evaluator.proc.pid),
+            "simulation": peak("self"),
+        }
 
     def _save_adapter(self, token: str, version: int, checksum: str | None) -> None:
         """The run's final θ as ``RUN_DIR/adapter.safetensors``: what ``cooperllm predict --adapter`` loads."""
@@ -285,8 +307,10 @@ class _Simulation:
                 | {"enrolment": enrolled[str(d)]}
                 for d in devices
             ]
-            for _, result in self.pool.run(tasks, alive=self._alive):
+            for done, (_, result) in enumerate(self.engine.run(tasks, alive=self._alive), 1):
                 record.add_device_result(result)
+                if self.bar is not None:
+                    self.bar.set_postfix_str(f"round {r}: devices {done}/{len(tasks)}")
             summary = self._summary(admin, run_id, r, wait_closed=True)
         round_s = time.monotonic() - t0
         evaluation = None
@@ -295,6 +319,10 @@ class _Simulation:
             limit = cfg.final_eval_limit if last else cfg.eval_limit
             evaluation = self._evaluate(token, r + 1, summary.theta_checksum_after, limit)
         line = round_line(r, devices, record.device_results(r), summary, evaluation, round_s, record.last(), resumed)
+        line.update(
+            device_steps_per_s=round(line["devices_done"] * cfg.local_steps / round_s, 3) if round_s else None,
+            host_peak_rss_mb=self._host_peaks(),
+        )
         record.add_line(line)
         return line
 
@@ -303,8 +331,15 @@ def describe_round(line: dict) -> str:
     acc = "" if line["accuracy"] is None else f"accuracy {line['accuracy'] * 100:6.2f} %  loss {line['loss']:.4f}  "
     lam = "" if line["lam"] is None else f"  λ {line['lam']:.3f}"
     bits = "" if line["guidance_bits"] is None else f"  guidance {line['guidance_bits']:.2f} bits/value"
+    devices = ""
+    if line["devices"]:
+        late = len(line["stragglers"])
+        devices = (
+            f"devices {line['devices_done']}/{len(line['devices'])}, {late} straggler{'s' * (late != 1)}, "
+            f"{line['device_steps_per_s'] or 0:.2f} device-steps/s | "
+        )
     return (
-        f"round {line['round']:>3}: {acc}| per device up {fmt_bytes(line['bytes_up_mean'])} "
+        f"round {line['round']:>3}: {acc}| {devices}per device up {fmt_bytes(line['bytes_up_mean'])} "
         f"down {fmt_bytes(line['bytes_down_mean'])} | {line['round_s']:.1f} s  peak RSS {line['device_peak_rss_mb']} MB"
         f"{lam}{bits}"
     )

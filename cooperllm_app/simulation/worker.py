@@ -234,6 +234,26 @@ class Evaluator:
         }
 
 
+def open_host(run_dir: Path, role: str, threads: int) -> DeviceHost | Evaluator:
+    """The host a worker runs tasks on (a process of the process engine, or a Ray actor): the run folder's config,
+    the graph opened once."""
+    cfg = load_config(run_dir)
+    if cfg is None:
+        raise FileNotFoundError(f"{run_dir}: no simulation config")
+    return (DeviceHost if role == "device" else Evaluator)(cfg, run_dir, threads)
+
+
+def serve(host: DeviceHost | Evaluator, task: dict) -> dict:
+    """One task's message: ``{"ok": True, "result": ...}``, or ``{"ok": False, "error": ...}`` for a task that failed
+    (the simulation stops with its message; the worker lives on)."""
+    try:
+        return {"ok": True, "result": host.run(task)}
+    except Exception as exc:
+        what = {k: task.get(k) for k in ("op", "round", "device", "version")}  # not the secrets it carries
+        log.exception("task %s failed", what)
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cooperllm_app.simulation.worker")
     p.add_argument("--run-dir", required=True)
@@ -242,21 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     proto = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol keeps the real stdout ...
     os.dup2(2, 1)  # ... and everything else printed (native runner, libraries) goes to the log
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "device_runtime.transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_logging()
 
     def send(obj: dict) -> None:
         proto.write(json.dumps(obj) + "\n")
 
-    run_dir = Path(args.run_dir)
     try:
-        cfg = load_config(run_dir)
-        if cfg is None:
-            raise FileNotFoundError(f"{run_dir}: no simulation config")
         t0 = time.perf_counter()
-        role = DeviceHost if args.role == "device" else Evaluator
-        host = role(cfg, run_dir, args.threads)
+        host = open_host(Path(args.run_dir), args.role, args.threads)
     except Exception as exc:
         log.exception("worker failed to start")
         send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
@@ -264,15 +277,24 @@ def main(argv: list[str] | None = None) -> int:
 
     send({"ready": True, "load_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)})
     for line in sys.stdin:
-        task: dict = {}
         try:
             task = json.loads(line)
-            send({"ok": True, "result": host.run(task)})
-        except Exception as exc:  # reported to the simulation, which stops with this message
-            what = {k: task.get(k) for k in ("op", "round", "device", "version")}  # not the secrets it carries
-            log.exception("task %s failed", what)
-            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        except json.JSONDecodeError as exc:
+            send({"ok": False, "error": f"not a task line: {exc}"})
+            continue
+        send(serve(host, task))
     return 0
+
+
+def quiet_logging(handler: logging.Handler | None = None) -> None:
+    """A worker's log: INFO from the project, the HTTP client's and the transfers' per-request lines left out."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        **({} if handler is None else {"handlers": [handler], "force": True}),  # a Ray actor's root has Ray's
+    )
+    for noisy in ("httpx", "device_runtime.transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":
