@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from cooperllm.console import add_log_level, run_parsed
-from cooperllm_app.bench import adapter, cloud, device, dtc, export, health, memory, perturb, pipeline
+from cooperllm_app.bench import adapter, cloud, device, dtc, export, health, memory, perturb, pipeline, simulation
 from cooperllm_app.commands import adapter as adapter_command
 from cooperllm_app.commands import admin, demo, link_proxy, predict, report, serve, simulate
 from cooperllm_app.commands import device as device_command
@@ -31,7 +31,7 @@ COMMANDS = (
     demo,
     link_proxy,
 )
-BENCHMARKS = (perturb, dtc, export, cloud, health, memory, pipeline, device, adapter)
+BENCHMARKS = (perturb, dtc, export, cloud, health, memory, pipeline, device, adapter, simulation)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ from cooperllm_app.simulation.engines import ENGINES
 
 CONFIG_FILE = "config.json"
 # Options that change how fast a run goes, not what it computes: a resumed run uses this start's values.
-_HOW_FAST = ("workers", "engine", "ray_address", "ray_memory_mb")
+_HOW_FAST = ("workers", "engine", "ray_address", "ray_memory_mb", "cloud_host")
 _FREE_ON_RESUME = (*_HOW_FAST, "command")
 
 # Where the simulation's default for a RunConfig field is not RunConfig's, on purpose. Every other shared field
@@ -137,6 +137,10 @@ class SimConfig:
     ray_address: str | None = config_field(
         None, help="--engine ray: join this Ray cluster (HOST:PORT)", unset="a local Ray instance"
     )
+    cloud_host: str = config_field(
+        "127.0.0.1",
+        help="address the simulation's cloud listens on: one every Ray node reaches, for a cluster of several nodes",
+    )
     ray_memory_mb: int | None = config_field(
         None, help="--engine ray: memory each device worker asks Ray for, MB", unset="no request"
     )
@@ -175,6 +179,8 @@ class SimConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.cloud_host in ("0.0.0.0", "::", ""):
+            raise ValueError(f"--cloud-host must be an address the devices can connect to, not {self.cloud_host!r}")
         if self.engine != "ray" and (self.ray_address or self.ray_memory_mb):
             raise ValueError("--ray-address and --ray-memory-mb are options of --engine ray")
         # above ~8.7e8 MB Ray's fixed-point resource count overflows and the request is silently granted anywhere

@@ -132,8 +132,9 @@ def start_cloud(
     guidance_codec: str,
     seed: int,
     keep_fds: tuple[int, ...] = (),
+    host: str = "127.0.0.1",
 ) -> tuple[Cloud, int]:
-    """Start ``cooperllm serve`` on 127.0.0.1 (any free port) with fresh secrets; returns it and the log offset
+    """Start ``cooperllm serve`` on ``host`` (any free port) with fresh secrets; returns it and the log offset
     from which to wait for readiness (``Cloud.wait_ready``)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     _seed_key_of_run(state_dir, seed)
@@ -158,7 +159,7 @@ def start_cloud(
         "--env",
         "production",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         "0",
         "--guidance-codec",

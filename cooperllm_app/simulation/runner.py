@@ -111,6 +111,7 @@ class _Simulation:
             guidance_codec=cfg.guidance_codec,
             seed=cfg.seed,
             keep_fds=self.keep_fds,
+            host=cfg.cloud_host,
         )
         threads = max(1, cpus // cfg.workers)
         self.engine = start_engine(

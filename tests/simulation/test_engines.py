@@ -3,6 +3,7 @@ gives the same θ every round whichever runs them; the round lines carry the fig
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -105,6 +106,8 @@ def test_ray_options_need_the_ray_engine(tiny_artifacts, tiny_model_dir):
         SimConfig(**_options(tiny_artifacts, tiny_model_dir), ray_address="127.0.0.1:6379").resolved()
     with pytest.raises(ValueError, match="engine must be one of process, ray"):
         SimConfig(**_options(tiny_artifacts, tiny_model_dir), engine="dask").resolved()
+    with pytest.raises(ValueError, match="an address the devices can connect to"):
+        SimConfig(**_options(tiny_artifacts, tiny_model_dir), cloud_host="0.0.0.0").resolved()
     with pytest.raises(ValueError, match="between 1 and 1e8"):
         SimConfig(**_options(tiny_artifacts, tiny_model_dir), engine="ray", ray_memory_mb=10**9).resolved()
 
@@ -113,3 +116,22 @@ def test_stragglers_are_the_devices_slower_than_twice_the_median():
     assert stragglers({}) == []
     assert stragglers({1: 1.0, 2: 1.1, 3: 0.9, 4: 2.5, 5: 2.1}) == [4]
     assert stragglers({7: 3.0}) == []
+
+
+@pytest.mark.integration
+def test_bench_simulation_measures_both_engines_at_two_population_sizes(tmp_path, tiny_artifacts, tiny_model_dir):
+    """``cooperllm bench simulation`` end to end at a small size (the local Ray instance it starts, both engines,
+    two N): every arm's figures and the ratios are there, and the engines agree on θ."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "cooperllm_app.cli", "bench", "simulation", "--artifacts", str(tiny_artifacts)]
+    cmd += ["--model", str(tiny_model_dir), "--clients", "8", "16", "--per-round", "4", "--rounds", "2"]
+    cmd += ["--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "device-steps/s, ray / process at N=16" in done.stdout
+    result = json.loads((out / "results.json").read_text())
+    for engine in ("process", "ray"):
+        assert sorted(result["arms"][engine]) == ["16", "8"]
+        assert all(a["device_steps_per_s"] > 0 for a in result["arms"][engine].values())
+        assert all(v > 0 for v in result["peak_ratio_largest_vs_smallest_n"][engine].values())
+    assert _checksums(out / "ray-n16") == _checksums(out / "process-n16")
