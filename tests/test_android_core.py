@@ -82,10 +82,10 @@ def run_java(build: Path, classes: list[str], props: dict[str, str] | None = Non
 
 def test_java_core_golden_zo_loop_and_outbox(java_build: Path) -> None:
     passed, failed, skipped, out = run_java(
-        java_build, ["GoldenTest", "ZoTest", "OutboxTest", "SafetensorsTest", "ClientTest"]
+        java_build, ["GoldenTest", "ZoTest", "OutboxTest", "SafetensorsTest", "ClientTest", "BucketTest"]
     )
     assert failed == 0 and skipped == 0, out
-    assert passed == 23, out
+    assert passed == 25, out
     for name in (
         "GoldenTest.roundReplaysMatchGoldenBitForBit",
         "GoldenTest.directionsMatchGolden",
@@ -327,7 +327,7 @@ def make_artifacts(folder: Path, tiny_model_dir: Path) -> dict:
         task=task,
         adapter=AdapterSpec(),
         layout=layout,
-        graphs=[GraphSpec("model.pte", "pte", "xnnpack", 8, 32)],
+        graphs=[GraphSpec("model.pte", "pte", "xnnpack", 8, 32, seq_buckets=(24, 28, 32))],
         input_names=[*DATA_INPUTS, *layout.names],
         output_names=list(OUTPUTS),
         label_token_ids=list(enc.label_token_ids),
@@ -343,6 +343,7 @@ def make_artifacts(folder: Path, tiny_model_dir: Path) -> dict:
         "n_blocks": len(layout.blocks),
         "input_names": manifest.input_names,
         "seq_len": 32,
+        "seq_buckets": [24, 28, 32],
         "manifest_sha256": sha256_file(folder / "manifest.json"),
         "graph_sha256": manifest.files["model.pte"],
         "theta0_sha256": theta_checksum(theta0),
@@ -431,21 +432,28 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
 
 
 @pytest.mark.integration
-def test_java_graph_inputs_run_the_real_pte(java_build: Path, export_tiny, sst2_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("buckets", [None, (24, 32)], ids=["fixed-length", "length-buckets"])
+def test_java_graph_inputs_run_the_real_pte(java_build: Path, export_tiny, sst2_dir: Path, tmp_path: Path, buckets):
     """The inputs the app builds (GraphInputs: order, shapes, int64/float32) for a real exported tiny .pte run through
-    ExecuTorch's runtime and give the same loss and logits as the Python device backend on the same batch and θ."""
+    ExecuTorch's runtime and give the same loss and logits as the Python device backend on the same batch and θ.
+    With length buckets (short sentences, so the batch fits the 24 bucket) the app picks the bucket the Python
+    backends pick and hands ExecuTorch the rows' last 24 positions."""
     import torch
     from executorch.runtime import Runtime
 
     art = tmp_path / "art"
-    export_tiny(art, formats=("pte",), quant="int8", batch_size=4, seq_len=32, validate=False)
+    export_tiny(art, formats=("pte",), quant="int8", batch_size=4, seq_len=32, seq_buckets=buckets, validate=False)
     sys.path.insert(0, str(ROOT / "android_demo" / "tools"))
     try:
         from prepare_device_data import prepare
     finally:
         sys.path.pop(0)
-    data = tmp_path / "train.safetensors"
-    prepare(art, sst2_dir / "dev.tsv", data, limit=24)
+    data, texts = tmp_path / "train.safetensors", sst2_dir / "dev.tsv"
+    if buckets:  # phrases of one or two words: every row of a batch fits the 24 bucket (prompt template ~18 tokens)
+        rows = texts.read_text().splitlines()
+        texts = tmp_path / "short.tsv"
+        texts.write_text("\n".join([rows[0], *[r for r in rows[1:] if len(r.split("\t")[0].split()) <= 2]]) + "\n")
+    prepare(art, texts, data, limit=24)
     out = tmp_path / "inputs.safetensors"
     props = {"cooperllm.graph_artifacts": str(art), "cooperllm.device_data": str(data), "cooperllm.out": str(out)}
     passed, failed, skipped, log = run_java(java_build, ["GraphCallTest"], props)
@@ -462,7 +470,16 @@ def test_java_graph_inputs_run_the_real_pte(java_build: Path, export_tiny, sst2_
 
     theta = initial_theta(art, manifest)
     assert np.array_equal(np.concatenate([t.numpy().reshape(-1) for t in inputs[3:]]), theta)
-    batch = EncodedBatch(inputs[0].numpy(), inputs[1].numpy(), inputs[2].numpy())
-    loss_py, logits_py = open_backend(art, "executorch", manifest=manifest).run(batch, theta)
+    ids, mask = inputs[0].numpy(), inputs[1].numpy()
+    width = ids.shape[1]
+    pad = 32 - width  # the batch as the Python device holds it: left-padded to seq_len
+    batch = EncodedBatch(
+        np.pad(ids, ((0, 0), (pad, 0)), constant_values=manifest.pad_token_id),
+        np.pad(mask, ((0, 0), (pad, 0))),
+        inputs[2].numpy(),
+    )
+    backend = open_backend(art, "executorch", manifest=manifest)
+    assert width == backend.length_for(batch) == (24 if buckets else 32)  # the bucket the Python backends pick
+    loss_py, logits_py = backend.run(batch, theta)
     assert float(loss_java) == loss_py and np.array_equal(logits_java.numpy(), logits_py)
     assert np.isfinite(loss_py) and logits_py.shape == (4, 2)

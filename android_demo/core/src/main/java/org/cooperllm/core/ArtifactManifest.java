@@ -30,6 +30,11 @@ public final class ArtifactManifest {
         public final int batchSize;
         public final int seqLen;
         public final boolean paired;
+        /**
+         * The sequence lengths the graph runs at, ascending, the last seqLen: its length buckets ("seq_buckets";
+         * a graph without them runs at seqLen only). One program with a dynamic sequence dimension (docs/EXPORT.md).
+         */
+        public final int[] lengths;
 
         Graph(Json.Obj g) {
             file = g.getString("file");
@@ -38,6 +43,28 @@ public final class ArtifactManifest {
             batchSize = g.getInt("batch_size");
             seqLen = g.getInt("seq_len");
             paired = g.has("paired") && g.getBool("paired");
+            List<Object> b = g.has("seq_buckets") ? g.getList("seq_buckets") : Collections.emptyList();
+            lengths = new int[b.isEmpty() ? 1 : b.size()];
+            if (b.isEmpty()) lengths[0] = seqLen;
+            for (int i = 0; i < b.size(); i++) {
+                lengths[i] = Math.toIntExact((Long) b.get(i));
+                if (lengths[i] < 1 || (i > 0 && lengths[i] <= lengths[i - 1])) {
+                    throw new IllegalArgumentException("graph " + file + ": seq_buckets must be positive and ascending, got " + b);
+                }
+            }
+            if (lengths[lengths.length - 1] != seqLen) {
+                throw new IllegalArgumentException("graph " + file + ": the last of seq_buckets must be seq_len " + seqLen + ", got " + b);
+            }
+        }
+
+        /**
+         * The length a batch runs at: the smallest bucket that holds its longest row. The rows are left-padded, so
+         * the positions dropped before it are padding, which the graph masks: the loss and logits do not change.
+         */
+        public int lengthFor(DeviceData.Batch batch) {
+            int longest = batch.longest();
+            for (int n : lengths) if (n >= longest) return n;
+            return seqLen;
         }
     }
 

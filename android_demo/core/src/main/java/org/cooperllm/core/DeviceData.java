@@ -26,6 +26,17 @@ public final class DeviceData {
             attentionMask = new long[size * seqLen];
             labels = new long[size];
         }
+
+        /** The most real tokens in a row (attention mask ones): what a length bucket must hold. */
+        public int longest() {
+            int most = 0;
+            for (int i = 0; i < size; i++) {
+                int n = 0;
+                for (int k = 0; k < seqLen; k++) n += (int) attentionMask[i * seqLen + k];
+                most = Math.max(most, n);
+            }
+            return most;
+        }
     }
 
     public final int n;

@@ -5,7 +5,8 @@ import java.util.Collections;
 import java.util.List;
 
 /**
- * The exported graph's inputs for one call, in the manifest's order: input_ids (B×L), attention_mask (B×L),
+ * The exported graph's inputs for one call, in the manifest's order: input_ids (B×L), attention_mask (B×L) at the
+ * smallest length bucket L that holds the batch (Graph.lengthFor; seq_len for a graph without buckets),
  * labels (B) as int64, then every trainable tensor of θ (float32, its layout shape). Kept in the core so the order
  * and shapes the app hands to ExecuTorch are checked on the JVM; the app only wraps each one in an EValue.
  */
@@ -34,9 +35,10 @@ public final class GraphInputs {
         }
         if (theta.length != m.layout.total) throw new IllegalArgumentException("θ does not match the manifest's layout");
         List<Input> out = new ArrayList<>(3 + m.layout.tensors.size());
-        long[] bl = {batch.size, batch.seqLen};
-        out.add(new Input("input_ids", bl, batch.inputIds, null));
-        out.add(new Input("attention_mask", bl.clone(), batch.attentionMask, null));
+        int len = g.lengthFor(batch);
+        long[] bl = {batch.size, len};
+        out.add(new Input("input_ids", bl, lastColumns(batch.inputIds, batch.size, batch.seqLen, len), null));
+        out.add(new Input("attention_mask", bl.clone(), lastColumns(batch.attentionMask, batch.size, batch.seqLen, len), null));
         out.add(new Input("labels", new long[] {batch.size}, batch.labels, null));
         for (ParamLayout.Tensor t : m.layout.tensors) {
             long[] shape = new long[t.shape.length];
@@ -49,6 +51,14 @@ public final class GraphInputs {
             if (!out.get(i).name.equals(m.inputNames.get(i))) throw new IllegalStateException("input order differs from the manifest");
         }
         return Collections.unmodifiableList(out);
+    }
+
+    /** Each row's last len of its width values (row-major): a left-padded batch at a shorter length bucket. */
+    static long[] lastColumns(long[] rows, int n, int width, int len) {
+        if (len == width) return rows;
+        long[] out = new long[n * len];
+        for (int i = 0; i < n; i++) System.arraycopy(rows, i * width + width - len, out, i * len, len);
+        return out;
     }
 
     /** Examples whose largest label logit is their label (logits row-major, one row per example). */

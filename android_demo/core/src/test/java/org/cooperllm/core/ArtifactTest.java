@@ -34,6 +34,9 @@ public class ArtifactTest {
         Assert.eq(expected.getInt("n_blocks"), m.layout.blocks.size(), "blocks");
         Assert.eq(expected.getList("input_names"), m.inputNames, "input order");
         Assert.eq(expected.getInt("seq_len"), m.graph("pte").seqLen, "graph seq_len");
+        List<Object> buckets = expected.getList("seq_buckets");
+        Assert.eq(buckets.size(), m.graph("pte").lengths.length, "length buckets");
+        for (int i = 0; i < buckets.size(); i++) Assert.eq(((Long) buckets.get(i)).intValue(), m.graph("pte").lengths[i], "bucket " + i);
         Assert.eq(expected.getString("manifest_sha256"), m.fileHashes().get("manifest.json"), "manifest hash");
         Assert.eq(expected.getString("graph_sha256"), m.fileHashes().get(m.graph("pte").file), "graph hash");
         float[] theta0 = Safetensors.readTheta(Files.readAllBytes(m.resolve(m.initialAdapterFile).toPath()), m.layout);
@@ -91,7 +94,11 @@ public class ArtifactTest {
         List<GraphInputs.Input> in = GraphInputs.build(m, g, batch, theta);
         Assert.eq(m.inputNames.size(), in.size(), "one input per manifest name");
         for (int i = 0; i < in.size(); i++) Assert.eq(m.inputNames.get(i), in.get(i).name, "input " + i);
-        Assert.check(java.util.Arrays.equals(new long[] {g.batchSize, g.seqLen}, in.get(0).shape), "input_ids shape");
+        // at a length bucket that holds the batch's longest row, the smallest that does (BucketTest: the trimming)
+        int len = (int) in.get(0).shape[1];
+        Assert.check(java.util.Arrays.equals(new long[] {g.batchSize, len}, in.get(0).shape), "input_ids shape");
+        Assert.check(java.util.Arrays.binarySearch(g.lengths, len) >= 0 && len >= batch.longest(), "a bucket holding the batch");
+        for (int n : g.lengths) Assert.check(n >= len || n < batch.longest(), "no smaller bucket holds it: " + n);
         Assert.check(in.get(0).i64 != null && in.get(2).i64 != null && in.get(3).f32 != null, "int64 data, float32 θ");
         Assert.check(java.util.Arrays.equals(new long[] {g.batchSize}, in.get(2).shape), "labels shape");
         int k = 3;
