@@ -8,6 +8,7 @@ here asserts the exit code and those counts.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -64,9 +65,37 @@ def java_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def run_java(build: Path, classes: list[str], props: dict[str, str] | None = None, timeout: float = 300) -> tuple:
-    """Run the harness on ``classes``; returns (passed, failed, skipped, output)."""
-    cmd = ["java", "-ea", f"-Dcooperllm.golden={GOLDEN}"]
+def aarch64_java() -> list[str]:
+    """The aarch64 JVM (Debian's openjdk-17-jre-headless:arm64, .ci/system-deps) under qemu-user, as a command.
+    A child JVM a test starts goes through qemu again (-Dcooperllm.java), and the JVM forks it with vfork: its
+    default spawn helper is an aarch64 binary the host kernel would be asked to execute."""
+    found = sorted(glob.glob("/usr/lib/jvm/*-arm64/bin/java"))
+    if not found or shutil.which("qemu-aarch64-static") is None:
+        pytest.skip("no aarch64 JVM under /usr/lib/jvm (or no qemu-aarch64-static): `make integration-deps`")
+    java = ["qemu-aarch64-static", found[-1]]
+    return [*java, "-Djdk.lang.Process.launchMechanism=VFORK", f"-Dcooperllm.java={' '.join(java)}"]
+
+
+# the JVMs the core's suites run on: the host's, and (integration tier) an aarch64 one, a phone's CPU under qemu
+JVMS = ["x86_64", pytest.param("aarch64", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=JVMS)
+def jvm(request) -> list[str]:
+    """The command that starts the JVM a test's Java side runs on."""
+    return ["java"] if request.param == "x86_64" else aarch64_java()
+
+
+def run_java(
+    build: Path,
+    classes: list[str],
+    props: dict[str, str] | None = None,
+    timeout: float = 300,
+    jvm: list[str] = ("java",),
+) -> tuple:
+    """Run the harness on ``classes`` (on ``jvm``: the host's java by default); returns (passed, failed, skipped,
+    output)."""
+    cmd = [*jvm, "-ea", f"-Dcooperllm.golden={GOLDEN}"]
     cmd += [f"-D{k}={v}" for k, v in (props or {}).items()]
     cmd += ["-cp", f"{build / 'main'}:{build / 'test'}", "org.cooperllm.core.TestRunner"]
     cmd += [f"org.cooperllm.core.{c}" for c in classes]
@@ -80,10 +109,11 @@ def run_java(build: Path, classes: list[str], props: dict[str, str] | None = Non
     return passed, failed, skipped, out
 
 
-def test_java_core_golden_zo_loop_and_outbox(java_build: Path) -> None:
+def test_java_core_golden_zo_loop_and_outbox(java_build: Path, jvm: list[str]) -> None:
     passed, failed, skipped, out = run_java(
-        java_build, ["GoldenTest", "ZoTest", "OutboxTest", "SafetensorsTest", "ClientTest", "BucketTest"]
+        java_build, ["GoldenTest", "ZoTest", "OutboxTest", "SafetensorsTest", "ClientTest", "BucketTest"], jvm=jvm
     )
+    assert f"os.arch {'aarch64' if len(jvm) > 1 else 'amd64'}" in out, out
     assert failed == 0 and skipped == 0, out
     assert passed == 25, out
     for name in (
@@ -234,9 +264,12 @@ def make_dtc_fixtures(folder: Path) -> dict:
     return cases
 
 
-def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(java_build: Path, tmp_path: Path) -> None:
+def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(
+    java_build: Path, tmp_path: Path, jvm: list[str]
+) -> None:
     cases = make_dtc_fixtures(tmp_path / "fixtures")
-    passed, failed, skipped, out = run_java(java_build, ["DtcTest"], {"cooperllm.fixtures": str(tmp_path / "fixtures")})
+    fixtures = {"cooperllm.fixtures": str(tmp_path / "fixtures")}
+    passed, failed, skipped, out = run_java(java_build, ["DtcTest"], fixtures, jvm=jvm)
     assert failed == 0 and skipped == 0 and passed == 7, out
     for bits in (32, 64):
         got = dtc.decode_reports((tmp_path / "fixtures" / "java_out" / f"reports_f{bits}.dtc").read_bytes())
@@ -389,7 +422,7 @@ def live_cloud(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, s
     server.stop()
 
 
-def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_path: Path) -> None:
+def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_path: Path, jvm: list[str]) -> None:
     """Enrol, take every round of a zgr run, download guidance, upload toy-loss reports, restart with a pending
     batch, and sync by replay to the server's checksum — all from Java against the real cloud. λ 0.1 with budget
     'follow' gives round 3 (after three rounds that tested the cloud) wholly to ISO directions: Java replays it with
@@ -411,7 +444,7 @@ def test_java_client_against_the_live_cloud(java_build: Path, live_cloud, tmp_pa
     }
     (tmp_path / "cloud.json").write_text(json.dumps(config))
     passed, failed, skipped, out = run_java(
-        java_build, ["LiveCloudTest"], {"cooperllm.cloud": str(tmp_path / "cloud.json")}
+        java_build, ["LiveCloudTest"], {"cooperllm.cloud": str(tmp_path / "cloud.json")}, jvm=jvm
     )
     assert (passed, failed, skipped) == (1, 0, 0), out
     result = json.loads((tmp_path / "result.json").read_text())

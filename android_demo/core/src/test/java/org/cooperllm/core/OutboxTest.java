@@ -8,6 +8,7 @@ import java.io.RandomAccessFile;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
@@ -83,9 +84,12 @@ public class OutboxTest {
     @Test
     public void nothingEnqueuedIsLostWhenTheProcessIsKilled() throws Exception {
         File f = new File(dir, "crash.log");
-        String cp = System.getProperty("java.class.path");
-        Process p = new ProcessBuilder(System.getProperty("java.home") + "/bin/java", "-cp", cp,
-                "org.cooperllm.core.OutboxCrashWriter", f.getPath()).redirectErrorStream(true).start();
+        // the writer runs on this JVM's java, or on -Dcooperllm.java (a command: the aarch64 JVM under qemu-user, whose
+        // child must be started through qemu again; tests/test_android_core.py)
+        List<String> cmd = new ArrayList<>(Arrays.asList(
+                System.getProperty("cooperllm.java", System.getProperty("java.home") + "/bin/java").trim().split("\\s+")));
+        cmd.addAll(List.of("-cp", System.getProperty("java.class.path"), "org.cooperllm.core.OutboxCrashWriter", f.getPath()));
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
         Set<String> queued = new HashSet<>();
         Set<String> acked = new HashSet<>();
         try (BufferedReader r = new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {

@@ -24,6 +24,9 @@ public final class TestRunner {
     public static void main(String[] args) throws Exception {
         int passed = 0, failed = 0, skipped = 0;
         String only = System.getProperty("cooperllm.test.only");
+        // which JVM ran the suite (the host's, or an aarch64 one under qemu: tests/test_android_core.py checks it)
+        System.out.println("JVM " + System.getProperty("java.vm.name") + " " + System.getProperty("java.version")
+                + ", os.arch " + System.getProperty("os.arch"));
         for (String name : args) {
             Class<?> cls = Class.forName(name);
             List<Method> methods = new ArrayList<>();
