@@ -284,7 +284,9 @@ def test_java_decodes_python_dtc_frames_and_python_decodes_java_reports(
 # --- a full-size round --------------------------------------------------------------------------------------------
 
 
-def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(java_build: Path, tmp_path: Path) -> None:
+def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(
+    java_build: Path, tmp_path: Path, jvm: list[str]
+) -> None:
     """460,800 values in 30 blocks, rank-4 guidance everywhere, a zgr round (subspace and complement reports on each
     block plus all-block ones, a published q and w per block): Java and Python must agree on θ's checksum after the
     round. Both replay times are printed (-s to see them)."""
@@ -326,7 +328,9 @@ def test_java_replays_a_smollm2_sized_round_to_the_python_checksum(java_build: P
         "theta1_sha256": theta_checksum(theta1),
     }
     (tmp_path / "round.json").write_text(json.dumps(round_json))
-    passed, failed, skipped, out = run_java(java_build, ["ReplayScaleTest"], {"cooperllm.replay": str(tmp_path)})
+    passed, failed, skipped, out = run_java(
+        java_build, ["ReplayScaleTest"], {"cooperllm.replay": str(tmp_path)}, jvm=jvm
+    )
     assert (passed, failed, skipped) == (1, 0, 0), out
     java_ms = float(re.search(r"REPLAY_MS ([0-9.]+)", out).group(1))
     print(f"full-size round replay: Java {java_ms:.0f} ms, Python (numpy) {py_ms:.0f} ms")
@@ -384,7 +388,7 @@ def make_artifacts(folder: Path, tiny_model_dir: Path) -> dict:
 
 
 def test_java_reads_artifacts_and_device_data_made_in_python(
-    java_build: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
+    java_build: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path, jvm: list[str]
 ) -> None:
     sys.path.insert(0, str(ROOT / "android_demo" / "tools"))
     try:
@@ -404,7 +408,7 @@ def test_java_reads_artifacts_and_device_data_made_in_python(
         "cooperllm.device_data": str(out),
         "cooperllm.expected": str(tmp_path / "expected.json"),
     }
-    passed, failed, skipped, log = run_java(java_build, ["ArtifactTest"], props)
+    passed, failed, skipped, log = run_java(java_build, ["ArtifactTest"], props, jvm=jvm)
     assert (passed, failed, skipped) == (4, 0, 0), log
 
 
