@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-integration integration-deps lint setup clean
+.PHONY: demo test test-integration integration-deps arm-root lint setup clean
 
 demo: $(STAMP)
 	$(BIN)/cooperllm demo
@@ -21,11 +21,17 @@ test-integration: $(STAMP)
 
 # What the integration tier needs beyond `setup`, so that none of its tests skips: the system packages of
 # .ci/system-deps (aarch64 cross compiler, qemu-user, a JDK, PostgreSQL; apt-get, root or sudo) and the unpacked
-# aarch64 executorch wheel of the ARM parity tests (pip download from PyPI, ~17 MB). Idempotent: installs and fetches only what is missing.
+# aarch64 executorch wheel of the ARM parity tests (pip download from PyPI, ~17 MB), and the aarch64 Python of the ARM
+# federated round (.ci/arm-root). Idempotent: installs and fetches only what is missing.
 integration-deps: $(STAMP)
 	bash .ci/system-deps
 	$(BIN)/python -c "from device_runtime.native.build import default_root; default_root('aarch64')" 2>/dev/null \
 		|| $(BIN)/python -m device_runtime.native.build --fetch-aarch64-wheel
+	PYTHON=$(BIN)/python bash .ci/arm-root
+
+# an aarch64 Python (Debian's, extracted) with the device runtime's aarch64 wheels, for the ARM federated round
+arm-root: $(STAMP)
+	PYTHON=$(BIN)/python bash .ci/arm-root
 
 # ruff (rules and formatting) and the import contracts of pyproject.toml's [tool.importlinter] (the layers)
 lint: $(STAMP)
