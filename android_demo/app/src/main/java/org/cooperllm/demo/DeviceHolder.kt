@@ -75,7 +75,10 @@ object DeviceHolder {
         private var impl: ExecuTorchLoss? = null
 
         private fun get(): ExecuTorchLoss = impl ?: run {
-            val train = DeviceData.read(File(dataDir, "train.safetensors"), 0)
+            val graph = manifest.graph("pte")
+            val shuffled = DeviceData.read(File(dataDir, "train.safetensors"), 0)
+            // a graph with length buckets: batches formed by length, so most run in a smaller bucket (GraphInputs)
+            val train = if (graph.lengths.size > 1) shuffled.groupedByLength(graph.batchSize, 0) else shuffled
             val evalFile = File(dataDir, "eval.safetensors")
             val eval = if (evalFile.isFile) DeviceData.read(evalFile, 1) else null
             ExecuTorchLoss(manifest, train, eval).also { impl = it }

@@ -54,14 +54,66 @@ public final class DeviceData {
         this.seqLen = seqLen;
         order = new int[n];
         for (int i = 0; i < n; i++) order[i] = i;
+        shuffle(order, 0, n, seed);
+    }
+
+    private DeviceData(DeviceData d, int[] order) {
+        this.ids = d.ids;
+        this.mask = d.mask;
+        this.labels = d.labels;
+        this.n = d.n;
+        this.seqLen = d.seqLen;
+        this.order = order;
+    }
+
+    /** Fisher–Yates over a[from, from+count) driven by the portable mix64 stream of {@code seed}. */
+    private static void shuffle(int[] a, int from, int count, long seed) {
         long state = seed;
-        for (int i = n - 1; i > 0; i--) {
+        for (int i = count - 1; i > 0; i--) {
             state += Perturb.GAMMA;
             int j = (int) Long.remainderUnsigned(Perturb.mix64(state), i + 1);
-            int t = order[i];
-            order[i] = order[j];
-            order[j] = t;
+            int t = a[from + i];
+            a[from + i] = a[from + j];
+            a[from + j] = t;
         }
+    }
+
+    /** Batches of a pool that are sorted by length before they are cut (as device_runtime.batches.BatchSchedule). */
+    public static final int POOL_BATCHES = 50;
+
+    /**
+     * The same examples with batches formed by length, for a graph with length buckets: within each pool of
+     * POOL_BATCHES batches of the shuffled order, the examples are sorted by their number of real tokens and cut
+     * into batches of {@code size}, and the pool's batches are shuffled (seeded) — so a batch holds examples of
+     * similar length and runs in a small bucket (ArtifactManifest.Graph.lengthFor), while each pass over the data
+     * still holds every example once. Which examples a batch holds is the device's own business: the reports carry
+     * their seeds, and nothing the cloud or a replay computes depends on it.
+     */
+    public DeviceData groupedByLength(int size, long seed) {
+        if (size <= 0) throw new IllegalArgumentException("batch size must be positive");
+        int[] out = order.clone();
+        int used = (n / size) * size; // the tail after the last whole batch keeps its place
+        int pool = POOL_BATCHES * size;
+        int[] batchOrder = new int[POOL_BATCHES];
+        for (int start = 0, p = 0; start < used; start += pool, p++) {
+            int count = Math.min(pool, used - start);
+            Integer[] chunk = new Integer[count];
+            for (int i = 0; i < count; i++) chunk[i] = order[start + i];
+            java.util.Arrays.sort(chunk, java.util.Comparator.comparingInt(this::realTokens)); // stable
+            int batches = count / size;
+            for (int b = 0; b < batches; b++) batchOrder[b] = b;
+            shuffle(batchOrder, 0, batches, seed * 1_000_003L + p);
+            for (int b = 0; b < batches; b++) {
+                for (int j = 0; j < size; j++) out[start + b * size + j] = chunk[batchOrder[b] * size + j];
+            }
+        }
+        return new DeviceData(this, out);
+    }
+
+    private int realTokens(int example) {
+        int count = 0;
+        for (int k = 0; k < seqLen; k++) count += (int) mask[example * seqLen + k];
+        return count;
     }
 
     public static DeviceData read(File f, long seed) throws IOException {

@@ -48,6 +48,45 @@ public class BucketTest {
     }
 
     @Test
+    public void batchesFormedByLengthHoldEveryExampleOnceAndRunInSmallerBuckets() {
+        int n = 400, len = 32;
+        long[] ids = new long[n * len];
+        long[] mask = new long[n * len];
+        long[] labels = new long[n];
+        long state = 12345;
+        for (int i = 0; i < n; i++) {
+            state += Perturb.GAMMA;
+            int real = 1 + (int) Long.remainderUnsigned(Perturb.mix64(state), len); // 1 … 32 real tokens
+            for (int k = len - real; k < len; k++) {
+                ids[i * len + k] = 7;
+                mask[i * len + k] = 1;
+            }
+            labels[i] = i; // the example's index: which examples a batch holds
+        }
+        byte[] file = Safetensors.writeInputs(java.util.List.of(
+                new GraphInputs.Input("input_ids", new long[] {n, len}, ids, null),
+                new GraphInputs.Input("attention_mask", new long[] {n, len}, mask, null),
+                new GraphInputs.Input("labels", new long[] {n}, labels, null)));
+        DeviceData plain = DeviceData.parse(file, 3);
+        DeviceData grouped = plain.groupedByLength(8, 11);
+        ArtifactManifest.Graph g = graph("[8, 16, 24, 32]");
+        java.util.Set<Long> seen = new java.util.HashSet<>();
+        long plainTokens = 0, groupedTokens = 0;
+        for (int b = 0; b < n / 8; b++) {
+            DeviceData.Batch x = grouped.batch(b, 8);
+            for (long l : x.labels) Assert.check(seen.add(l), "example " + l + " twice in one pass");
+            groupedTokens += g.lengthFor(x);
+            plainTokens += g.lengthFor(plain.batch(b, 8));
+        }
+        Assert.eq(n, seen.size(), "every example once a pass");
+        Assert.check(groupedTokens * 10 < plainTokens * 8, "grouped batches run in smaller buckets: " + groupedTokens + " vs " + plainTokens);
+        DeviceData again = DeviceData.parse(file, 3).groupedByLength(8, 11);
+        for (int b = 0; b < n / 8; b++) {
+            Assert.check(java.util.Arrays.equals(grouped.batch(b, 8).labels, again.batch(b, 8).labels), "seeded: batch " + b);
+        }
+    }
+
+    @Test
     public void badBucketsAreRefusedByName() {
         Assert.raises(IllegalArgumentException.class, () -> graph("[16, 8, 32]"), "descending");
         Assert.raises(IllegalArgumentException.class, () -> graph("[8, 16]"), "last is not seq_len");
