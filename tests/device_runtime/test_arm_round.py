@@ -26,7 +26,7 @@ from device_runtime.state import load_state
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-ARM_ROOT = Path(os.environ.get("COOPERLLM_ARM_ROOT", REPO / "device_runtime" / "native" / "build" / "arm64-python"))
+ARM_ROOT = Path(os.environ.get("COOPERLLM_ARM_ROOT", REPO / "build" / "arm64-python"))
 ROUNDS = 2
 
 
