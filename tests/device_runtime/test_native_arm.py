@@ -25,6 +25,10 @@ pytestmark = pytest.mark.integration
 ARM_COMBOS = (("xnnpack", "none"), ("portable", "int8"), ("xnnpack-qc8w", "int8"), ("xnnpack", "int4"))
 QEMU = "qemu-aarch64-static"
 SYSROOT = Path("/usr/aarch64-linux-gnu")
+# qemu with the cross toolchain's sysroot, its libraries first: with arm64 packages installed as a foreign architecture
+# (the aarch64 JVM of tests/test_android_core.py), the loader otherwise finds the host's /lib/aarch64-linux-gnu libc
+# before the sysroot's, mixes two builds of glibc under the sysroot's ld.so, and the runner hangs.
+QEMU_SYSROOT = [QEMU, "-L", str(SYSROOT), "-E", f"LD_LIBRARY_PATH={SYSROOT / 'lib'}"]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_aarch64_loss_matches_x86(arm_runner, arm_ptes, combo, tmp_path):
         blob = tmp_path / f"inputs-{seed}.bin"
         blob.write_bytes(b"".join(np.ascontiguousarray(a).tobytes() for a in inputs))
         out = subprocess.run(
-            [QEMU, "-L", str(SYSROOT), str(arm_runner), str(path), str(blob)],
+            [*QEMU_SYSROOT, str(arm_runner), str(path), str(blob)],
             capture_output=True,
             text=True,
             timeout=300,
