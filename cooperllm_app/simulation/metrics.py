@@ -157,6 +157,7 @@ def round_line(
     round_s: float,
     previous: dict | None,
     resumed: bool,
+    local_steps: int,
 ) -> dict:
     """One metrics line: test accuracy/loss of θ_{r+1}, bytes per device, wall-clock, peak RSS, λ, guidance bits."""
     up = {str(d): results[d]["bytes_up"] for d in devices if d in results}
@@ -185,6 +186,7 @@ def round_line(
         "wall_s": round(prev_wall + round_s, 3),
         "device_s_mean": round(sum(r["seconds"] for r in results.values()) / n, 3) if n else None,
         "devices_done": len(results),
+        "device_steps_per_s": round(len(results) * local_steps / round_s, 3) if round_s else None,
         "stragglers": stragglers({d: r["seconds"] for d, r in results.items()}),
         "device_peak_rss_mb": max((r["peak_rss_mb"] for r in results.values()), default=None),
         "device_torch": any(r.get("torch_loaded") for r in results.values()),

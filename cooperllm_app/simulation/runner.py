@@ -319,11 +319,9 @@ class _Simulation:
             last = r == cfg.rounds - 1
             limit = cfg.final_eval_limit if last else cfg.eval_limit
             evaluation = self._evaluate(token, r + 1, summary.theta_checksum_after, limit)
-        line = round_line(r, devices, record.device_results(r), summary, evaluation, round_s, record.last(), resumed)
-        line.update(
-            device_steps_per_s=round(line["devices_done"] * cfg.local_steps / round_s, 3) if round_s else None,
-            host_peak_rss_mb=self._host_peaks(),
-        )
+        results = record.device_results(r)
+        line = round_line(r, devices, results, summary, evaluation, round_s, record.last(), resumed, cfg.local_steps)
+        line["host_peak_rss_mb"] = self._host_peaks()
         record.add_line(line)
         return line
 
