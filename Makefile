@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-integration integration-deps arm-root lint setup clean
+.PHONY: demo test test-integration integration-deps arm-root android lint setup clean
 
 demo: $(STAMP)
 	$(BIN)/cooperllm demo
@@ -32,6 +32,11 @@ integration-deps: $(STAMP)
 # an aarch64 Python (Debian's, extracted) with the device runtime's aarch64 wheels, for the ARM federated round
 arm-root: $(STAMP)
 	PYTHON=$(BIN)/python bash .ci/arm-root
+
+# the Android demo app as a signed APK (android_demo/tools/build_apk.sh): registry packages only, no Gradle or SDK;
+# ANDROID_EXTRA=a.aar:b.jar adds more classes and native libraries (android_demo/README.md)
+android:
+	ANDROID_EXTRA="$(ANDROID_EXTRA)" bash android_demo/tools/build_apk.sh
 
 # ruff (rules and formatting) and the import contracts of pyproject.toml's [tool.importlinter] (the layers)
 lint: $(STAMP)

@@ -99,7 +99,13 @@ public final class DeviceData {
             int count = Math.min(pool, used - start);
             Integer[] chunk = new Integer[count];
             for (int i = 0; i < count; i++) chunk[i] = order[start + i];
-            java.util.Arrays.sort(chunk, java.util.Comparator.comparingInt(this::realTokens)); // stable
+            // stable; an anonymous class, not a method reference: the APK's dexer (dx) cannot translate invokedynamic
+            java.util.Arrays.sort(chunk, new java.util.Comparator<Integer>() {
+                @Override
+                public int compare(Integer a, Integer b) {
+                    return Integer.compare(realTokens(a), realTokens(b));
+                }
+            });
             int batches = count / size;
             for (int b = 0; b < batches; b++) batchOrder[b] = b;
             shuffle(batchOrder, 0, batches, seed * 1_000_003L + p);
