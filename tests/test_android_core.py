@@ -8,9 +8,7 @@ here asserts the exit code and those counts.
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from java_core import CORE, aarch64_java, build_core
 from live_cloud import ADMIN, ENROL, small_run, start_server
 from safetensors import safe_open
 from safetensors.numpy import load_file
@@ -40,7 +39,6 @@ from device_runtime.backends import open_backend
 from device_runtime.engine import step_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ROOT / "android_demo" / "core"
 GOLDEN = ROOT / "cooperllm" / "spec" / "perturbation_golden.json"
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$")
 
@@ -53,27 +51,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def java_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Compile main (Java 8 API level) and test sources once per session with android_demo/core/build.sh."""
-    out = tmp_path_factory.mktemp("android-core-build")
-    proc = subprocess.run(
-        ["bash", str(CORE / "build.sh")],
-        env={"BUILD_DIR": str(out), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"javac failed:\n{proc.stdout}\n{proc.stderr}"
-    return out
-
-
-def aarch64_java() -> list[str]:
-    """The aarch64 JVM (Debian's openjdk-17-jre-headless:arm64, .ci/system-deps) under qemu-user, as a command.
-    A child JVM a test starts goes through qemu again (-Dcooperllm.java), and the JVM forks it with vfork: its
-    default spawn helper is an aarch64 binary the host kernel would be asked to execute."""
-    found = sorted(glob.glob("/usr/lib/jvm/*-arm64/bin/java"))
-    if not found or shutil.which("qemu-aarch64-static") is None:
-        pytest.skip("no aarch64 JVM under /usr/lib/jvm (or no qemu-aarch64-static): `make integration-deps`")
-    java = ["qemu-aarch64-static", found[-1]]
-    return [*java, "-Djdk.lang.Process.launchMechanism=VFORK", f"-Dcooperllm.java={' '.join(java)}"]
+    return build_core(tmp_path_factory.mktemp("android-core-build"))
 
 
 # the JVMs the core's suites run on: the host's, and (integration tier) an aarch64 one, a phone's CPU under qemu
