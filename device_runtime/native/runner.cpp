@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -20,6 +21,7 @@
 #include <executorch/runtime/core/evalue.h>
 #include <executorch/runtime/core/exec_aten/exec_aten.h>
 #include <executorch/runtime/executor/method_meta.h>
+#include <executorch/runtime/platform/platform.h>
 
 // The wheel ships libexecutorch_threadpool without its header: declare the two entry points we call.
 namespace executorch::extension::threadpool {
@@ -61,10 +63,33 @@ int dtype_code(ScalarType t) {
   }
 }
 
+// ExecuTorch's default log handler prints every info line (thread pool resets, CPU probing) to the process's stderr,
+// which is the user's terminal. Its error lines say why a load or run failed: they are kept here, per thread, and
+// appended to the message of the failure they explain; the rest is dropped.
+thread_local std::string et_errors;
+
+void keep_errors(et_timestamp_t, et_pal_log_level_t level, const char*, const char*, size_t, const char* message,
+                 size_t length) {
+  if ((level == kError || level == kFatal) && et_errors.size() < 4096) {
+    et_errors.append(et_errors.empty() ? "" : "; ").append(message, length);
+  }
+}
+
+// Called first by every entry point that can make ExecuTorch log: installs the handler once, forgets old errors.
+void begin_call() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    executorch::runtime::register_pal(executorch::runtime::PalImpl::create(keep_errors, __FILE__));
+  });
+  et_errors.clear();
+}
+
 int fail(char* err, size_t err_len, int code, const std::string& msg) {
   if (err != nullptr && err_len > 0) {
-    std::snprintf(err, err_len, "%s", msg.c_str());
+    std::string full = et_errors.empty() ? msg : msg + " [executorch: " + et_errors + "]";
+    std::snprintf(err, err_len, "%s", full.c_str());
   }
+  et_errors.clear();
   return code;
 }
 
@@ -93,6 +118,7 @@ extern "C" {
 int cl_abi_version() { return 1; }
 
 int cl_set_threads(int n, char* err, size_t err_len) {
+  begin_call();
   if (n < 1 || n > 256) {
     return fail(err, err_len, kBadArgument, "thread count must be in [1, 256], got " + std::to_string(n));
   }
@@ -110,6 +136,7 @@ int cl_get_threads() {
 
 // mmap != 0 maps the file (weights paged in on use) instead of reading it whole into a heap buffer.
 int cl_runner_load(const char* path, int mmap, cl_runner** out, char* err, size_t err_len) {
+  begin_call();
   if (path == nullptr || out == nullptr) {
     return fail(err, err_len, kBadArgument, "null path or output handle");
   }
@@ -179,6 +206,7 @@ int cl_runner_run(cl_runner* r, const void* const* data, const uint64_t* nbytes,
 // any size up to the planned one there; ExecuTorch refuses a size it cannot take, and the error says so.
 int cl_runner_run_shaped(cl_runner* r, const void* const* data, const uint64_t* nbytes, const int64_t* sizes, int n,
                          char* err, size_t err_len) {
+  begin_call();
   if (r == nullptr || (n > 0 && (data == nullptr || nbytes == nullptr))) {
     return fail(err, err_len, kBadArgument, "null runner or input arrays");
   }

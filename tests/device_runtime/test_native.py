@@ -145,6 +145,27 @@ def test_unreadable_programs_are_refused(tiny_ptes, tmp_path):
         NativeRunner(truncated)
 
 
+def test_executorchs_log_stays_off_the_terminal_and_its_errors_join_the_message(tiny_ptes, tmp_path):
+    """ExecuTorch prints info lines (thread pool resets, CPU probing) to stderr by default; the runner's log handler
+    drops them and keeps the error lines for the failure they explain."""
+    junk = tmp_path / "junk.pte"
+    junk.write_bytes(b"not a flatbuffer at all" * 10)
+    code = (
+        "import sys\n"
+        "from device_runtime.native.binding import NativeRunner, NativeRunnerError, set_threads\n"
+        "set_threads(2); set_threads(1)\n"
+        f"NativeRunner({str(tiny_ptes[('xnnpack', 'int8')])!r})\n"
+        "try:\n"
+        f"    NativeRunner({str(junk)!r})\n"
+        "except NativeRunnerError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""  # the native runner's output: nothing ExecuTorch logs reaches the terminal
+    assert "cannot load program" in out.stdout and "[executorch: " in out.stdout, out.stdout
+
+
 def test_missing_toolchain_or_wheel_is_a_clear_build_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
     with pytest.raises(NativeBuildError, match="not found: apt-get install -y g\\+\\+"):
