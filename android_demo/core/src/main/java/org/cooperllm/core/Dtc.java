@@ -7,7 +7,7 @@ import java.util.List;
 import java.util.zip.CRC32;
 
 /**
- * DTC frames (cooperllm/dtc.py): tensor frames are decoded to the same binary32 values as the Python decoder, bit for
+ * DTC frames (cooperllm/dtc/): tensor frames are decoded to the same binary32 values as the Python decoder, bit for
  * bit (one float32 multiply per value); report batches are encoded (uncompressed) and decoded. Every header field is
  * validated before anything is allocated from it, so a hostile frame fails with {@link DtcException}.
  */
