@@ -16,9 +16,10 @@ from sqlalchemy import Engine, select
 from cloud_api import db
 from cloud_api.guidance_store import GuidanceStore
 from cloud_api.round_state import RoundState
+from cooperllm.frames import decode_tensor_frame
 from cooperllm.layout import ParamLayout
 from cooperllm.perturb import Direction
-from cooperllm.protocol import decode_tensor_frame, update_to_wire
+from cooperllm.protocol import update_to_wire
 from cooperllm.rectify import RectifierState
 from cooperllm.robust import bound_reports, clip_deltas
 from cooperllm.strategies import Aggregate, RoundInputs, Upload

@@ -8,7 +8,8 @@ import numpy as np
 from sqlalchemy import Engine, select
 
 from cloud_api import db
-from cooperllm.protocol import GuidanceRef, SyncGuidance, decode_tensor_frame
+from cooperllm.frames import decode_tensor_frame
+from cooperllm.protocol import GuidanceRef, SyncGuidance
 from cooperllm.zgr import BlockGuidance
 
 

@@ -32,7 +32,8 @@ from sqlalchemy.exc import IntegrityError
 
 from cloud_api import db
 from cloud_api.model_host import ModelHost, minibatch_rows
-from cooperllm.protocol import RunConfig, decode_tensor_frame, encode_tensor_frame
+from cooperllm.frames import decode_tensor_frame, encode_tensor_frame
+from cooperllm.protocol import RunConfig
 
 log = logging.getLogger(__name__)
 

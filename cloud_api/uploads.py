@@ -17,7 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from cloud_api import db
 from cloud_api.round_state import EngineContext, RoundState, seed_range
-from cooperllm.protocol import ERRORS, FrameError, ReportAck, ReportBatch, decode_tensor_frame
+from cooperllm.frames import FrameError, decode_tensor_frame
+from cooperllm.protocol import ERRORS, ReportAck, ReportBatch
 from cooperllm.strategies import Upload
 from cooperllm.zgr import ReportError, check_report
 

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 
 from cooperllm import dtc
+from cooperllm.frames import decode_tensor_frame, encode_tensor_frame
 from cooperllm.protocol import (
     API_PREFIX,
     FRAME_MEDIA_TYPE,
@@ -43,8 +44,6 @@ from cooperllm.protocol import (
     RoundSummary,
     RunConfig,
     RunInfo,
-    decode_tensor_frame,
-    encode_tensor_frame,
 )
 
 PEFT_FILES = ("adapter_model.safetensors", "adapter_config.json")

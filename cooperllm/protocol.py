@@ -1,9 +1,8 @@
 """Wire schemas of API v1, shared by the cloud service and the device client (torch-free).
 
-JSON bodies are the pydantic models below; tensors travel as binary frames (``application/octet-stream``) made by
-:func:`encode_tensor_frame` and read by :func:`decode_tensor_frame`: the DTC codec (``cooperllm.dtc``), or, where a
-frame must be lossless, a plain float32 frame with a small validated header. The decoder recognises both, so a device
-never needs to know which one the server sent. Nothing here unpickles anything.
+JSON bodies are the pydantic models below; tensors travel as binary frames (``application/octet-stream``) made and
+read by ``cooperllm.frames`` (the DTC codec, or a plain float32 frame where a tensor must cross losslessly); a device
+replays a closed round's ``ModelSync`` with ``cooperllm.replay``. Nothing here unpickles anything.
 
 Endpoints (all under ``/v1``; device calls need ``Authorization: Bearer <device token>``, admin calls the admin token):
 
@@ -33,20 +32,13 @@ Errors are JSON ``{"detail": "..."}`` with fixed messages (see ``ERRORS``); 429 
 
 from __future__ import annotations
 
-import math
-import struct
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from cooperllm import dtc
-from cooperllm.layout import ParamLayout
-from cooperllm.perturb import Direction
-from cooperllm.strategies import STRATEGY_NAMES, get_strategy
-from cooperllm.zgr import ALL_BLOCKS, BlockGuidance, BlockUpdate, Report, check_report
+from cooperllm.strategies import STRATEGY_NAMES
+from cooperllm.zgr import ALL_BLOCKS, BlockUpdate, Report, check_report
 
 API_PREFIX = "/v1"
 # 2: ZGR v2 — separate subspace/complement measurements, per-block published updates; 3: a round's directions may
@@ -468,124 +460,11 @@ class Metrics(_Model):
     last_lambda: float | None
 
 
-# --- model sync helpers (devices) ---------------------------------------------------------------------------------
-
-
-def sync_reports(sync: ModelSync) -> list[Report]:
-    return [r.to_report() for r in sync.reports]
-
-
-def sync_guidance(sync: ModelSync, bases: Mapping[int, np.ndarray]) -> dict[int, BlockGuidance]:
-    """Pair the decoded guidance frames the device holds (block → V) with the round's coefficients."""
-    out = {}
-    for g in sync.guidance:
-        if g.block not in bases:
-            raise ValueError(f"missing guidance basis for block {g.block} ({g.guidance_id})")
-        basis = np.ascontiguousarray(bases[g.block], dtype=np.float32)
-        out[g.block] = BlockGuidance(basis, np.asarray(g.coeffs, dtype=np.float32))
-    return out
-
-
-def sync_update(sync: ModelSync) -> dict[int, BlockUpdate]:
-    return {u.block: BlockUpdate(u.q, None if u.w is None else np.asarray(u.w, dtype=np.float32)) for u in sync.update}
-
-
-def sync_directions(sync: ModelSync) -> tuple[Direction, ...]:
-    return tuple(Direction[d.upper()] for d in sync.directions)
-
-
-def replay_sync(theta: np.ndarray, layout: ParamLayout, sync: ModelSync, bases: Mapping[int, np.ndarray]) -> None:
-    """θ_r → θ_{r+1} in place from round r's sync record and the guidance bases the device holds (block → V)."""
-    get_strategy(sync.strategy).replay(
-        theta, layout, sync_reports(sync), sync_guidance(sync, bases), sync_update(sync), sync_directions(sync)
-    )
-
-
 def update_to_wire(update: Mapping[int, BlockUpdate]) -> list[SyncUpdate]:
     return [
         SyncUpdate(block=b, q=u.q, w=None if u.w is None else [float(x) for x in u.w])
         for b, u in sorted(update.items())
     ]
-
-
-# --- tensor frames ------------------------------------------------------------------------------------------------
-
-
-class FrameError(ValueError):
-    """A tensor frame that cannot be decoded safely; the message says which field."""
-
-
-PLAIN_MAGIC = b"CLTF"
-PLAIN_VERSION = 1
-_DTYPE_F32 = 1
-_HEADER = struct.Struct("<4sBBBB")  # magic, version, dtype, ndim, reserved
-DEFAULT_MAX_ELEMENTS = 1 << 28
-
-
-def encode_plain_frame(array: np.ndarray) -> bytes:
-    """magic 'CLTF', version, dtype (1 = float32), ndim, 0, ndim × uint32 dims, crc32 of payload, payload (LE f32)."""
-    arr = np.ascontiguousarray(array, dtype="<f4")
-    if arr.ndim > 8:
-        raise FrameError(f"frames carry at most 8 dimensions, got {arr.ndim}")
-    payload = arr.tobytes()
-    head = _HEADER.pack(PLAIN_MAGIC, PLAIN_VERSION, _DTYPE_F32, arr.ndim, 0)
-    dims = struct.pack(f"<{arr.ndim}I", *arr.shape)
-    return head + dims + struct.pack("<I", zlib.crc32(payload)) + payload
-
-
-def decode_plain_frame(frame: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.ndarray:
-    if len(frame) < _HEADER.size:
-        raise FrameError("frame shorter than its header")
-    magic, version, dtype, ndim, _ = _HEADER.unpack_from(frame)
-    if magic != PLAIN_MAGIC:
-        raise FrameError("not a plain tensor frame (bad magic)")
-    if version != PLAIN_VERSION:
-        raise FrameError(f"unsupported plain frame version {version}")
-    if dtype != _DTYPE_F32:
-        raise FrameError(f"unsupported frame dtype code {dtype}")
-    if ndim > 8:
-        raise FrameError(f"frame declares {ndim} dimensions (max 8)")
-    off = _HEADER.size
-    if len(frame) < off + 4 * ndim + 4:
-        raise FrameError("frame truncated in its shape")
-    shape = struct.unpack_from(f"<{ndim}I", frame, off)
-    off += 4 * ndim
-    (crc,) = struct.unpack_from("<I", frame, off)
-    off += 4
-    n = math.prod(shape)
-    if n > max_elements:
-        raise FrameError(f"frame holds {n} elements, more than the allowed {max_elements}")
-    payload = frame[off:]
-    if len(payload) != 4 * n:
-        raise FrameError(f"frame payload is {len(payload)} bytes, shape {shape} needs {4 * n}")
-    if zlib.crc32(payload) != crc:
-        raise FrameError("frame checksum mismatch")
-    arr = np.frombuffer(payload, dtype="<f4").astype(np.float32).reshape(shape)
-    if not np.isfinite(arr).all():
-        raise FrameError("frame contains NaN or Inf")
-    return arr
-
-
-def encode_tensor_frame(array: np.ndarray, *, lossless: bool = False) -> bytes:
-    """The one place that picks the wire format: DTC (lossy, adaptive quantization), or plain f32 if ``lossless``."""
-    if lossless:
-        return encode_plain_frame(array)
-    return dtc.encode(np.ascontiguousarray(array, dtype=np.float32))
-
-
-def decode_tensor_frame(frame: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.ndarray:
-    """Decode a plain or DTC frame into a float32 array; any malformed input raises :class:`FrameError`."""
-    frame = bytes(frame)
-    if frame[:4] == PLAIN_MAGIC:
-        return decode_plain_frame(frame, max_elements)
-    try:
-        arr = dtc.decode(frame, max_elements=max_elements)
-    except ValueError as exc:
-        raise FrameError(f"malformed DTC frame: {exc}") from exc
-    arr = np.asarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise FrameError("frame contains NaN or Inf")
-    return arr
 
 
 def reports_from(reports: Sequence[Report]) -> list[ReportIn]:

@@ -41,7 +41,8 @@ from cooperllm.api_client import ApiError
 from cooperllm.layout import theta_checksum
 from cooperllm.manifest import MANIFEST_FILE, sha256_file
 from cooperllm.perturb import Direction
-from cooperllm.protocol import ERRORS, replay_sync
+from cooperllm.protocol import ERRORS
+from cooperllm.replay import replay_sync
 from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
 from cooperllm.zgr import ALL_BLOCKS, BlockGuidance

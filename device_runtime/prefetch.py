@@ -28,8 +28,8 @@ import httpx
 import numpy as np
 
 from cooperllm.api_client import ApiError
+from cooperllm.frames import FrameError, decode_tensor_frame
 from cooperllm.layout import ParamLayout
-from cooperllm.protocol import FrameError, decode_tensor_frame
 from device_runtime.transfer import Backoff, Transfers
 
 log = logging.getLogger(__name__)

@@ -28,10 +28,11 @@ from cooperllm import dtc
 from cooperllm.adapter import AdapterSpec
 from cooperllm.api_client import CooperClient
 from cooperllm.checkpoint import initial_theta, save_theta
+from cooperllm.frames import encode_plain_frame
 from cooperllm.layout import ParamLayout, theta_checksum
 from cooperllm.manifest import DATA_INPUTS, OUTPUTS, GraphSpec, Manifest, read_manifest, sha256_file, write_manifest
 from cooperllm.perturb import Direction
-from cooperllm.protocol import encode_plain_frame, update_to_wire
+from cooperllm.protocol import update_to_wire
 from cooperllm.tasks import TaskSpec
 from cooperllm.tokenization import EncodedBatch, PromptEncoder
 from cooperllm.zgr import BlockGuidance, BlockUpdate, Report, apply_update

@@ -28,10 +28,10 @@ from cooperllm.api_client import CooperClient
 from cooperllm.checkpoint import load_theta_bytes
 from cooperllm.data import load_dataset
 from cooperllm.evaluate import evaluate
+from cooperllm.frames import decode_tensor_frame
 from cooperllm.layout import theta_checksum
 from cooperllm.link import Link, LinkTransport
 from cooperllm.manifest import read_manifest
-from cooperllm.protocol import decode_tensor_frame
 from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
 from cooperllm_app.simulation.attacker import ATTACKER, run_attack

@@ -9,7 +9,8 @@ from safetensors.numpy import load
 
 from cooperllm.api_client import CooperClient
 from cooperllm.layout import ParamLayout
-from cooperllm.protocol import ReportIn, RoundInfo, replay_sync
+from cooperllm.protocol import ReportIn, RoundInfo
+from cooperllm.replay import replay_sync
 
 
 def make_reports(info: RoundInfo, rng: np.random.Generator, offset: int = 0) -> list[ReportIn]:

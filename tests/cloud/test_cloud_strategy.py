@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from cooperllm.layout import theta_checksum
-from cooperllm.protocol import RunConfig, sync_update
+from cooperllm.protocol import RunConfig
 from cooperllm.rectify import BETA
+from cooperllm.replay import sync_update
 from cooperllm.strategies import get_strategy
 
 from .helpers import replay, theta_from_bytes, wait_round

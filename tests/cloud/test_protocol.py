@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from cooperllm.protocol import (
+from cooperllm.frames import (
     FrameError,
-    ReportIn,
-    RunConfig,
     decode_plain_frame,
     decode_tensor_frame,
     encode_plain_frame,
     encode_tensor_frame,
 )
+from cooperllm.protocol import ReportIn, RunConfig
 
 
 def test_plain_frame_roundtrip_and_refusals():

@@ -13,8 +13,9 @@ from cloud_api import db
 from cooperllm.api_client import ApiError
 from cooperllm.layout import ParamLayout, theta_checksum
 from cooperllm.perturb import STREAM_XI, Direction, rademacher, subspace_scale
-from cooperllm.protocol import Metrics, ModelSync, ReportIn, RunConfig, sync_guidance, sync_reports, sync_update
+from cooperllm.protocol import Metrics, ModelSync, ReportIn, RunConfig
 from cooperllm.rectify import BETA, RectifierState, rectify
+from cooperllm.replay import sync_guidance, sync_reports, sync_update
 from cooperllm.strategies import RoundInputs, get_strategy
 from cooperllm.zgr import BlockGuidance
 

@@ -10,8 +10,9 @@ import pytest
 from cloud.helpers import make_reports, theta_from_bytes, wait_round
 
 from cooperllm.api_client import ApiError
-from cooperllm.protocol import ERRORS, ReportIn, RunConfig, sync_reports
+from cooperllm.protocol import ERRORS, ReportIn, RunConfig
 from cooperllm.rectify import RectifierState
+from cooperllm.replay import sync_reports
 from cooperllm.strategies import RoundInputs, get_strategy
 
 
