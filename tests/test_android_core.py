@@ -94,7 +94,7 @@ def test_java_core_golden_zo_loop_and_outbox(java_build: Path, jvm: list[str]) -
     )
     assert f"os.arch {'aarch64' if len(jvm) > 1 else 'amd64'}" in out, out
     assert failed == 0 and skipped == 0, out
-    assert passed == 26, out
+    assert passed == 27, out
     for name in (
         "GoldenTest.roundReplaysMatchGoldenBitForBit",
         "GoldenTest.directionsMatchGolden",

@@ -29,12 +29,19 @@ public final class CooperClient {
         public final int status;
         public final String detail;
         public final double retryAfterS;
+        /** For a 422 that broke the schema: "where: why" per field (ErrorBody.errors), e.g. "body.reports.0.seed: …". */
+        public final List<String> fieldErrors;
 
         public ApiException(int status, String detail, double retryAfterS) {
-            super("HTTP " + status + ": " + detail);
+            this(status, detail, retryAfterS, java.util.Collections.<String>emptyList());
+        }
+
+        public ApiException(int status, String detail, double retryAfterS, List<String> fieldErrors) {
+            super("HTTP " + status + ": " + detail + (fieldErrors.isEmpty() ? "" : " (" + String.join("; ", fieldErrors) + ")"));
             this.status = status;
             this.detail = detail;
             this.retryAfterS = retryAfterS;
+            this.fieldErrors = java.util.Collections.unmodifiableList(new java.util.ArrayList<>(fieldErrors));
         }
 
         /** 429 and 5xx: try again later; other 4xx: the request itself is wrong. */
@@ -107,11 +114,16 @@ public final class CooperClient {
             }
             if (status >= 400) {
                 String detail = data.length > 0 ? new String(data, StandardCharsets.UTF_8) : String.valueOf(c.getResponseMessage());
+                List<String> fieldErrors = new java.util.ArrayList<>();
                 try {
-                    Object d = Json.parseObject(detail).get("detail");
+                    Json.Obj error = Json.parseObject(detail);
+                    Object d = error.get("detail");
                     detail = d instanceof String ? (String) d : String.valueOf(d);
+                    if (error.has("errors")) {
+                        for (Object e : error.getList("errors")) fieldErrors.add(fieldError(e));
+                    }
                 } catch (IllegalArgumentException ignored) {
-                    // not JSON: keep the raw text
+                    // not JSON, or not an ErrorBody: keep the raw text (and what was read of it)
                 }
                 String ra = c.getHeaderField("Retry-After");
                 double retry = -1;
@@ -122,7 +134,7 @@ public final class CooperClient {
                         retry = -1;
                     }
                 }
-                throw new ApiException(status, detail, retry);
+                throw new ApiException(status, detail, retry, fieldErrors);
             }
             return new Response(data, c);
         } finally {
@@ -186,5 +198,13 @@ public final class CooperClient {
 
     public Json.Obj health() throws IOException {
         return json("GET", "/health", null);
+    }
+
+    /** One entry of ErrorBody.errors as "loc.joined.by.dots: msg". */
+    private static String fieldError(Object entry) {
+        Json.Obj e = Json.obj(entry, "an entry of 'errors'");
+        StringBuilder where = new StringBuilder();
+        for (Object part : e.getList("loc")) where.append(where.length() == 0 ? "" : ".").append(part);
+        return where + ": " + e.getString("msg");
     }
 }

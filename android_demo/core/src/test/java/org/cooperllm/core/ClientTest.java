@@ -29,6 +29,9 @@ public class ClientTest {
             int status = i < script.size() ? script.get(i) : 200;
             String body = status == 200
                     ? "{\"round\":3,\"accepted\":2,\"duplicates\":0,\"replay\":false,\"clipped\":0,\"round_status\":\"open\"}"
+                    : status == 422 // as cloud_api/errors.py writes a schema error
+                    ? "{\"detail\":\"request does not match the schema\",\"errors\":[{\"loc\":[\"body\",\"reports\",0,"
+                            + "\"seed\"],\"msg\":\"Input should be greater than or equal to 0\",\"type\":\"greater_than_equal\"}]}"
                     : "{\"detail\":\"scripted " + status + "\"}";
             if (status == 429) ex.getResponseHeaders().add("Retry-After", "0.05");
             byte[] b = body.getBytes(StandardCharsets.UTF_8);
@@ -125,6 +128,27 @@ public class ClientTest {
                 Assert.check(e.retryable(), "429 is retryable");
             }
             Assert.check(api.bytesUp() > 0 && api.bytesDown() > 0, "byte counters");
+        } finally {
+            s.stop(0);
+        }
+    }
+
+    @Test
+    public void aSchemaErrorNamesTheFieldsThatBrokeIt() throws Exception {
+        script.add(422);
+        HttpServer s = serve();
+        try {
+            CooperClient api = new CooperClient("http://127.0.0.1:" + s.getAddress().getPort(), "tok", 5000);
+            try {
+                api.uploadReports(0, "k", List.of(new Report(1, 0, 0, 1.0, 1)));
+                throw new AssertionError("expected an ApiException");
+            } catch (CooperClient.ApiException e) {
+                Assert.eq(422, e.status, "status");
+                Assert.eq("request does not match the schema", e.detail, "detail");
+                Assert.eq(List.of("body.reports.0.seed: Input should be greater than or equal to 0"), e.fieldErrors, "fields");
+                Assert.check(e.getMessage().contains("(body.reports.0.seed: "), e.getMessage());
+                Assert.check(!e.retryable(), "422 is not retryable");
+            }
         } finally {
             s.stop(0);
         }
