@@ -112,45 +112,41 @@ public class ClientTest {
         }
     }
 
-    @Test
-    public void apiErrorsCarryStatusDetailAndRetryAfter() throws Exception {
-        script.add(429);
+    /** One upload against the scripted server answering ``status``: the exception the client raised. */
+    private CooperClient.ApiException refusalOf(int status) throws Exception {
+        script.add(status);
         HttpServer s = serve();
         try {
             CooperClient api = new CooperClient("http://127.0.0.1:" + s.getAddress().getPort(), "tok", 5000);
             try {
                 api.uploadReports(0, "k", List.of(new Report(1, 0, 0, 1.0, 1)));
-                throw new AssertionError("expected an ApiException");
             } catch (CooperClient.ApiException e) {
-                Assert.eq(429, e.status, "status");
-                Assert.eq("scripted 429", e.detail, "detail");
-                Assert.eq(0.05, e.retryAfterS, "retry-after");
-                Assert.check(e.retryable(), "429 is retryable");
+                Assert.check(api.bytesUp() > 0 && api.bytesDown() > 0, "byte counters");
+                return e;
             }
-            Assert.check(api.bytesUp() > 0 && api.bytesDown() > 0, "byte counters");
+            throw new AssertionError("expected an ApiException");
         } finally {
             s.stop(0);
         }
     }
 
     @Test
+    public void apiErrorsCarryStatusDetailAndRetryAfter() throws Exception {
+        CooperClient.ApiException e = refusalOf(429);
+        Assert.eq(429, e.status, "status");
+        Assert.eq("scripted 429", e.detail, "detail");
+        Assert.eq(0.05, e.retryAfterS, "retry-after");
+        Assert.check(e.retryable(), "429 is retryable");
+        Assert.check(e.fieldErrors.isEmpty(), "no field errors");
+    }
+
+    @Test
     public void aSchemaErrorNamesTheFieldsThatBrokeIt() throws Exception {
-        script.add(422);
-        HttpServer s = serve();
-        try {
-            CooperClient api = new CooperClient("http://127.0.0.1:" + s.getAddress().getPort(), "tok", 5000);
-            try {
-                api.uploadReports(0, "k", List.of(new Report(1, 0, 0, 1.0, 1)));
-                throw new AssertionError("expected an ApiException");
-            } catch (CooperClient.ApiException e) {
-                Assert.eq(422, e.status, "status");
-                Assert.eq("request does not match the schema", e.detail, "detail");
-                Assert.eq(List.of("body.reports.0.seed: Input should be greater than or equal to 0"), e.fieldErrors, "fields");
-                Assert.check(e.getMessage().contains("(body.reports.0.seed: "), e.getMessage());
-                Assert.check(!e.retryable(), "422 is not retryable");
-            }
-        } finally {
-            s.stop(0);
-        }
+        CooperClient.ApiException e = refusalOf(422);
+        Assert.eq(422, e.status, "status");
+        Assert.eq("request does not match the schema", e.detail, "detail");
+        Assert.eq(List.of("body.reports.0.seed: Input should be greater than or equal to 0"), e.fieldErrors, "fields");
+        Assert.check(e.getMessage().contains("(body.reports.0.seed: "), e.getMessage());
+        Assert.check(!e.retryable(), "422 is not retryable");
     }
 }
