@@ -128,6 +128,9 @@ def serve(args: argparse.Namespace) -> int:
     docs = " (docs at /docs)" if settings.docs_enabled else ""
     _wrap_lifespan(app, args.create_run, f"{READY_PREFIX}http://{args.host}:{port}/v1{docs}")
     config = uvicorn.Config(app, **server_options(settings), timeout_graceful_shutdown=5)
+    # listening before the lifespan runs: uvicorn would listen only after it, so a client that connects as soon as the
+    # ready line is printed (the simulation, the benchmarks) could find the port bound but refusing; now it is queued
+    sock.listen(config.backlog)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
