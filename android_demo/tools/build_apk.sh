@@ -43,7 +43,6 @@ for abi in "${ABIS[@]}"; do
 done
 
 # 3. optional extra jars/aars
-extra_cp=()
 IFS=: read -r -a extras <<<"${ANDROID_EXTRA:-}"
 for f in "${extras[@]}"; do
     [ -n "$f" ] || continue
@@ -74,8 +73,9 @@ javac -source 8 -target 8 -bootclasspath "$ANDROID_JAR" -Xlint:all,-options -Wer
     -cp "$OUT/classes/core:$OUT/classes/executorch:$OUT/classes/extra" -d "$OUT/classes/app" @"$OUT/app-sources.txt"
 
 # 5. one classes.dex
-java -jar "$DX_JAR" --dex --min-sdk-version=$MIN_SDK --output="$OUT/stage/classes.dex" \
-    "$OUT/classes/core" "$OUT/classes/executorch" "$OUT/classes/app" $(compgen -G "$OUT/classes/extra/*" >/dev/null && echo "$OUT/classes/extra")
+dex_inputs=("$OUT/classes/core" "$OUT/classes/executorch" "$OUT/classes/app")
+if compgen -G "$OUT/classes/extra/*" >/dev/null; then dex_inputs+=("$OUT/classes/extra"); fi
+java -jar "$DX_JAR" --dex --min-sdk-version=$MIN_SDK --output="$OUT/stage/classes.dex" "${dex_inputs[@]}"
 
 # 6. manifest, resources and assets; then the dex and the native libraries
 cp "$ROOT/cooperllm/spec/perturbation_golden.json" "$OUT/stage/assets/" # the app's start-up portability check
