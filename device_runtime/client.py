@@ -1,11 +1,9 @@
 """The federated device client: enrol, join rounds, fetch guidance, run ZO steps, upload reports, sync by replay.
 
 Round r on a device:
-1. θ_r: replay round r−1 from the θ this device held at its start (``apply_update`` with the server's reports,
-   guidance and published update) and check the published checksum; any mismatch, a missed round or a
-   non-replayable strategy downloads θ_r instead (DESIGN.md §5.6): as a lossless delta from the θ of an earlier round
-   of the run the device holds (``cooperllm.theta_delta``; ``ClientConfig.delta_downloads``), else, or when that
-   fails, the full adapter.
+1. θ_r (:mod:`device_runtime.model_sync`): replay of round r−1 from the θ this device held at its start, checked
+   against the published checksum; after a mismatch, a missed round or a non-replayable strategy, a lossless delta
+   from the θ of an earlier round of the run (``ClientConfig.delta_downloads``), else the full adapter.
 2. guidance V_b for the round's blocks (frame sha256 checked; a version the device already holds is not downloaded
    again), then ``local_steps × len(blocks) × len(directions)`` SPSA reports at θ_r (measurement s of a block
    perturbs along ``directions[s mod D]`` on batch ``s div D``) (local learning rate 0 by default: every report
@@ -24,30 +22,22 @@ The artifact hashes the cloud advertises must match this device's files, or the 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load
 from tqdm import tqdm
 
-from cooperllm import theta_delta
-from cooperllm.api_client import ApiError
-from cooperllm.layout import theta_checksum
 from cooperllm.manifest import MANIFEST_FILE, sha256_file
 from cooperllm.perturb import Direction
-from cooperllm.protocol import ERRORS
-from cooperllm.replay import replay_sync
 from cooperllm.strategies import DeviceWork, get_strategy
 from cooperllm.tokenization import TokenizedCorpus
 from cooperllm.zgr import ALL_BLOCKS, BlockGuidance
 from device_runtime.batches import BatchSchedule
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
+from device_runtime.errors import ClientError
+from device_runtime.model_sync import LONG_POLL_S, ModelSync
 from device_runtime.outbox import Outbox
 from device_runtime.prefetch import GUIDANCE_DIR, GuidanceError, GuidanceFetcher, GuidanceStore, Want
 from device_runtime.session import DeviceSession
@@ -56,27 +46,6 @@ from device_runtime.transfer import Transfers
 from device_runtime.uploader import DEFAULT_BATCH, DEFAULT_LINGER_S, Uploader
 
 log = logging.getLogger(__name__)
-
-
-LONG_POLL_S = 10.0  # how long the server may hold a "tell me when the next round opens" request
-
-
-def _in_background(fn, *args) -> Future:
-    """Run ``fn(*args)`` on a daemon thread (never holds up the process's exit); its result as a future."""
-    fut: Future = Future()
-
-    def target() -> None:
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as exc:
-            fut.set_exception(exc)
-
-    threading.Thread(target=target, name="sync-ahead", daemon=True).start()
-    return fut
-
-
-class ClientError(RuntimeError):
-    """A condition the device cannot train under (artifact mismatch, unsupported strategy, failed run)."""
 
 
 @dataclass
@@ -146,12 +115,11 @@ class DeviceClient:
         self.uploader = Uploader(
             self.outbox, api, self._device_id, self.transfers.backoff, cfg.upload_batch, cfg.upload_linger_s
         )
+        self.sync = ModelSync(api, self.layout, self.state, self.transfers, self._guidance, cfg.delta_downloads)
         self._round_shas: set[str] = set()  # guidance versions of the last round this device trained
         self._wire_start = self._wire()
         self._downloads_done = 0  # guidance downloads and retries of fetchers already stopped
         self._retries_done = 0
-        self._sync_ahead: tuple[int, Future] | None = None  # (round, its sync record being long-polled)
-        self._stopping = threading.Event()
         if self.state.pending:  # a state written before the outbox existed: move its unsent reports over
             for r in self.state.pending:
                 self.outbox.add(self._device_id(), int(self.state.extra.get("run_id", 0)), self.state.round_id, r)
@@ -181,6 +149,12 @@ class DeviceClient:
         self.stats.bytes_up, self.stats.bytes_down = up - self._wire_start[0], down - self._wire_start[1]
         self.stats.reports_acked = self.uploader.acked
         self.stats.reports_dropped = self.uploader.dropped
+        counts = self.sync.counts
+        self.stats.replays, self.stats.downloads, self.stats.delta_downloads = (
+            counts.replays,
+            counts.downloads,
+            counts.delta_downloads,
+        )
         fetcher = self.fetcher
         self.stats.guidance_downloads = self._downloads_done + (fetcher.downloads if fetcher is not None else 0)
         fetch_retries = self._retries_done + (fetcher.transfers.retries if fetcher is not None else 0)
@@ -230,108 +204,12 @@ class DeviceClient:
             self.fetcher = GuidanceFetcher(self.api, self.store, self.transfers.backoff, background=False)
         return self.fetcher
 
-    def _download(self, version: int, checksum: str, run_id: int | None = None) -> np.ndarray:
-        """θ at the start of round ``version`` of run ``run_id``, checked against ``checksum``: as a delta from the θ
-        of an earlier round of that run this device holds when it can, else (or when the delta fails) in full."""
-        held = self._held_theta(version, run_id) if self.cfg.delta_downloads else None
-        if held is not None:
-            theta = self._download_delta(*held, version, checksum)
-            if theta is not None:
-                return theta
-        data = self._call(f"adapter v{version}", self.api.adapter, version)
-        try:
-            theta = self.layout.flatten(load(data))
-        except (SafetensorError, KeyError, ValueError) as exc:
-            raise ClientError(f"downloaded adapter v{version} does not match the layout: {exc}") from exc
-        if theta_checksum(theta) != checksum:
-            raise ClientError(f"downloaded adapter v{version} does not match the round's checksum")
-        self.stats.downloads += 1
-        return theta
-
-    def _held_theta(self, version: int, run_id: int | None) -> tuple[int, np.ndarray] | None:
-        """(round, θ at its start) that this device holds of an earlier round of run ``run_id``, or None."""
-        st = self.state
-        if run_id is None or st.extra.get("run_id") != run_id or not 0 <= st.round_id < version:
-            return None
-        # round_base: θ at the start of round_id; without it (after sync_final) θ itself is that round's
-        return st.round_id, (st.round_base if st.round_base is not None else st.theta)
-
-    def _download_delta(self, base_version: int, base: np.ndarray, version: int, checksum: str) -> np.ndarray | None:
-        """θ_version from ``GET /adapter/delta`` and the held θ_base_version; None on any failure (the caller then
-        downloads the full adapter, with retries: a delta is only ever an optimisation, so it is tried once)."""
-        what = f"adapter delta v{base_version}→v{version}"
-        try:
-            frame = self.api.adapter_delta(base_version, version)
-        except (ApiError, httpx.HTTPError, OSError) as exc:
-            log.info("%s unavailable (%s); downloading the full adapter", what, exc)
-            return None
-        try:
-            theta = theta_delta.decode(
-                frame, base, from_version=base_version, to_version=version, max_values=self.layout.total
-            )
-        except theta_delta.ThetaDeltaError as exc:
-            log.warning("%s refused: %s; downloading the full adapter", what, exc)
-            return None
-        if theta_checksum(theta) != checksum:
-            log.warning("%s does not give the round's checksum; downloading the full adapter", what)
-            return None
-        self.stats.delta_downloads += 1
-        return theta
-
-    def _replay(self, prev_round: int, base: np.ndarray, expected: str | None) -> np.ndarray | None:
-        """θ after round ``prev_round`` by replaying it from its start θ; None when it cannot be replayed or the
-        result disagrees with the published checksum (the caller then downloads the adapter)."""
-        sync = self._take_sync_ahead(prev_round) or self._call(f"sync r{prev_round}", self.api.sync, prev_round)
-        if not sync.replayable or sync.theta_checksum_before != theta_checksum(base):
-            return None
-        try:
-            bases = self._guidance(prev_round, sync.guidance)
-        except ClientError as exc:
-            log.warning("cannot replay round %d: %s", prev_round, exc)
-            return None
-        theta = base.copy()
-        replay_sync(theta, self.layout, sync, bases)
-        after = theta_checksum(theta)
-        if after != sync.theta_checksum_after or (expected is not None and after != expected):
-            log.warning("replay of round %d disagrees with the published checksum; downloading", prev_round)
-            return None
-        self.stats.replays += 1
-        return theta
-
-    def _long_poll_sync(self, round_: int):
-        """Round ``round_``'s sync record as soon as it closes (SPC: asked for while the last uploads are in flight)."""
-
-        while not self._stopping.is_set():
-            try:
-                return self.api.sync(round_, wait_s=LONG_POLL_S)
-            except ApiError as exc:
-                if exc.status_code != 409 or exc.detail != ERRORS["round_not_closed"]:
-                    raise
-        return None
-
-    def _take_sync_ahead(self, round_: int):
-        """The sync record fetched ahead for ``round_``, or None (then it is fetched now, with retries)."""
-        ahead, self._sync_ahead = self._sync_ahead, None
-        if ahead is None or ahead[0] != round_:
-            return None
-        try:
-            return ahead[1].result(timeout=LONG_POLL_S + 60)
-        except Exception as exc:  # fetched again in the foreground, with retries
-            log.info("sync of round %d fetched ahead failed (%s); fetching it now", round_, exc)
-            return None
-
     def sync_to(self, info) -> None:
         """Make θ the round's θ_r (replay when possible, else download), and start the round in the state."""
         st = self.state
-        theta = None
-        if theta_checksum(st.theta if st.round_base is None else st.round_base) == info.theta_checksum:
-            theta = (st.theta if st.round_base is None else st.round_base).copy()
-        elif st.round_base is not None and st.round_id == info.round - 1:
-            theta = self._replay(st.round_id, st.round_base, info.theta_checksum)
-        if theta is None:
-            theta = self._download(info.round, info.theta_checksum, info.run_id)
+        theta = self.sync.theta_for(info)
         st.theta[...] = theta
-        st.round_base = theta.copy()
+        st.round_base = theta
         st.round_id = info.round
         st.step = 0
         st.extra["submitted"] = False
@@ -427,7 +305,7 @@ class DeviceClient:
         compute_cpu_s = time.thread_time() - cpu0  # this thread's CPU time for it (a share below 1: contention)
         if self.cfg.pipeline:  # the reports are durable; the uploader delivers them while the next round starts
             self.uploader.urge()
-            self._sync_ahead = (info.round, _in_background(self._long_poll_sync, info.round))
+            self.sync.fetch_ahead(info.round)
         else:
             self.uploader.flush(info.round)  # sequential: upload now and wait for the acknowledgements
         st.extra["batches"] = batches + info.local_steps
@@ -460,7 +338,7 @@ class DeviceClient:
         if st.round_base is None or st.round_id < 0:
             return
         try:
-            theta = self._replay(st.round_id, st.round_base, None)
+            theta = self.sync.replay(st.round_id, st.round_base, None)
         except Exception as exc:  # the final model is a convenience: never fail the run over it
             log.warning("final sync failed: %s", exc)
             return
@@ -488,15 +366,13 @@ class DeviceClient:
             self.fetcher = None
 
     def _stop(self) -> None:
-        self._stopping.set()
-        self._sync_ahead = None
+        self.sync.stop()
         self.uploader.stop()
         self._stop_fetcher()
         self._update_totals()
 
     def run(self) -> ClientStats:
         self._wire_start = self._wire()
-        self._stopping.clear()
         self.enrol()
         self._start()
         try:

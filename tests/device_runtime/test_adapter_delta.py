@@ -105,22 +105,26 @@ def test_a_device_that_missed_a_round_gets_theta_by_delta_and_falls_back_when_it
     checksum_3 = theta_checksum(layout.flatten(load(watch.adapter(3))))
     with CooperClient(live.url) as api, DeviceClient(session, api, toy_corpus, tmp_path / "a", _cfg("a")) as a:
         a.enrol()  # the token kept in its state
-        assert a._held_theta(3, run.run_id)[0] == 2 and a._held_theta(3, run.run_id + 1) is None
+
+        def fetched() -> tuple[int, int]:
+            return a.sync.counts.downloads, a.sync.counts.delta_downloads
+
+        assert a.sync.held_theta(3, run.run_id)[0] == 2 and a.sync.held_theta(3, run.run_id + 1) is None
         held = a.state.round_base.copy()
         a.state.round_base[0] += 1.0
-        with caplog.at_level(logging.INFO, logger="device_runtime.client"):
-            assert theta_checksum(a._download(3, checksum_3, run.run_id)) == checksum_3
-        assert "base θ is not θ of version 2" in caplog.text and (a.stats.downloads, a.stats.delta_downloads) == (1, 0)
+        with caplog.at_level(logging.INFO, logger="device_runtime.model_sync"):
+            assert theta_checksum(a.sync.download(3, checksum_3, run.run_id)) == checksum_3
+        assert "base θ is not θ of version 2" in caplog.text and fetched() == (1, 0)
         a.state.round_base[...] = held
-        assert theta_checksum(a._download(3, checksum_3, run.run_id)) == checksum_3  # the delta again
-        assert (a.stats.downloads, a.stats.delta_downloads) == (1, 1)
-        a.cfg.delta_downloads = False
-        assert theta_checksum(a._download(3, checksum_3, run.run_id)) == checksum_3
-        assert (a.stats.downloads, a.stats.delta_downloads) == (2, 1)
-        a.cfg.delta_downloads = True
+        assert theta_checksum(a.sync.download(3, checksum_3, run.run_id)) == checksum_3  # the delta again
+        assert fetched() == (1, 1)
+        a.sync.delta_downloads = False
+        assert theta_checksum(a.sync.download(3, checksum_3, run.run_id)) == checksum_3
+        assert fetched() == (2, 1)
+        a.sync.delta_downloads = True
         live.engine.ctx.adapter_path(run.run_id, 2).unlink()  # the server no longer has θ_2
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="device_runtime.client"):
-            assert theta_checksum(a._download(3, checksum_3, run.run_id)) == checksum_3
-        assert ERRORS["unknown_version"] in caplog.text and (a.stats.downloads, a.stats.delta_downloads) == (3, 1)
+        with caplog.at_level(logging.INFO, logger="device_runtime.model_sync"):
+            assert theta_checksum(a.sync.download(3, checksum_3, run.run_id)) == checksum_3
+        assert ERRORS["unknown_version"] in caplog.text and fetched() == (3, 1)
     watch.close()
