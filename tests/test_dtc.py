@@ -236,6 +236,9 @@ def test_encode_rejects_bad_input() -> None:
 
 def test_codec_and_link_are_torch_free() -> None:
     """The device imports these: no torch or transformers may come along."""
-    code = "import sys, cooperllm.dtc, cooperllm.link\nprint({'torch', 'transformers'} & set(sys.modules))"
+    code = (
+        "import sys, cooperllm.dtc, cooperllm.link, cooperllm.link_proxy\n"
+        "print({'torch', 'transformers'} & set(sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "set()"

@@ -26,13 +26,13 @@ from cooperllm.link import (
     SLICE_BYTES,
     AsyncLinkTransport,
     Link,
-    LinkProxy,
     LinkSpec,
     LinkSpecError,
     LinkTransport,
     Scheduled,
     TokenBucket,
 )
+from cooperllm.link_proxy import LinkProxy
 
 
 class VirtualTime:

@@ -6,7 +6,8 @@ import argparse
 import logging
 import time
 
-from cooperllm.link import Link, LinkProxy
+from cooperllm.link import Link
+from cooperllm.link_proxy import LinkProxy
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Kill the device process at random points and restart it: every computed report reaches the server exactly once.
 
-A real cloud (uvicorn on 127.0.0.1, SQLite file) behind an emulated link (:class:`cooperllm.link.LinkProxy`, so
+A real cloud (uvicorn on 127.0.0.1, SQLite file) behind an emulated link (:class:`cooperllm.link_proxy.LinkProxy`, so
 uploads take a while and kills land between a send and its acknowledgement too), and the device client as a
 separate process (``python -m device_runtime run``) on the tiny model, SIGKILLed at seeded random moments once it has
 made progress. At the end the device's outbox (every report it ever computed) and the server's report table must
@@ -24,7 +24,7 @@ from sqlalchemy import select
 from cloud_api import db as cloud_db
 from cooperllm.api_client import CooperClient
 from cooperllm.layout import theta_checksum
-from cooperllm.link import LinkProxy
+from cooperllm.link_proxy import LinkProxy
 from device_runtime.outbox import OUTBOX_FILE
 from device_runtime.state import load_state
 
