@@ -1,7 +1,7 @@
 """The federated device client: enrol, join rounds, fetch guidance, run ZO steps, upload reports, sync by replay.
 
 Round r on a device:
-1. θ_r (:mod:`device_runtime.model_sync`): replay of round r−1 from the θ this device held at its start, checked
+1. θ_r (:mod:`device_runtime.theta_sync`): replay of round r−1 from the θ this device held at its start, checked
    against the published checksum; after a mismatch, a missed round or a non-replayable strategy, a lossless delta
    from the θ of an earlier round of the run (``ClientConfig.delta_downloads``), else the full adapter.
 2. guidance V_b for the round's blocks (frame sha256 checked; a version the device already holds is not downloaded
@@ -37,11 +37,11 @@ from cooperllm.zgr import ALL_BLOCKS, BlockGuidance
 from device_runtime.batches import BatchSchedule
 from device_runtime.engine import NonFiniteLossError, ZOConfig, ZOEngine
 from device_runtime.errors import ClientError
-from device_runtime.model_sync import LONG_POLL_S, ModelSync
 from device_runtime.outbox import Outbox
 from device_runtime.prefetch import GUIDANCE_DIR, GuidanceError, GuidanceFetcher, GuidanceStore, Want
 from device_runtime.session import DeviceSession
 from device_runtime.state import DeviceState, load_state, save_state
+from device_runtime.theta_sync import LONG_POLL_S, ThetaSync
 from device_runtime.transfer import Transfers
 from device_runtime.uploader import DEFAULT_BATCH, DEFAULT_LINGER_S, Uploader
 
@@ -115,7 +115,7 @@ class DeviceClient:
         self.uploader = Uploader(
             self.outbox, api, self._device_id, self.transfers.backoff, cfg.upload_batch, cfg.upload_linger_s
         )
-        self.sync = ModelSync(api, self.layout, self.state, self.transfers, self._guidance, cfg.delta_downloads)
+        self.sync = ThetaSync(api, self.layout, self.state, self.transfers, self._guidance, cfg.delta_downloads)
         self._round_shas: set[str] = set()  # guidance versions of the last round this device trained
         self._wire_start = self._wire()
         self._downloads_done = 0  # guidance downloads and retries of fetchers already stopped

@@ -112,7 +112,7 @@ def test_a_device_that_missed_a_round_gets_theta_by_delta_and_falls_back_when_it
         assert a.sync.held_theta(3, run.run_id)[0] == 2 and a.sync.held_theta(3, run.run_id + 1) is None
         held = a.state.round_base.copy()
         a.state.round_base[0] += 1.0
-        with caplog.at_level(logging.INFO, logger="device_runtime.model_sync"):
+        with caplog.at_level(logging.INFO, logger="device_runtime.theta_sync"):
             assert theta_checksum(a.sync.download(3, checksum_3, run.run_id)) == checksum_3
         assert "base θ is not θ of version 2" in caplog.text and fetched() == (1, 0)
         a.state.round_base[...] = held
@@ -124,7 +124,7 @@ def test_a_device_that_missed_a_round_gets_theta_by_delta_and_falls_back_when_it
         a.sync.delta_downloads = True
         live.engine.ctx.adapter_path(run.run_id, 2).unlink()  # the server no longer has θ_2
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="device_runtime.model_sync"):
+        with caplog.at_level(logging.INFO, logger="device_runtime.theta_sync"):
             assert theta_checksum(a.sync.download(3, checksum_3, run.run_id)) == checksum_3
         assert ERRORS["unknown_version"] in caplog.text and fetched() == (3, 1)
     watch.close()

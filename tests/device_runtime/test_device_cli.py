@@ -29,7 +29,7 @@ TORCH_FREE_MODULES = [
     "device_runtime.uploader",
     "device_runtime.prefetch",
     "device_runtime.errors",
-    "device_runtime.model_sync",
+    "device_runtime.theta_sync",
     "device_runtime.client",
     "device_runtime.client_cli",
     "device_runtime.cli",

@@ -1,6 +1,6 @@
 """θ of a round on a device: by replay of the round before, else as a delta from a θ the device holds, else in full.
 
-The device client (:mod:`device_runtime.client`) asks :class:`ModelSync` for θ_r when a round opens and for the final
+The device client (:mod:`device_runtime.client`) asks :class:`ThetaSync` for θ_r when a round opens and for the final
 model when the run ends; this module owns how that θ is had (DESIGN.md §5.6):
 
 1. **replay**: the device held θ at the start of round r − 1 and took part in it: ``GET /sync/{r−1}`` gives the
@@ -10,7 +10,7 @@ model when the run ends; this module owns how that θ is had (DESIGN.md §5.6):
    (``cooperllm.theta_delta``), tried once — it is only an optimisation;
 3. **download**: the full adapter, with retries, checked against the round's checksum.
 
-SPC: once a round's reports are computed, :meth:`ModelSync.fetch_ahead` long-polls that round's sync record in the
+SPC: once a round's reports are computed, :meth:`ThetaSync.fetch_ahead` long-polls that round's sync record in the
 background, so the next round's replay does not wait for a request made after it opens.
 """
 
@@ -65,7 +65,7 @@ class SyncCounts:
     delta_downloads: int = 0  # adapters rebuilt from a delta against the θ of an earlier round this device held
 
 
-class ModelSync:
+class ThetaSync:
     """How this device comes by θ_r. It reads ``state`` (the round and θ it holds) and never writes it: the client
     owns the device's state and its saving."""
 
