@@ -9,8 +9,9 @@ import shlex
 from pathlib import Path
 
 from cooperllm_app.simulation import study
+from cooperllm_app.simulation.figures import plot_runs
 from cooperllm_app.simulation.headline import headline_markdown
-from cooperllm_app.simulation.plots import load_run, markdown_table, plot_runs, summary_row
+from cooperllm_app.simulation.plots import load_run, markdown_table, summary_row
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,5 +10,6 @@ continues from where it stopped.
 Modules, one job each: ``config`` (options, the run folder's config), ``launcher`` (cloud and worker processes),
 ``worker`` (the device/evaluator process), ``bp_device`` (the FedAvg backprop device), ``metrics`` (journal and
 per-round lines), ``resume`` (run-folder lock and what is already done), ``runner`` (the round loop), ``plots``
-(figures for ``cooperllm report``).
+(a run folder as ``cooperllm report`` reads it, the summary table), ``figures`` (its figures), ``study`` (the
+multi-seed study and its paired tests).
 """

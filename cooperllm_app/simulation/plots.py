@@ -1,4 +1,5 @@
-"""Figures and the summary table of simulation runs (``cooperllm report``); matplotlib with the Agg backend."""
+"""Simulation runs as ``cooperllm report`` reads them: a run folder's config and rounds, the rectifier's series, and
+the summary table (the figures: :mod:`cooperllm_app.simulation.figures`)."""
 
 from __future__ import annotations
 
@@ -67,42 +68,6 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
     return Run(label or folder.name, folder, config, baseline, rounds, task)
 
 
-def plot_runs(runs: list[Run], out_dir: Path) -> list[Path]:
-    """One PNG per x axis (rounds, wall-clock, bytes), one line per run."""
-    import matplotlib  # deferred: loads matplotlib (heavy; not needed at import)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred: loads matplotlib (heavy; not needed at import)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, xlabel, x_of in AXES:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-        series = [(run.label, *run.points(x_of)) for run in runs]
-        ends = [xs[-1] for _, xs, _ in series if xs and xs[-1] > 0]
-        log_x = name == "accuracy_vs_bytes.png" and ends and max(ends) > 30 * min(ends)  # e.g. bp vs ZO bytes
-        for label, xs, ys in series:
-            if log_x and xs and xs[0] == 0:  # the baseline (x = 0) has no place on a log axis
-                xs, ys = xs[1:], ys[1:]
-            if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        if log_x:
-            ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / name
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
-    rectified = [run for run in runs if any(m.get("rectifier") for m in run.rounds)]
-    if rectified:
-        written.append(_plot_rectifier(plt, rectified, out_dir / "rectifier_vs_rounds.png"))
-    return written
-
-
 def rectifier_series(run: Run) -> dict[str, tuple[list[int], list[float]]]:
     """Per round, the mean over blocks and directions of λ, b_k², s_k²/N and τ_k², and the axis test's b_∥², s_∥²,
     τ_∥² and ω (the rectifier's inputs; docs/PERTURBATIONS.md §4). Metrics of protocol-2 runs before the axis test
@@ -129,34 +94,6 @@ def rectifier_series(run: Run) -> dict[str, tuple[list[int], list[float]]]:
                 add(f"axis_{key}", m["round"], [axis[key]])
             add("keep", m["round"], [axis["keep"]])
     return out
-
-
-def _plot_rectifier(plt, runs: list[Run], path: Path) -> Path:
-    """λ (mean over blocks and directions) and the three terms it is made of (along the cloud's direction where the
-    run published that test), per round, one line per run."""
-    fig, (ax_lam, ax_terms) = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=120)
-    for run in runs:
-        series = rectifier_series(run)
-        ax_lam.plot(*series["lam"], marker="o", markersize=3, label=run.label)
-        axis = bool(series["axis_bias_sq"][0])  # the λ-setting test along ĉ where published, else per direction
-        for key, style in (("bias_sq", "-"), ("device_se2", "--"), ("cloud_var", ":")):
-            name = f"axis_{key}" if axis else key
-            xs, ys = series[name]
-            if xs:
-                ax_terms.plot(xs, ys, style, label=f"{run.label}: {name}")
-    ax_lam.set_xlabel("round")
-    ax_lam.set_ylabel("mean λ (weight of the cloud)")
-    ax_lam.set_ylim(0, 1.05)
-    ax_terms.set_xlabel("round")
-    ax_terms.set_ylabel("b², s²/N, τ² (along ĉ, or mean over directions)")
-    ax_terms.set_yscale("log")
-    for ax in (ax_lam, ax_terms):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def _pct(v: float | None) -> str:

@@ -23,6 +23,8 @@ def _line(round_: int | None, correct: np.ndarray, lam=None) -> dict:
         "n_eval": len(correct),
         "correct_bits": pack_correct(correct),
         "lam": lam,
+        "wall_s": None if round_ is None else 10.0 * (round_ + 1),
+        "cum_bytes": None if round_ is None else 1e6 * (round_ + 1),
     }
 
 
@@ -113,3 +115,36 @@ def test_zgr_rules_are_grouped_and_compared_apart():
     found = study.build([*runs, follow])
     assert {e["rectifier"] for e in found["runs"] if e["strategy"] == "zgr"} == {"direction", "axis", "axis+follow"}
     assert "| S2 | seq-cls | zgr (axis+follow) | 0 | 65.00 %" in "\n".join(study.markdown(found))
+
+
+def test_figures_draw_one_line_per_arm_with_the_seeds_mean_and_range(tmp_path):
+    """A study's figures: one panel per task and setting, one line per arm averaged over its seeds (the seeds' range
+    shaded); runs that are not one per arm and seed fall back to a line per run."""
+    from cooperllm_app.simulation.figures import arms_of, mean_curve, plot_runs
+
+    zgr = [_run("zgr", s, _correct(70 + 10 * s, s), lam=0.5) for s in range(3)]
+    runs = [*zgr, _run("zo", 0, _correct(60, 3)), _run("cloud", 0, _correct(52, 6), shifted=True, lam=1.0)]
+    arms = arms_of(runs)
+    # zo never sees the cloud's data: its run stands in both settings; zgr and cloud each in their own
+    assert [(title, label) for title, label, _ in arms] == [
+        ("seq-cls S1", "zgr (direction), 3 seeds"),
+        ("seq-cls S1", "zo-0"),  # an arm of one run keeps the run's label (cooperllm report --labels)
+        ("seq-cls S2", "cloud-0"),
+        ("seq-cls S2", "zo-0"),
+    ]
+    xs, mean, lo, hi = mean_curve(arms[0][2], lambda m: m["round"] + 1)
+    assert xs.tolist() == [0.0, 1.0, 2.0, 3.0]  # the baseline, then every round all three seeds scored
+    finals = [run.rounds[-1]["accuracy"] * 100 for run in zgr]
+    assert mean[-1] == pytest.approx(np.mean(finals)) and (lo[-1], hi[-1]) == (min(finals), max(finals))
+    assert mean[0] == lo[0] == hi[0] == 50.0  # one θ₀ for every seed
+
+    twin = _run("zgr", 0, _correct(90, 9), lam=0.5)  # a second zgr run with seed 0 (another η, say)
+    assert [label for _, label, _ in arms_of([zgr[0], twin])] == [zgr[0].label, twin.label]
+
+    pngs = plot_runs(runs, tmp_path)  # these rounds publish no rectifier numbers: no figure of them
+    assert sorted(p.name for p in pngs) == [
+        "accuracy_vs_bytes.png",
+        "accuracy_vs_rounds.png",
+        "accuracy_vs_wallclock.png",
+    ]
+    assert all(p.stat().st_size > 10_000 for p in pngs)
