@@ -71,7 +71,8 @@ def _finish(fig, axes, path: Path) -> Path:
     for title, ax in axes.items():
         ax.set_title(title, fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        if ax.get_legend_handles_labels()[1]:  # a panel without lines gets no legend (matplotlib warns of an empty one)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,9 @@ def test_figures_draw_one_line_per_arm_with_the_seeds_mean_and_range(tmp_path):
     twin = _run("zgr", 0, _correct(90, 9), lam=0.5)  # a second zgr run with seed 0 (another η, say)
     assert [label for _, label, _ in arms_of([zgr[0], twin])] == [zgr[0].label, twin.label]
 
-    pngs = plot_runs(runs, tmp_path)  # these rounds publish no rectifier numbers: no figure of them
+    with warnings.catch_warnings():  # nothing from matplotlib reaches the user's terminal
+        warnings.simplefilter("error")
+        pngs = plot_runs(runs, tmp_path)  # these rounds publish no rectifier numbers: no figure of them
     assert sorted(p.name for p in pngs) == [
         "accuracy_vs_bytes.png",
         "accuracy_vs_rounds.png",
