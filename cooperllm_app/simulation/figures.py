@@ -43,11 +43,8 @@ def mean_curve(
     the rounds scored in each; x is the runs' mean x there (wall-clock and bytes differ from seed to seed)."""
     by_round: dict[int, list[tuple[float, float]]] = defaultdict(list)
     for run in runs:
-        if run.baseline:
-            by_round[-1].append((0.0, run.baseline["accuracy"] * 100))
-        for m in run.rounds:
-            if m.get("accuracy") is not None:
-                by_round[m["round"]].append((float(x_of(m)), m["accuracy"] * 100))
+        for round_, x, y in run.points(x_of):
+            by_round[round_].append((x, y))
     common = [r for r in sorted(by_round) if len(by_round[r]) == len(runs)]
     pts = np.array([by_round[r] for r in common]).reshape(len(common), len(runs), 2)
     ys = pts[:, :, 1]

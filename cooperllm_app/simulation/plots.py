@@ -41,14 +41,12 @@ class Run:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         return replace(self, rounds=[m for m in self.rounds if m["round"] < rounds])
 
-    def points(self, x_of) -> tuple[list[float], list[float]]:
-        xs = [0.0] if self.baseline else []
-        ys = [self.baseline["accuracy"] * 100] if self.baseline else []
-        for m in self.rounds:
-            if m.get("accuracy") is not None:
-                xs.append(float(x_of(m)))
-                ys.append(m["accuracy"] * 100)
-        return xs, ys
+    def points(self, x_of) -> list[tuple[int, float, float]]:
+        """(round, x, accuracy %) of every evaluated point: the baseline as round −1 at x = 0, then each scored
+        round at ``x_of`` of its metrics line."""
+        pts = [(-1, 0.0, self.baseline["accuracy"] * 100)] if self.baseline else []
+        pts += [(m["round"], float(x_of(m)), m["accuracy"] * 100) for m in self.rounds if m.get("accuracy") is not None]
+        return pts
 
 
 def load_run(folder: str | Path, label: str | None = None) -> Run:
