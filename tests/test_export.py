@@ -144,6 +144,28 @@ def test_xnnpack_delegation_is_counted(int8_folder: Path) -> None:
     assert "XNNPACK delegate" in manifest.validation["table"]
 
 
+def test_attention_is_traced_eager_and_the_model_keeps_its_own(tiny_model_dir: Path) -> None:
+    """The graph carries eager attention (fewer, larger XNNPACK pieces than SDPA's decomposition: docs/DEVICE.md);
+    the module keeps SDPA for the eager references the export is checked against."""
+    import torch
+
+    from cooperllm.modeling import build_task_model
+    from exporters.graph import ThetaInputs, example_inputs, export_program
+
+    lm = load_causal_lm(tiny_model_dir)
+    task = TaskSpec()
+    module, layout = build_task_model(lm, PromptEncoder(tiny_model_dir / "tokenizer.json", task, SEQ), AdapterSpec())
+    theta = {n: p.detach() for n, p in module.named_parameters() if n in layout.names}
+    args = example_inputs(layout, theta, BATCH, SEQ, lm.config.vocab_size, task.num_classes)
+    ops = {str(n.target) for n in export_program(ThetaInputs(module, layout.names), args).graph.nodes}
+    assert "aten.softmax.int" in ops and "aten.scaled_dot_product_attention.default" not in ops
+    assert lm.config._attn_implementation == "sdpa"
+    with torch.no_grad():  # and the function is the same: the traced graph against the module on SDPA
+        traced = export_program(ThetaInputs(module, layout.names), args).module()(*args)
+        direct = ThetaInputs(module, layout.names)(*args)
+    torch.testing.assert_close(traced, direct, rtol=0, atol=1e-5)
+
+
 def test_tampered_and_corrupt_folders_are_rejected(int8_folder: Path, tmp_path: Path) -> None:
     folder = tmp_path / "copy"
     shutil.copytree(int8_folder, folder)
