@@ -157,12 +157,13 @@ def test_attention_is_traced_eager_and_the_model_keeps_its_own(tiny_model_dir: P
     module, layout = build_task_model(lm, PromptEncoder(tiny_model_dir / "tokenizer.json", task, SEQ), AdapterSpec())
     theta = {n: p.detach() for n, p in module.named_parameters() if n in layout.names}
     args = example_inputs(layout, theta, BATCH, SEQ, lm.config.vocab_size, task.num_classes)
-    ops = {str(n.target) for n in export_program(ThetaInputs(module, layout.names), args).graph.nodes}
+    wrapper = ThetaInputs(module, layout.names)
+    program = export_program(wrapper, args)
+    ops = {str(n.target) for n in program.graph.nodes}
     assert "aten.softmax.int" in ops and "aten.scaled_dot_product_attention.default" not in ops
     assert lm.config._attn_implementation == "sdpa"
     with torch.no_grad():  # and the function is the same: the traced graph against the module on SDPA
-        traced = export_program(ThetaInputs(module, layout.names), args).module()(*args)
-        direct = ThetaInputs(module, layout.names)(*args)
+        traced, direct = program.module()(*args), wrapper(*args)
     torch.testing.assert_close(traced, direct, rtol=0, atol=1e-5)
 
 
